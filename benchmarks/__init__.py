@@ -1,0 +1,1 @@
+"""Benchmarks: tuner comparison, tuner latency and masking speed; results go to results/."""

@@ -1,0 +1,36 @@
+"""Package metadata for nni-prune-tuners; the version lives in nni_prune_tuners/_version.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+_HERE = Path(__file__).parent
+_VERSION = re.search(
+    r'__version__ = "([^"]+)"', (_HERE / "nni_prune_tuners" / "_version.py").read_text()
+)
+assert _VERSION is not None
+
+setup(
+    name="nni-prune-tuners",
+    version=_VERSION.group(1),
+    description="Pruning-aware NNI tuner (Optuna TPE with a global-sparsity constraint) and assessor",
+    long_description=(_HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["nni_prune_tuners", "nni_prune_tuners.*"]),
+    package_data={"nni_prune_tuners": ["meta/*.yml", "py.typed"]},
+    install_requires=[
+        "nni==3.0",
+        "optuna>=4.0",
+        "numpy>=1.24",
+        "schema>=0.7",
+        "setuptools>=77,<81",
+    ],
+    extras_require={
+        "trial": ["torch==2.13.0", "scikit-learn>=1.3", "filelock>=3.10"],
+    },
+    entry_points={"console_scripts": ["nni-prune-tuners=nni_prune_tuners.__main__:main"]},
+)

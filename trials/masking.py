@@ -28,6 +28,14 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
 
 
+def layer_weight(module: nn.Module) -> torch.Tensor:
+    """The ``weight`` tensor of a prunable module (typed, so callers need no casts)."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"{type(module).__name__} has no weight tensor to prune")
+    return weight
+
+
 def _check_sparsity(sparsity: float, name: str = "sparsity") -> float:
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
         raise ValueError(f"{name} must be a number in [0, 1), got {sparsity!r}")
@@ -168,9 +176,8 @@ class WeightMasker:
     """
 
     def __init__(self, layers: Mapping[str, nn.Module]) -> None:
-        for name, module in layers.items():
-            if not isinstance(getattr(module, "weight", None), torch.Tensor):
-                raise ValueError(f"layer {name!r} has no weight tensor to mask")
+        for module in layers.values():
+            layer_weight(module)
         self.layers = dict(layers)
         self.masks: dict[str, torch.Tensor] = {}
         self._optimizers: list[torch.optim.Optimizer] = []
@@ -183,8 +190,7 @@ class WeightMasker:
 
     def apply(self, name: str, mask: torch.Tensor) -> None:
         """Set the mask of layer ``name`` and zero its pruned weights and optimizer state."""
-        weight = self.layers[name].weight
-        assert isinstance(weight, torch.Tensor)
+        weight = layer_weight(self.layers[name])
         if mask.shape != weight.shape:
             raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, "
                              f"expected {tuple(weight.shape)}")
@@ -209,9 +215,7 @@ class WeightMasker:
     def _after_step(self, *_: Any) -> None:
         with torch.no_grad():
             for name, mask in self.masks.items():
-                weight = self.layers[name].weight
-                assert isinstance(weight, torch.Tensor)
-                weight.mul_(mask)
+                layer_weight(self.layers[name]).mul_(mask)
 
     def remove(self) -> None:
         """Drop hooks and ``weight_mask`` buffers; the weights keep their zeros."""
@@ -226,9 +230,4 @@ class WeightMasker:
     def sparsity(self, names: Iterable[str] | None = None) -> float:
         """Measured parameter-weighted sparsity of the weights of ``names`` (default: all)."""
         chosen = self.layers if names is None else names
-        return measured_sparsity(self._weight(n) for n in chosen)
-
-    def _weight(self, name: str) -> torch.Tensor:
-        weight = self.layers[name].weight
-        assert isinstance(weight, torch.Tensor)
-        return weight.detach()
+        return measured_sparsity(layer_weight(self.layers[n]).detach() for n in chosen)

@@ -1,0 +1,395 @@
+"""The reference NNI trial: parameters -> prune (Level or AGP) -> fine-tune -> report.
+
+Run under NNI as ``python -m trials.prune_trial`` (parameters from ``nni.get_next_parameter()``),
+or standalone as ``python -m trials.prune_trial --params '{"prune_method": {...}}'``, which runs
+the same code and prints the final result as JSON. :func:`run_trial` is the in-process API that
+the benchmarks and the demo call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from filelock import FileLock
+from torch import nn
+
+from trials.data import DigitsSplit, digits_split
+from trials.masking import (
+    AgpSchedule,
+    WeightMasker,
+    agp_mask,
+    agp_sparsity,
+    layer_weight,
+    level_mask,
+    measured_sparsity,
+    num_pruned,
+    prunable_layers,
+)
+from trials.models import digits_cnn
+
+_logger = logging.getLogger(__name__)
+
+METHODS = ("agp", "level")
+SPARSITY_SUFFIX = "_sparsity"
+#: AGP with the seed's ``end_epoch=3`` then fine-tunes two epochs at its final sparsity.
+DEFAULT_EPOCHS = 5
+CACHE_ENV = "PRUNE_TRIAL_CACHE"
+
+# Bump when the dense recipe or the model changes, so stale caches are never loaded.
+_DENSE_VERSION = 1
+_DENSE_SEED = 0
+_DENSE_EPOCHS = 30
+_DENSE_LR = 3e-3
+_BATCH_SIZE = 64
+_FINETUNE_LR = 0.02
+_MOMENTUM = 0.9
+_WEIGHT_DECAY = 5e-4
+
+_dense_memo: dict[Path, dict[str, torch.Tensor]] = {}
+
+
+@dataclass
+class TrialResult:
+    """Outcome of one trial; ``final_metrics()`` is the dict reported to NNI (Contract 5).
+
+    Attributes:
+        accuracy: validation accuracy after fine-tuning (NNI's ``default``).
+        test_accuracy: accuracy on the held-out test split.
+        dense_accuracy: validation accuracy of the dense model the trial started from.
+        sparsity: parameter-weighted fraction of zero weights over the named layers, measured.
+        target_sparsity: the same fraction computed from the requested layer sparsities.
+        method: ``"level"`` or ``"agp"``.
+        layer_sparsity: measured sparsity of each named layer.
+        history: the intermediate dicts, one per epoch.
+        state_dict: the pruned weights (CPU tensors, masks applied).
+    """
+
+    accuracy: float
+    test_accuracy: float
+    dense_accuracy: float
+    sparsity: float
+    target_sparsity: float
+    method: str
+    layer_sparsity: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    state_dict: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def final_metrics(self) -> dict[str, Any]:
+        """The final result dict: ``default``, ``sparsity``, ``method``, plus ``test_acc``."""
+        return {
+            "default": self.accuracy,
+            "sparsity": self.sparsity,
+            "method": self.method,
+            "test_acc": self.test_accuracy,
+            "dense_acc": self.dense_accuracy,
+        }
+
+
+def parse_params(params: Any, layer_names: Sequence[str]) -> tuple[str, dict[str, float]]:
+    """Validate Contract 2 parameters and return ``(method, {layer: sparsity})``.
+
+    Fails loudly (``ValueError``) on anything a tuner should never send, so NNI marks the trial
+    FAILED instead of recording a silent, meaningless success.
+    """
+    if not isinstance(params, Mapping):
+        raise ValueError(f"parameters must be a JSON object, got {params!r}")
+    if set(params) != {"prune_method"}:
+        raise ValueError(
+            f"parameters must have exactly the key 'prune_method', got {sorted(params)}"
+        )
+    branch = params["prune_method"]
+    if not isinstance(branch, Mapping):
+        raise ValueError(f"'prune_method' must be an object with '_name', got {branch!r}")
+    if "_name" not in branch:
+        raise ValueError(f"'prune_method' is missing '_name', got keys {sorted(branch)}")
+    method = branch["_name"]
+    if method not in METHODS:
+        raise ValueError(f"unknown prune method {method!r}; expected one of {list(METHODS)}")
+    sparsities: dict[str, float] = {}
+    for key, value in branch.items():
+        if key == "_name":
+            continue
+        if not isinstance(key, str) or not key.endswith(SPARSITY_SUFFIX):
+            raise ValueError(f"unexpected parameter key {key!r}; layer keys end in '_sparsity'")
+        layer = key[: -len(SPARSITY_SUFFIX)]
+        if layer not in layer_names:
+            raise ValueError(
+                f"unknown layer {layer!r} in {key!r}; prunable layers: {list(layer_names)}"
+            )
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key} must be a number in [0, 1), got {value!r}")
+        if not (math.isfinite(value) and 0.0 <= value < 1.0):
+            raise ValueError(f"{key} must be in [0, 1), got {value!r}")
+        sparsities[layer] = float(value)
+    if not sparsities:
+        raise ValueError("'prune_method' names no layer: expected keys like 'conv0_sparsity'")
+    return method, sparsities
+
+
+def default_cache_dir() -> Path:
+    """``$PRUNE_TRIAL_CACHE`` if set, else ``trials/cache/`` beside this module (git-ignored)."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path(__file__).resolve().parent / "cache"
+
+
+def select_device(device: str | None = None) -> torch.device:
+    """The requested device, else CUDA when available, else CPU."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)`` in [0, 1]."""
+    model.eval()
+    with torch.no_grad():
+        return float((model(x).argmax(dim=1) == y).float().mean())
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: DigitsSplit,
+    generator: torch.Generator,
+    *,
+    batch_size: int = _BATCH_SIZE,
+) -> None:
+    """One pass over the training split in a seeded random order (no DataLoader: tensors fit)."""
+    model.train()
+    order = torch.randperm(len(data.y_train), generator=generator).to(data.y_train.device)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def train_dense(*, seed: int = _DENSE_SEED, device: str | None = None) -> dict[str, torch.Tensor]:
+    """Train the dense digits CNN from scratch; returns a CPU state dict."""
+    dev = select_device(device)
+    torch.manual_seed(seed)
+    model = digits_cnn().to(dev)
+    data = digits_split().to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), lr=_DENSE_LR)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=_DENSE_EPOCHS)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(_DENSE_EPOCHS):
+        train_epoch(model, optimizer, data, generator)
+        scheduler.step()
+    _logger.info("dense model trained: val accuracy %.4f", accuracy(model, data.x_val, data.y_val))
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def dense_cache_path(cache_dir: Path | None = None) -> Path:
+    """Where the dense digits CNN weights are cached."""
+    root = cache_dir if cache_dir is not None else default_cache_dir()
+    return Path(root) / f"digits_cnn_dense_v{_DENSE_VERSION}.pt"
+
+
+def dense_state_dict(cache_dir: Path | None = None) -> dict[str, torch.Tensor]:
+    """Dense weights, trained once and cached; safe when several trials start at the same time.
+
+    The first caller trains under a file lock and writes atomically (temp file + ``os.replace``);
+    the others wait on the lock and load the file with ``weights_only=True``. The loaded dict is
+    memoised per process: callers must copy it (``load_state_dict`` does), never mutate it.
+    """
+    path = dense_cache_path(cache_dir).resolve()
+    if path in _dense_memo:
+        return _dense_memo[path]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.exists():
+            _logger.info("training the dense model into %s", path)
+            state = train_dense()
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    torch.save(state, fh)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    _dense_memo[path] = state
+    return state
+
+
+def run_trial(
+    params: Mapping[str, Any],
+    *,
+    epochs: int = DEFAULT_EPOCHS,
+    seed: int = 0,
+    device: str | None = None,
+    cache_dir: Path | None = None,
+    report: Callable[[dict[str, Any]], None] | None = None,
+    agp: AgpSchedule | None = None,
+) -> TrialResult:
+    """Prune the cached dense digits CNN as ``params`` say, fine-tune, and score it.
+
+    Args:
+        params: Contract 2 parameters, e.g. ``{"prune_method": {"_name": "level",
+            "conv0_sparsity": 0.5}}``; layers not named stay dense.
+        epochs: fine-tuning epochs (one intermediate report each, epochs counted from 0).
+        seed: seeds the fine-tuning order; same parameters and seed give the same result on CPU.
+        device: torch device; default CUDA when available, else CPU.
+        cache_dir: where the dense weights are cached (default :func:`default_cache_dir`).
+        report: called with each intermediate dict (``nni.report_intermediate_result`` under NNI).
+        agp: AGP schedule options (default the seed's 0/0/3/1); ignored by Level.
+
+    Raises:
+        ValueError: on bad parameters or options, before any training.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    schedule = agp if agp is not None else AgpSchedule()
+    dev = select_device(device)
+    model = digits_cnn()
+    layers = prunable_layers(model)
+    method, sparsities = parse_params(params, list(layers))
+
+    model.load_state_dict(dense_state_dict(cache_dir))
+    model.to(dev)
+    data = digits_split().to(dev)
+    dense_acc = accuracy(model, data.x_val, data.y_val)
+
+    named = {name: layers[name] for name in sparsities}
+    masker = WeightMasker(named)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=_FINETUNE_LR, momentum=_MOMENTUM, weight_decay=_WEIGHT_DECAY
+    )
+    masker.attach(optimizer)
+    if method == "level":
+        for name, sparsity in sparsities.items():
+            masker.apply(name, level_mask(layer_weight(named[name]), sparsity))
+
+    generator = torch.Generator().manual_seed(seed)
+    history: list[dict[str, Any]] = []
+    for epoch in range(epochs):
+        if method == "agp" and schedule.is_step(epoch):
+            for name, final in sparsities.items():
+                target = agp_sparsity(epoch, final, schedule)
+                mask = agp_mask(layer_weight(named[name]), target, masker.masks.get(name))
+                masker.apply(name, mask)
+        train_epoch(model, optimizer, data, generator)
+        metrics = {
+            "default": accuracy(model, data.x_val, data.y_val),
+            "epoch": epoch,
+            "sparsity": masker.sparsity(),
+            "pruned": method == "level" or epoch >= schedule.end_epoch,
+        }
+        history.append(metrics)
+        _logger.debug("epoch %d: %s", epoch, metrics)
+        if report is not None:
+            report(metrics)
+
+    masker.remove()
+    weights = {name: layer_weight(module).detach() for name, module in named.items()}
+    total = sum(w.numel() for w in weights.values())
+    target = sum(num_pruned(w.numel(), sparsities[n]) for n, w in weights.items()) / total
+    result = TrialResult(
+        accuracy=accuracy(model, data.x_val, data.y_val),
+        test_accuracy=accuracy(model, data.x_test, data.y_test),
+        dense_accuracy=dense_acc,
+        sparsity=measured_sparsity(weights.values()),
+        target_sparsity=target,
+        method=method,
+        layer_sparsity={n: measured_sparsity([w]) for n, w in weights.items()},
+        history=history,
+        state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    )
+    if method == "agp" and epochs <= schedule.end_epoch:
+        _logger.warning("AGP ran %d epochs but reaches its final sparsity at epoch %d",
+                        epochs, schedule.end_epoch)
+    return result
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m trials.prune_trial",
+        description="Prune the digits CNN with Level or AGP, fine-tune and report to NNI. "
+        "Without --params the parameters come from nni.get_next_parameter().",
+    )
+    parser.add_argument("--params", help="standalone mode: Contract 2 parameters as JSON")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help=f"dense-weights cache (default: ${CACHE_ENV} or trials/cache/)")
+    parser.add_argument("--save", type=Path, default=None,
+                        help="save the pruned state_dict (masks applied) here")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads; the model is tiny and trials run side by side")
+    defaults = AgpSchedule()
+    parser.add_argument("--agp-initial-sparsity", type=float, default=defaults.initial_sparsity)
+    parser.add_argument("--agp-start-epoch", type=int, default=defaults.start_epoch)
+    parser.add_argument("--agp-end-epoch", type=int, default=defaults.end_epoch)
+    parser.add_argument("--agp-frequency", type=int, default=defaults.frequency)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry; returns the exit status (2 on bad input, so NNI marks the trial FAILED)."""
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.threads < 1:
+        print(f"prune_trial: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    try:
+        schedule = AgpSchedule(
+            initial_sparsity=args.agp_initial_sparsity,
+            start_epoch=args.agp_start_epoch,
+            end_epoch=args.agp_end_epoch,
+            frequency=args.agp_frequency,
+        )
+        if args.params is not None:
+            try:
+                params = json.loads(args.params)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--params is not valid JSON: {exc}") from exc
+            report: Callable[[dict[str, Any]], None] | None = None
+        else:
+            import nni
+
+            params = nni.get_next_parameter()
+            if params is None:
+                raise ValueError("no parameters: run under NNI or pass --params JSON")
+            report = nni.report_intermediate_result
+        started = time.perf_counter()
+        result = run_trial(params, epochs=args.epochs, seed=args.seed, device=args.device,
+                           cache_dir=args.cache_dir, report=report, agp=schedule)
+    except ValueError as exc:
+        print(f"prune_trial: error: {exc}", file=sys.stderr)
+        return 2
+    _logger.info("trial finished in %.2f s", time.perf_counter() - started)
+    if args.save is not None:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(result.state_dict, args.save)
+    final = result.final_metrics()
+    if args.params is None:
+        import nni
+
+        nni.report_final_result(final)
+    else:
+        print(json.dumps(final))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""The model profile (Contract 4): what the tuner knows about the model, without torch.
+
+``trials/profile_model.py`` writes it from a real ``nn.Module``; here we load and validate it, so a
+malformed profile fails at ``nnictl create`` (through the classArgs validator) with the offending
+key, rather than mid-experiment.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_logger = logging.getLogger(__name__)
+
+PROFILE_FORMAT = 1
+N_QUANTILES = 101
+#: The profile field each allocation heuristic reads (``uniform`` needs none).
+_HEURISTIC_FIELDS = {
+    "global_magnitude": "magnitude_quantiles",
+    "lamp": "lamp_quantiles",
+    "erk": "shape",
+}
+
+
+@dataclass(frozen=True)
+class LayerProfile:
+    """One prunable layer: its weight's size and cost, and score quantiles for the heuristics."""
+
+    name: str
+    params: int
+    flops: float | None = None
+    type: str | None = None
+    shape: tuple[int, ...] | None = None
+    magnitude_quantiles: tuple[float, ...] | None = None
+    lamp_quantiles: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """The prunable layers of a model, keyed by the names that search spaces use."""
+
+    model: str
+    layers: Mapping[str, LayerProfile]
+
+    @property
+    def prunable_params(self) -> int:
+        return sum(layer.params for layer in self.layers.values())
+
+    def weight(self, name: str, weight_by: str) -> float:
+        """The layer's weight in the global sparsity: its parameter count or its FLOPs."""
+        layer = self.layers[name]
+        if weight_by == "params":
+            return float(layer.params)
+        if layer.flops is None:
+            raise ValueError(f"weight_by='flops' needs 'flops' for layer {name!r} in the profile")
+        return float(layer.flops)
+
+    def supports(self, heuristic: str) -> bool:
+        """Whether every layer carries the data that ``heuristic`` needs."""
+        if heuristic == "uniform":
+            return True
+        field = _HEURISTIC_FIELDS[heuristic]
+        return all(getattr(layer, field) is not None for layer in self.layers.values())
+
+    @classmethod
+    def from_layer_params(cls, layer_params: Mapping[str, Any]) -> ModelProfile:
+        """A minimal profile from ``{layer: parameter count}`` (the ``layer_params`` classArg)."""
+        if not isinstance(layer_params, Mapping) or not layer_params:
+            raise ValueError(f"layer_params must be a non-empty mapping, got {layer_params!r}")
+        layers = {}
+        for name, count in layer_params.items():
+            _check_count(f"layer_params[{name!r}]", count)
+            layers[str(name)] = LayerProfile(name=str(name), params=int(count))
+        return cls(model="layer_params", layers=layers)
+
+
+def _check_count(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{key} must be a positive integer, got {value!r}")
+
+
+def _quantiles(key: str, value: Any) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != N_QUANTILES:
+        length = len(value) if isinstance(value, list) else type(value).__name__
+        raise ValueError(f"{key} must be a list of {N_QUANTILES} numbers, got {length}")
+    numbers = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
+            raise ValueError(f"{key} must hold finite numbers, got {item!r}")
+        numbers.append(float(item))
+    if any(b < a for a, b in itertools.pairwise(numbers)):
+        raise ValueError(f"{key} must be non-decreasing")
+    return tuple(numbers)
+
+
+def _layer(index: int, raw: Any) -> LayerProfile:
+    where = f"layers[{index}]"
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where} must be an object, got {raw!r}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}.name must be a non-empty string, got {name!r}")
+    where = f"layers[{index}] ({name!r})"
+    _check_count(f"{where}.params", raw.get("params"))
+    flops = raw.get("flops")
+    if flops is not None and (isinstance(flops, bool) or not isinstance(flops, int | float)
+                              or flops <= 0):
+        raise ValueError(f"{where}.flops must be a positive number, got {flops!r}")
+    shape = raw.get("shape")
+    if shape is not None:
+        if not isinstance(shape, list) or not shape:
+            raise ValueError(f"{where}.shape must be a non-empty list of integers, got {shape!r}")
+        for dim in shape:
+            _check_count(f"{where}.shape", dim)
+        if math.prod(shape) != raw["params"]:
+            raise ValueError(
+                f"{where}.params={raw['params']} does not match shape {shape} "
+                f"({math.prod(shape)} weights)"
+            )
+    return LayerProfile(
+        name=name,
+        params=int(raw["params"]),
+        flops=None if flops is None else float(flops),
+        type=raw.get("type"),
+        shape=None if shape is None else tuple(shape),
+        magnitude_quantiles=_quantiles(f"{where}.magnitude_quantiles",
+                                       raw.get("magnitude_quantiles")),
+        lamp_quantiles=_quantiles(f"{where}.lamp_quantiles", raw.get("lamp_quantiles")),
+    )
+
+
+def parse_profile(data: Any) -> ModelProfile:
+    """Validate decoded profile JSON; errors name the offending key and value."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a profile must be a JSON object, got {type(data).__name__}")
+    if data.get("format") != PROFILE_FORMAT:
+        raise ValueError(f"profile format must be {PROFILE_FORMAT}, got {data.get('format')!r}")
+    raw_layers = data.get("layers")
+    if not isinstance(raw_layers, list) or not raw_layers:
+        raise ValueError(f"profile 'layers' must be a non-empty list, got {raw_layers!r}")
+    layers: dict[str, LayerProfile] = {}
+    for index, raw in enumerate(raw_layers):
+        layer = _layer(index, raw)
+        if layer.name in layers:
+            raise ValueError(f"layers[{index}]: duplicate layer name {layer.name!r}")
+        layers[layer.name] = layer
+    profile = ModelProfile(model=str(data.get("model", "model")), layers=layers)
+    declared = data.get("prunable_params")
+    if declared is not None and declared != profile.prunable_params:
+        raise ValueError(
+            f"prunable_params={declared!r} but the layers hold {profile.prunable_params} weights"
+        )
+    return profile
+
+
+def load_profile(path: str | Path) -> ModelProfile:
+    """Read and validate a profile JSON file; errors name the file and what is wrong in it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ValueError(f"profile {str(path)!r} cannot be read: {error.strerror}") from error
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"profile {str(path)!r} is not valid JSON: {error.msg} at line {error.lineno}, "
+            f"column {error.colno}"
+        ) from error
+    try:
+        return parse_profile(data)
+    except ValueError as error:
+        raise ValueError(f"profile {str(path)!r}: {error}") from error

@@ -1,0 +1,473 @@
+"""PruneTPE: Optuna's TPE behind NNI's Tuner interface, with a global-sparsity constraint.
+
+Each suggestion is asked from an Optuna study (multivariate, grouped TPE, so that the branches
+of a nested ``choice`` are modelled apart), its layer sparsities are rescaled so that the
+weighted global sparsity equals ``target_sparsity`` (Contract 3), and it is returned in exactly
+the shape NNI's own TPE would send. Before TPE's random start-up, the tuner proposes the
+allocations of classic heuristics (uniform, global magnitude, LAMP, ERK) for every branch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import nni
+import optuna
+from nni import ClassArgsValidator
+from nni.tuner import Tuner
+from schema import And, Optional, Or, Schema, SchemaError, Use
+
+from nni_prune_tuners import search_space as ss
+from nni_prune_tuners import sparsity
+from nni_prune_tuners.profile import ModelProfile, load_profile
+
+_logger = logging.getLogger(__name__)
+
+HEURISTICS = ("uniform", "global_magnitude", "lamp", "erk")
+#: Attempts at a suggestion whose raw sparsities can be rescaled (only zeros can prevent it).
+_MAX_ATTEMPTS = 100
+
+
+@dataclass(frozen=True)
+class TunerOptions:
+    """Validated classArgs of :class:`PruneTPETuner`."""
+
+    optimize_mode: str
+    seed: int | None
+    target_sparsity: float | None
+    profile: ModelProfile | None
+    weight_by: str
+    sparsity_scope: str
+    warm_start: tuple[str, ...]
+    n_startup_trials: int
+    constant_liar: bool
+    learn_from: str
+
+
+_CLASS_ARGS_SCHEMA = Schema(
+    {
+        Optional("optimize_mode"): Or("maximize", "minimize", error="optimize_mode must be "
+                                      "'maximize' or 'minimize'"),
+        Optional("seed"): Or(None, And(int, lambda x: not isinstance(x, bool) and x >= 0),
+                             error="seed must be a non-negative integer or null"),
+        Optional("target_sparsity"): Or(None, And(Or(int, float), Use(float),
+                                                  lambda x: 0.0 < x < 1.0),
+                                        error="target_sparsity must be a number in (0, 1) or null"),
+        Optional("profile"): Or(None, str, error="profile must be a path string"),
+        Optional("layer_params"): Or(None, dict, error="layer_params must be a mapping"),
+        Optional("weight_by"): Or("params", "flops",
+                                  error="weight_by must be 'params' or 'flops'"),
+        Optional("sparsity_scope"): Or("searched", "model",
+                                       error="sparsity_scope must be 'searched' or 'model'"),
+        Optional("warm_start"): Or(None, [Or(*HEURISTICS)],
+                                   error=f"warm_start must be a list drawn from {list(HEURISTICS)}"),
+        Optional("n_startup_trials"): And(int, lambda x: not isinstance(x, bool) and x >= 0,
+                                          error="n_startup_trials must be an integer >= 0"),
+        Optional("constant_liar"): And(bool, error="constant_liar must be true or false"),
+        Optional("learn_from"): Or("rescaled", "raw",
+                                   error="learn_from must be 'rescaled' or 'raw'"),
+    }
+)
+
+
+def parse_tuner_options(class_args: Mapping[str, Any]) -> TunerOptions:
+    """Check PruneTPE's classArgs and load the profile they name.
+
+    Shared by the constructor and :class:`PruneTPEClassArgsValidator` so that both reject the
+    same things with the same messages.
+
+    Raises:
+        ValueError: naming the offending key and value.
+    """
+    try:
+        args = _CLASS_ARGS_SCHEMA.validate(dict(class_args))
+    except SchemaError as error:
+        raise ValueError(f"PruneTPE classArgs: {error.code} (got {dict(class_args)!r})") from None
+    target = args.get("target_sparsity")
+    if args.get("profile") is not None and args.get("layer_params") is not None:
+        raise ValueError("PruneTPE classArgs: give either 'profile' or 'layer_params', not both")
+    profile: ModelProfile | None = None
+    if args.get("profile") is not None:
+        profile = load_profile(args["profile"])
+    elif args.get("layer_params") is not None:
+        profile = ModelProfile.from_layer_params(args["layer_params"])
+    if target is not None and profile is None:
+        raise ValueError(
+            f"PruneTPE classArgs: target_sparsity={target} needs 'profile' (a model profile JSON "
+            f"written by trials/profile_model.py) or 'layer_params' ({{layer: weight count}})"
+        )
+    weight_by = args.get("weight_by", "params")
+    if weight_by == "flops" and profile is not None:
+        missing = [name for name, layer in profile.layers.items() if layer.flops is None]
+        if missing:
+            raise ValueError(f"PruneTPE classArgs: weight_by='flops' but the profile has no "
+                             f"flops for layers {missing}")
+    warm_start = args.get("warm_start")
+    if warm_start is None:
+        supported = () if profile is None else tuple(h for h in HEURISTICS if profile.supports(h))
+        warm_start = supported if target is not None else ()
+    elif warm_start:
+        if target is None:
+            raise ValueError(f"PruneTPE classArgs: warm_start={warm_start} needs target_sparsity")
+        assert profile is not None
+        unsupported = [h for h in warm_start if not profile.supports(h)]
+        if unsupported:
+            raise ValueError(
+                f"PruneTPE classArgs: warm_start={warm_start}: the profile lacks the data for "
+                f"{unsupported} (quantiles or shapes; 'layer_params' supports 'uniform' only)"
+            )
+    return TunerOptions(
+        optimize_mode=args.get("optimize_mode", "maximize"),
+        seed=args.get("seed"),
+        target_sparsity=target,
+        profile=profile,
+        weight_by=weight_by,
+        sparsity_scope=args.get("sparsity_scope", "searched"),
+        warm_start=tuple(dict.fromkeys(warm_start)),
+        n_startup_trials=args.get("n_startup_trials", 10),
+        constant_liar=args.get("constant_liar", True),
+        learn_from=args.get("learn_from", "rescaled"),
+    )
+
+
+class PruneTPEClassArgsValidator(ClassArgsValidator):
+    """Rejects bad PruneTPE classArgs with a message naming the key and value."""
+
+    def validate_class_args(self, **kwargs: Any) -> None:
+        parse_tuner_options(kwargs)
+
+
+@dataclass(frozen=True)
+class _SparsityGroup:
+    """What the constraint needs for one active set (one branch per nested choice)."""
+
+    label: str
+    choices: Mapping[str, int]
+    parameters: tuple[ss.Parameter, ...]
+    weights: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    total: float
+
+
+class PruneTPETuner(Tuner):
+    """Optuna TPE over NNI search spaces whose suggestions meet a global sparsity target.
+
+    Args:
+        optimize_mode: ``maximize`` (accuracy, the default) or ``minimize``.
+        seed: Seed of the sampler; drawn and logged when omitted, so any run can be replayed.
+        target_sparsity: Global sparsity every suggestion is rescaled to; ``None`` turns the
+            tuner into a plain TPE over NNI spaces.
+        profile: Path of the model profile JSON (Contract 4).
+        layer_params: ``{layer: weight count}``, a profile-free alternative (uniform warm start
+            only).
+        weight_by: Weigh layers by ``params`` (default) or ``flops``.
+        sparsity_scope: ``searched`` (default): the target holds over the searched layers;
+            ``model``: over every prunable layer of the profile, unsearched ones dense.
+        warm_start: Heuristic allocations tried first for every branch; default: all that the
+            profile supports.
+        n_startup_trials: Random trials before TPE takes over (after the warm starts).
+        constant_liar: Let TPE treat running trials as bad so that concurrent suggestions
+            spread out (a no-op with one trial in flight).
+        learn_from: Tell TPE the ``rescaled`` sparsities actually evaluated (default) or the
+            ``raw`` samples before rescaling.
+    """
+
+    def __init__(self, **class_args: Any) -> None:
+        options = parse_tuner_options(class_args)
+        self._options = options
+        seed = options.seed
+        if seed is None:
+            seed = int(np.random.default_rng().integers(2**31))
+        _logger.info("PruneTPE seed %d, target_sparsity %s", seed, options.target_sparsity)
+        self._seed = seed
+        self._parameters: tuple[ss.Parameter, ...] = ()
+        self._groups: list[_SparsityGroup] = []
+        self._study = self._new_study(0)
+        self._generation = 0
+        self._running: dict[int, tuple[int, optuna.trial.Trial]] = {}
+        self._completed: list[tuple[dict[str, Any], float]] = []
+        self._warm_starts: list[dict[str, Any]] = []
+        self._accept_customized_trials()
+
+    @property
+    def study(self) -> optuna.Study:
+        """The Optuna study behind the tuner (for inspection and plots)."""
+        return self._study
+
+    def _new_study(self, generation: int) -> optuna.Study:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(
+                seed=self._seed + generation,
+                n_startup_trials=self._options.n_startup_trials,
+                multivariate=True,
+                group=True,
+                constant_liar=self._options.constant_liar,
+            )
+        direction = "maximize" if self._options.optimize_mode == "maximize" else "minimize"
+        self._storage = optuna.storages.InMemoryStorage()
+        return optuna.create_study(storage=self._storage, sampler=sampler, direction=direction)
+
+    # -- search space ----------------------------------------------------------------------
+
+    def update_search_space(self, search_space: Mapping[str, Any]) -> None:
+        """Validate the space, check the target is feasible in every branch, plan warm starts.
+
+        Called again mid-run, it starts a fresh study and replays the finished trials that fit
+        the new space (the others are skipped with a logged reason).
+        """
+        parameters = ss.parse_search_space(search_space)
+        groups = self._sparsity_groups(parameters) if self._options.target_sparsity else []
+        self._parameters = parameters
+        self._groups = groups
+        if self._study.trials:
+            self._generation += 1
+            self._study = self._new_study(self._generation)
+            for params, value in self._completed:
+                self._add_finished(params, value, reason="after the search space changed")
+        self._warm_starts = [
+            self._warm_start(group, heuristic)
+            for heuristic in self._options.warm_start
+            for group in groups
+        ]
+        _logger.info(
+            "search space with %d parameters, %d branch combinations, %d warm starts",
+            len(list(ss.walk(parameters))), len(ss.active_sets(parameters)),
+            len(self._warm_starts),
+        )
+
+    def _sparsity_groups(self, parameters: Sequence[ss.Parameter]) -> list[_SparsityGroup]:
+        options = self._options
+        assert options.profile is not None and options.target_sparsity is not None
+        profile = options.profile
+        groups = []
+        for active in ss.active_sets(parameters):
+            layers = active.layer_sparsities
+            if not layers:
+                raise ss.SearchSpaceError(
+                    f"branch {active.label!r} has no layer sparsity (*_sparsity key) to meet "
+                    f"target_sparsity={options.target_sparsity}"
+                )
+            seen: set[str] = set()
+            for parameter in layers:
+                if parameter.type not in ("uniform", "loguniform"):
+                    raise ss.SearchSpaceError(
+                        f"search space key {parameter.name!r}: with target_sparsity a layer "
+                        f"sparsity must be uniform or loguniform, got {parameter.type!r}"
+                    )
+                if parameter.layer not in profile.layers:
+                    raise ss.SearchSpaceError(
+                        f"search space key {parameter.name!r}: layer {parameter.layer!r} is not "
+                        f"in the profile; known layers: {sorted(profile.layers)}"
+                    )
+                if parameter.layer in seen:
+                    raise ss.SearchSpaceError(
+                        f"branch {active.label!r} names layer {parameter.layer!r} twice"
+                    )
+                seen.add(parameter.layer)
+            weights = np.array([profile.weight(p.layer, options.weight_by) for p in layers])
+            total = float(weights.sum())
+            if options.sparsity_scope == "model":
+                total = sum(profile.weight(name, options.weight_by) for name in profile.layers)
+            lo = np.array([p.bounds[0] for p in layers])
+            hi = np.array([p.bounds[1] for p in layers])
+            sparsity.check_feasible(
+                options.target_sparsity, lo, hi, weights, total=total,
+                where=f"branch {active.label!r}",
+            )
+            groups.append(
+                _SparsityGroup(active.label, active.choices, layers, weights, lo, hi, total)
+            )
+        return groups
+
+    def _warm_start(self, group: _SparsityGroup, heuristic: str) -> dict[str, Any]:
+        """Optuna parameters (choices + layer sparsities) of one heuristic in one branch."""
+        options = self._options
+        assert options.profile is not None and options.target_sparsity is not None
+        layers = [options.profile.layers[p.layer] for p in group.parameters]
+        # heuristics prune a share of the *weights*; the rescaling below then meets the target
+        # as the constraint defines it (FLOPs weighting, model scope, bounds)
+        share = min(options.target_sparsity * group.total / float(group.weights.sum()), 0.999)
+        if heuristic == "uniform":
+            raw = np.full(len(layers), share)
+        elif heuristic == "erk":
+            raw = sparsity.erk_allocation([layer.shape or (layer.params,) for layer in layers],
+                                          share)
+        else:
+            field = "magnitude_quantiles" if heuristic == "global_magnitude" else "lamp_quantiles"
+            raw = sparsity.threshold_allocation(
+                [getattr(layer, field) for layer in layers], [layer.params for layer in layers],
+                share,
+            )
+        raw = np.maximum(raw, 1e-6)  # a zero share cannot be scaled; keep it the smallest
+        values = sparsity.rescale_to_target(
+            raw, group.lo, group.hi, group.weights, options.target_sparsity, total=group.total
+        )
+        return {
+            **group.choices,
+            **{p.name: float(v) for p, v in zip(group.parameters, values, strict=True)},
+        }
+
+    # -- suggestions -----------------------------------------------------------------------
+
+    def generate_parameters(self, parameter_id: int, **kwargs: Any) -> dict[str, Any]:
+        """Ask Optuna, rescale the layer sparsities to the target, return NNI-shaped params."""
+        if not self._parameters:
+            raise RuntimeError("generate_parameters called before update_search_space")
+        for _ in range(_MAX_ATTEMPTS):
+            self._enqueue_warm_start()
+            trial = self._study.ask()
+            params = ss.sample(trial, self._parameters)
+            try:
+                self._constrain(params, trial)
+            except ValueError as error:
+                _logger.warning("discarding a sample that cannot meet the target: %s", error)
+                self._study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                continue
+            self._running[parameter_id] = (self._generation, trial)
+            return params
+        raise RuntimeError(f"no sample could be rescaled in {_MAX_ATTEMPTS} attempts")
+
+    def _enqueue_warm_start(self) -> None:
+        """Queue the next heuristic allocation that nothing has tried yet (also after resume)."""
+        while self._warm_starts:
+            candidate = self._warm_starts.pop(0)
+            if not any(_same_params(candidate, t.params) for t in self._study.trials):
+                self._study.enqueue_trial(candidate)
+                return
+
+    def _constrain(self, params: dict[str, Any], trial: optuna.trial.Trial) -> None:
+        """Rescale ``params``' layer sparsities in place to meet the target (Contract 3)."""
+        target = self._options.target_sparsity
+        if target is None:
+            return
+        found = ss.layer_sparsity_paths(params, self._parameters)
+        names = {p.name for p, _ in found}
+        group = next(g for g in self._groups if {p.name for p in g.parameters} == names)
+        position = {p.name: path for p, path in found}
+        raw = np.array([_get(params, position[p.name]) for p in group.parameters])
+        values = sparsity.rescale_to_target(
+            raw, group.lo, group.hi, group.weights, target, total=group.total
+        )
+        for parameter, value in zip(group.parameters, values, strict=True):
+            _set(params, position[parameter.name], float(value))
+            if self._options.learn_from == "rescaled":
+                # Optuna's storage API is the supported way to record the value evaluated
+                self._storage.set_trial_param(
+                    trial._trial_id, parameter.name, float(value), parameter.distribution()
+                )
+
+    # -- results ---------------------------------------------------------------------------
+
+    def receive_trial_result(
+        self, parameter_id: int, parameters: dict[str, Any], value: Any, **kwargs: Any
+    ) -> None:
+        """Tell Optuna the result; NaN, inf or malformed metrics are told as failed."""
+        score = _scalar(value)
+        entry = self._running.pop(parameter_id, None)
+        if entry is None:
+            if score is None:
+                _logger.warning("ignoring customized trial %s with metric %r", parameter_id, value)
+            else:
+                self._completed.append((parameters, score))
+                self._add_finished(parameters, score, reason="customized trial")
+            return
+        generation, trial = entry
+        if score is None:
+            _logger.warning("trial %s reported %r: told as failed", parameter_id, value)
+            if generation == self._generation:
+                self._study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            return
+        self._completed.append((parameters, score))
+        if generation == self._generation:
+            self._study.tell(trial, score)
+        else:
+            self._add_finished(parameters, score, reason="from before the search space changed")
+
+    def trial_end(self, parameter_id: int, success: bool, **kwargs: Any) -> None:
+        """A trial that ended without a result (killed, failed, early-stopped) is told pruned.
+
+        Pruned trials without values rank below every completed trial in Optuna's TPE, which is
+        what an early-stopped or crashing configuration deserves, and they stop counting as
+        running for the constant liar.
+        """
+        entry = self._running.pop(parameter_id, None)
+        if entry is None:
+            return
+        generation, trial = entry
+        if generation == self._generation:
+            state = optuna.trial.TrialState.PRUNED if not success else optuna.trial.TrialState.FAIL
+            self._study.tell(trial, state=state)
+        _logger.info("trial %s ended (success=%s) without a final result", parameter_id, success)
+
+    def import_data(self, data: Sequence[Any]) -> None:
+        """Replay finished trials (``nnictl resume``, ``nnictl experiment import``)."""
+        imported = 0
+        for row in data:
+            if isinstance(row, str):
+                row = nni.load(row)
+            if not isinstance(row, Mapping) or "parameter" not in row or "value" not in row:
+                _logger.warning("skipping history row without parameter and value: %r", row)
+                continue
+            score = _scalar(row["value"])
+            if score is None:
+                _logger.warning("skipping history row with metric %r", row["value"])
+                continue
+            if self._add_finished(row["parameter"], score, reason="imported"):
+                self._completed.append((row["parameter"], score))
+                imported += 1
+        _logger.info("imported %d of %d history rows", imported, len(data))
+
+    def _add_finished(self, params: Mapping[str, Any], value: float, *, reason: str) -> bool:
+        """Add a finished trial to the study; False (and a logged reason) if it does not fit."""
+        try:
+            samples = ss.to_samples(params, self._parameters)
+        except (ValueError, KeyError, TypeError) as error:
+            _logger.warning("skipping %s trial %r: %s", reason, params, error)
+            return False
+        dists = ss.distributions(self._parameters)
+        self._study.add_trial(
+            optuna.trial.create_trial(
+                params=samples,
+                distributions={name: dists[name] for name in samples},
+                value=value,
+            )
+        )
+        return True
+
+
+def _scalar(value: Any) -> float | None:
+    """The metric NNI calls ``default`` as a finite float, or None (NNI's extract_scalar_reward)."""
+    if isinstance(value, Mapping):
+        value = value.get("default")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _same_params(candidate: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
+    return all(
+        name in params and math.isclose(float(params[name]), float(value), abs_tol=1e-9)
+        for name, value in candidate.items()
+    )
+
+
+def _get(params: Mapping[str, Any], path: Sequence[str]) -> float:
+    node: Any = params
+    for key in path:
+        node = node[key]
+    return float(node)
+
+
+def _set(params: dict[str, Any], path: Sequence[str], value: float) -> None:
+    node: Any = params
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value

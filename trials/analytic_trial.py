@@ -1,0 +1,157 @@
+"""A torch-free NNI trial with an analytic pruning objective.
+
+It stands in for a real fine-tuning run where speed matters more than realism: the tuner's and the
+assessor's end-to-end tests and the fast benchmark objective. It keeps the features that make the
+search hard: layers differ in size and in sensitivity (so the best allocation under a global budget
+is far from uniform), gradual AGP beats one-shot Level at high sparsity, and an AGP trial's accuracy
+dips while its masks ramp up before it recovers.
+
+Run as an NNI trial with ``python -m trials.analytic_trial`` or standalone with
+``python -m trials.analytic_trial --params '{"prune_method": {"_name": "agp", ...}}'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+_logger = logging.getLogger(__name__)
+
+SPARSITY_SUFFIX = "_sparsity"
+
+#: layer name -> (weight parameter count, sensitivity to pruning); names follow the seed's space.
+LAYERS: dict[str, tuple[int, float]] = {
+    "conv0": (144, 3.0),
+    "conv1": (4608, 0.6),
+    "conv2": (18432, 0.25),
+    "fc": (5120, 1.2),
+}
+DENSE_ACCURACY = 0.98
+AGP_END_EPOCH = 3
+EPOCHS = 6
+_METHOD_DAMAGE = {"level": 1.0, "agp": 0.7}
+
+
+def layer_params() -> dict[str, int]:
+    """Parameter counts of the analytic layers, in the shape of PruneTPE's ``layer_params``."""
+    return {name: params for name, (params, _) in LAYERS.items()}
+
+
+def search_space(
+    *, methods: Sequence[str] = ("agp", "level"), low: float = 0.05, high: float = 0.98
+) -> dict[str, Any]:
+    """An NNI search space over every analytic layer, in the seed's nested shape."""
+    layers = {f"{name}{SPARSITY_SUFFIX}": {"_type": "uniform", "_value": [low, high]}
+              for name in LAYERS}
+    return {"prune_method": {"_type": "choice",
+                             "_value": [{"_name": method, **layers} for method in methods]}}
+
+
+def _damage(sparsity: float, sensitivity: float) -> float:
+    """Accuracy lost by one layer: negligible at low sparsity, explosive as it approaches 1."""
+    return sensitivity * 0.02 * sparsity**3 / (1.0 - sparsity) ** 0.5
+
+
+def final_accuracy(method: str, sparsities: Mapping[str, float]) -> float:
+    """Accuracy after fine-tuning a model pruned with ``method`` to the given layer sparsities."""
+    if method not in _METHOD_DAMAGE:
+        raise ValueError(f"unknown prune method {method!r}; expected one of {sorted(_METHOD_DAMAGE)}")
+    loss = 0.0
+    for name, sparsity in sparsities.items():
+        if name not in LAYERS:
+            raise ValueError(f"unknown layer {name!r}; expected one of {sorted(LAYERS)}")
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity of layer {name!r} must be in [0, 1), got {sparsity!r}")
+        loss += _damage(sparsity, LAYERS[name][1])
+    return max(0.0, DENSE_ACCURACY - _METHOD_DAMAGE[method] * loss)
+
+
+def global_sparsity(sparsities: Mapping[str, float]) -> float:
+    """Parameter-weighted sparsity over the named layers (``sparsity_scope: searched``)."""
+    total = sum(LAYERS[name][0] for name in sparsities)
+    return sum(LAYERS[name][0] * s for name, s in sparsities.items()) / total
+
+
+def history(method: str, sparsities: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Per-epoch intermediate reports (Contract 5) ending at :func:`final_accuracy`.
+
+    Level prunes at once and recovers during fine-tuning; AGP follows the cubic schedule up to
+    ``AGP_END_EPOCH`` so its accuracy first dips below Level's, then recovers past it.
+    """
+    target = final_accuracy(method, sparsities)
+    reports = []
+    for epoch in range(EPOCHS):
+        if method == "agp":
+            progress = min(1.0, (epoch + 1) / AGP_END_EPOCH)
+            ramp = 1.0 - (1.0 - progress) ** 3
+            current = {name: s * ramp for name, s in sparsities.items()}
+            pruned = epoch + 1 >= AGP_END_EPOCH
+            dip = 0.0 if pruned else 0.25 * ramp
+            accuracy = target - dip - 0.04 * (EPOCHS - 1 - epoch) / EPOCHS
+        else:
+            current = dict(sparsities)
+            pruned = True
+            accuracy = target - 0.08 * math.exp(-epoch)
+        reports.append(
+            {
+                "default": max(0.0, accuracy),
+                "epoch": epoch,
+                "sparsity": global_sparsity(current),
+                "pruned": pruned,
+            }
+        )
+    reports[-1]["default"] = target
+    return reports
+
+
+def parse_parameters(params: Mapping[str, Any]) -> tuple[str, dict[str, float]]:
+    """Split NNI parameters (Contract 2) into the method name and ``{layer: sparsity}``."""
+    branch = params.get("prune_method")
+    if not isinstance(branch, Mapping) or "_name" not in branch:
+        raise ValueError(f"parameters need a nested 'prune_method' choice with '_name', got {params!r}")
+    sparsities = {}
+    for key, value in branch.items():
+        if key == "_name":
+            continue
+        if not key.endswith(SPARSITY_SUFFIX):
+            raise ValueError(f"unexpected parameter {key!r} in branch {branch['_name']!r}")
+        sparsities[key[: -len(SPARSITY_SUFFIX)]] = float(value)
+    return str(branch["_name"]), sparsities
+
+
+def run(params: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Intermediate reports and the final report (Contract 5) for one parameter set."""
+    method, sparsities = parse_parameters(params)
+    reports = history(method, sparsities)
+    final = {
+        "default": reports[-1]["default"],
+        "sparsity": global_sparsity(sparsities),
+        "method": method,
+    }
+    return reports, final
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", help="JSON parameters; without it, ask NNI for them")
+    args = parser.parse_args(argv)
+    if args.params is not None:
+        _, final = run(json.loads(args.params))
+        print(json.dumps(final))
+        return 0
+
+    import nni
+
+    reports, final = run(nni.get_next_parameter())
+    for report in reports:
+        nni.report_intermediate_result(report)
+    nni.report_final_result(final)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -368,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import nni
 
             params = nni.get_next_parameter()
-            if params is None:
+            if not params:  # outside NNI the standalone runtime returns {}
                 raise ValueError("no parameters: run under NNI or pass --params JSON")
             report = nni.report_intermediate_result
         started = time.perf_counter()

@@ -155,8 +155,10 @@ class Parameter:
         x = float(value)
         if self.type in _NORMAL_FAMILY:
             if self.type in ("lognormal", "qlognormal"):
-                if x <= 0:
+                if x < 0 or (x == 0 and self.type == "lognormal"):
                     raise ValueError(f"{self.name}: {value!r} is not positive")
+                if x == 0:  # qlognormal rounds its smallest values down to 0
+                    return _EPS
                 x = math.log(x)
             u = _STANDARD_NORMAL.cdf((x - self.args[0]) / self.args[1])
             return min(max(u, _EPS), 1.0 - _EPS)

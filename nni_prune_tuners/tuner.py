@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import nni
+import numpy as np
 import optuna
 from nni import ClassArgsValidator
 from nni.tuner import Tuner
@@ -211,7 +211,11 @@ class PruneTPETuner(Tuner):
                 group=True,
                 constant_liar=self._options.constant_liar,
             )
-        direction = "maximize" if self._options.optimize_mode == "maximize" else "minimize"
+        direction = (
+            optuna.study.StudyDirection.MAXIMIZE
+            if self._options.optimize_mode == "maximize"
+            else optuna.study.StudyDirection.MINIMIZE
+        )
         self._storage = optuna.storages.InMemoryStorage()
         return optuna.create_study(storage=self._storage, sampler=sampler, direction=direction)
 

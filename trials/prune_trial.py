@@ -9,6 +9,7 @@ the benchmarks and the demo call.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -16,7 +17,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,26 @@ def select_device(device: str | None = None) -> torch.device:
     return torch.device(device)
 
 
+@contextlib.contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Run the block with ``num_threads`` torch CPU threads (None: leave the setting alone).
+
+    The digits CNN is so small that one thread is as fast as several, and far faster when
+    concurrent trials or other processes compete for the cores.
+    """
+    if num_threads is None:
+        yield
+        return
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"num_threads must be an int >= 1 or None, got {num_threads!r}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)`` in [0, 1]."""
     model.eval()
@@ -178,9 +199,15 @@ def train_epoch(
         optimizer.step()
 
 
-def train_dense(*, seed: int = _DENSE_SEED, device: str | None = None) -> dict[str, torch.Tensor]:
+def train_dense(
+    *, seed: int = _DENSE_SEED, device: str | None = None, num_threads: int | None = 1
+) -> dict[str, torch.Tensor]:
     """Train the dense digits CNN from scratch; returns a CPU state dict."""
-    dev = select_device(device)
+    with torch_threads(num_threads):
+        return _train_dense(seed, select_device(device))
+
+
+def _train_dense(seed: int, dev: torch.device) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     model = digits_cnn().to(dev)
     data = digits_split().to(dev)
@@ -237,6 +264,7 @@ def run_trial(
     cache_dir: Path | None = None,
     report: Callable[[dict[str, Any]], None] | None = None,
     agp: AgpSchedule | None = None,
+    num_threads: int | None = 1,
 ) -> TrialResult:
     """Prune the cached dense digits CNN as ``params`` say, fine-tune, and score it.
 
@@ -249,6 +277,7 @@ def run_trial(
         cache_dir: where the dense weights are cached (default :func:`default_cache_dir`).
         report: called with each intermediate dict (``nni.report_intermediate_result`` under NNI).
         agp: AGP schedule options (default the seed's 0/0/3/1); ignored by Level.
+        num_threads: torch CPU threads for the trial, restored afterwards (None: as set).
 
     Raises:
         ValueError: on bad parameters or options, before any training.
@@ -262,7 +291,24 @@ def run_trial(
     model = digits_cnn()
     layers = prunable_layers(model)
     method, sparsities = parse_params(params, list(layers))
+    with torch_threads(num_threads):
+        return _run(model, layers, method, sparsities, epochs=epochs, seed=seed, dev=dev,
+                    cache_dir=cache_dir, report=report, schedule=schedule)
 
+
+def _run(
+    model: nn.Module,
+    layers: Mapping[str, nn.Module],
+    method: str,
+    sparsities: Mapping[str, float],
+    *,
+    epochs: int,
+    seed: int,
+    dev: torch.device,
+    cache_dir: Path | None,
+    report: Callable[[dict[str, Any]], None] | None,
+    schedule: AgpSchedule,
+) -> TrialResult:
     model.load_state_dict(dense_state_dict(cache_dir))
     model.to(dev)
     data = digits_split().to(dev)
@@ -347,10 +393,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry; returns the exit status (2 on bad input, so NNI marks the trial FAILED)."""
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.threads < 1:
-        print(f"prune_trial: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
-        return 2
-    torch.set_num_threads(args.threads)
     try:
         schedule = AgpSchedule(
             initial_sparsity=args.agp_initial_sparsity,
@@ -373,7 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = nni.report_intermediate_result
         started = time.perf_counter()
         result = run_trial(params, epochs=args.epochs, seed=args.seed, device=args.device,
-                           cache_dir=args.cache_dir, report=report, agp=schedule)
+                           cache_dir=args.cache_dir, report=report, agp=schedule,
+                           num_threads=args.threads)
     except ValueError as exc:
         print(f"prune_trial: error: {exc}", file=sys.stderr)
         return 2

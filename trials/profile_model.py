@@ -91,6 +91,8 @@ def layer_flops(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
             param = next(model.parameters(), None)
             device = param.device if param is not None else torch.device("cpu")
             model(torch.zeros(1, *input_shape, device=device))
+    except RuntimeError as exc:
+        raise ValueError(f"forward pass on input shape {tuple(input_shape)} failed: {exc}") from exc
     finally:
         for handle in handles:
             handle.remove()

@@ -1,33 +1,60 @@
-"""Command line: ``python -m nni_prune_tuners {register,unregister,check}``."""
+"""Command line: ``python -m nni_prune_tuners {register,unregister,check,export}``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from nni_prune_tuners import registration
 
 _logger = logging.getLogger(__name__)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nni_prune_tuners", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("register", help="register PruneTPE and PruneEarlyStop with nnictl")
     commands.add_parser("unregister", help="remove them from nnictl")
-    args = parser.parse_args(argv)
+    check = commands.add_parser(
+        "check", help="validate an experiment config (classArgs, search space, profile, target) "
+        "before nnictl create")
+    check.add_argument("--config", required=True, type=Path)
+    export = commands.add_parser(
+        "export", help="write the best trial of a finished experiment as an NNI config_list")
+    export.add_argument("--experiment", required=True, help="experiment id")
+    export.add_argument("--out", required=True, type=Path)
+    export.add_argument("--experiment-dir", type=Path,
+                        help="the experiment's folder, if nnictl's registry does not know it")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.command == "register":
-            names = registration.register()
-            _logger.info("registered: %s", ", ".join(names))
+            _logger.info("registered: %s", ", ".join(registration.register()))
         elif args.command == "unregister":
-            names = registration.unregister()
-            _logger.info("unregistered: %s", ", ".join(names) or "nothing was registered")
+            removed = registration.unregister()
+            _logger.info("unregistered: %s", ", ".join(removed) or "nothing was registered")
+        elif args.command == "check":
+            from nni_prune_tuners.config_check import check_config
+
+            checked = check_config(args.config)
+            _logger.info("%s is valid: trial code in %s; target branches: %s; %d warm starts",
+                         args.config, checked.code_directory,
+                         ", ".join(checked.branches) or "none", checked.warm_starts)
+        elif args.command == "export":
+            from nni_prune_tuners.export import export_best
+
+            result = export_best(args.experiment, args.out, experiment_dir=args.experiment_dir)
+            _logger.info("%s", json.dumps(result["config_list"]))
     except (registration.RegistrationError, ValueError) as error:
-        _logger.error("%s", error)
+        _logger.error("error: %s", error)
         return 1
     return 0
 

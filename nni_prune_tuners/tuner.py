@@ -9,11 +9,15 @@ allocations of classic heuristics (uniform, global magnitude, LAMP, ERK) for eve
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import math
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import nni
@@ -76,11 +80,34 @@ _CLASS_ARGS_SCHEMA = Schema(
 )
 
 
-def parse_tuner_options(class_args: Mapping[str, Any]) -> TunerOptions:
+def experiment_code_directory() -> Path | None:
+    """The running experiment's ``trialCodeDirectory`` when called inside NNI's dispatcher.
+
+    NNI starts the dispatcher in the experiment's log folder with the whole experiment config
+    base64-encoded in ``--exp_params``; NNI already made the code directory absolute there.
+    """
+    if "--exp_params" not in sys.argv[:-1]:
+        return None
+    encoded = sys.argv[sys.argv.index("--exp_params") + 1]
+    config = json.loads(base64.b64decode(encoded).decode("utf-8"))
+    directory = config.get("trialCodeDirectory") or config.get("trial", {}).get("codeDir")
+    return None if directory is None else Path(directory)
+
+
+def resolve_path(path: str, base: Path | None) -> Path:
+    """A relative classArgs path is relative to the trial code, where users keep the profile."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or base is None:
+        return candidate
+    return base / candidate
+
+
+def parse_tuner_options(class_args: Mapping[str, Any], *, base: Path | None = None) -> TunerOptions:
     """Check PruneTPE's classArgs and load the profile they name.
 
     Shared by the constructor and :class:`PruneTPEClassArgsValidator` so that both reject the
-    same things with the same messages.
+    same things with the same messages. A relative ``profile`` is resolved against ``base``
+    (the experiment's ``trialCodeDirectory``), or the working directory without one.
 
     Raises:
         ValueError: naming the offending key and value.
@@ -94,7 +121,7 @@ def parse_tuner_options(class_args: Mapping[str, Any]) -> TunerOptions:
         raise ValueError("PruneTPE classArgs: give either 'profile' or 'layer_params', not both")
     profile: ModelProfile | None = None
     if args.get("profile") is not None:
-        profile = load_profile(args["profile"])
+        profile = load_profile(resolve_path(args["profile"], base))
     elif args.get("layer_params") is not None:
         profile = ModelProfile.from_layer_params(args["layer_params"])
     if target is not None and profile is None:
@@ -140,7 +167,7 @@ class PruneTPEClassArgsValidator(ClassArgsValidator):
     """Rejects bad PruneTPE classArgs with a message naming the key and value."""
 
     def validate_class_args(self, **kwargs: Any) -> None:
-        parse_tuner_options(kwargs)
+        parse_tuner_options(kwargs, base=experiment_code_directory())
 
 
 @dataclass(frozen=True)
@@ -180,7 +207,7 @@ class PruneTPETuner(Tuner):
     """
 
     def __init__(self, **class_args: Any) -> None:
-        options = parse_tuner_options(class_args)
+        options = parse_tuner_options(class_args, base=experiment_code_directory())
         self._options = options
         seed = options.seed
         if seed is None:
@@ -200,6 +227,16 @@ class PruneTPETuner(Tuner):
     def study(self) -> optuna.Study:
         """The Optuna study behind the tuner (for inspection and plots)."""
         return self._study
+
+    @property
+    def parameters(self) -> tuple[ss.Parameter, ...]:
+        """The parsed search space (empty before ``update_search_space``)."""
+        return self._parameters
+
+    @property
+    def pending_warm_starts(self) -> int:
+        """Heuristic allocations not yet proposed."""
+        return len(self._warm_starts)
 
     def _new_study(self, generation: int) -> optuna.Study:
         with warnings.catch_warnings():

@@ -1,0 +1,150 @@
+"""Export the best configuration of a finished NNI experiment as an NNI pruning ``config_list``.
+
+Works on stopped experiments too: it reads the experiment's own SQLite database (where NNI keeps
+every trial's parameters and metrics) instead of the REST API of a running one. The experiment
+folder is found through nnictl's experiment registry (``~/nni-experiments/.experiment``), or
+given directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nni_prune_tuners.search_space import SPARSITY_SUFFIX
+
+_logger = logging.getLogger(__name__)
+
+NNI_HOME = Path.home() / "nni-experiments"
+
+
+@dataclass
+class TrialRecord:
+    """One trial as recorded by NNI: parameters, last status, final and intermediate metrics."""
+
+    trial_id: str
+    parameters: dict[str, Any]
+    status: str
+    final: Any = None
+    intermediates: list[Any] = field(default_factory=list)
+
+    @property
+    def score(self) -> float | None:
+        value = self.final.get("default") if isinstance(self.final, Mapping) else self.final
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return None
+        return float(value)
+
+
+def find_experiment_dir(experiment_id: str, *, nni_home: Path = NNI_HOME) -> Path:
+    """The folder NNI writes experiment ``experiment_id`` to (it holds ``db/nni.sqlite``)."""
+    candidates = []
+    registry = nni_home / ".experiment"
+    if registry.exists():
+        entry = json.loads(registry.read_text()).get(experiment_id)
+        if entry and entry.get("logDir"):
+            candidates.append(Path(entry["logDir"]) / experiment_id)
+    candidates.append(nni_home / experiment_id)
+    for candidate in candidates:
+        if (candidate / "db" / "nni.sqlite").exists():
+            return candidate
+    raise ValueError(
+        f"experiment {experiment_id!r} not found (looked in {[str(c) for c in candidates]}); "
+        f"pass --experiment-dir"
+    )
+
+
+def _decode(data: str) -> Any:
+    """Metric data is JSON of a JSON string (NNI dumps the trial's dump)."""
+    value = json.loads(data)
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def load_experiment(experiment_dir: Path) -> tuple[dict[str, Any], list[TrialRecord]]:
+    """The experiment's config (latest revision) and its trials, in start order."""
+    database = experiment_dir / "db" / "nni.sqlite"
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        row = connection.execute(
+            "select params from ExperimentProfile order by revision desc limit 1"
+        ).fetchone()
+        config = json.loads(row[0]) if row else {}
+        trials: dict[str, TrialRecord] = {}
+        for trial_id, event, data in connection.execute(
+            "select trialJobId, event, data from TrialJobEvent order by timestamp, rowid"
+        ):
+            record = trials.setdefault(trial_id, TrialRecord(trial_id, {}, event))
+            record.status = event
+            if data and not record.parameters:
+                record.parameters = json.loads(data).get("parameters", {})
+        for trial_id, kind, data in connection.execute(
+            "select trialJobId, type, data from MetricData order by timestamp, sequence"
+        ):
+            if trial_id not in trials:
+                continue
+            if kind == "FINAL":
+                trials[trial_id].final = _decode(data)
+            elif kind == "PERIODICAL":
+                trials[trial_id].intermediates.append(_decode(data))
+    finally:
+        connection.close()
+    return config, list(trials.values())
+
+
+def layer_sparsities(parameters: Mapping[str, Any]) -> tuple[str | None, dict[str, float]]:
+    """The pruning method (``_name`` of the nested branch, if any) and ``{layer: sparsity}``."""
+    method = None
+    found: dict[str, float] = {}
+    for key, value in parameters.items():
+        if key.endswith(SPARSITY_SUFFIX) and isinstance(value, int | float):
+            found[key[: -len(SPARSITY_SUFFIX)]] = float(value)
+        elif isinstance(value, Mapping):
+            inner_method, inner = layer_sparsities(value)
+            method = method or inner_method or value.get("_name")
+            found.update(inner)
+    return method, found
+
+
+def to_config_list(sparsities: Mapping[str, float]) -> list[dict[str, Any]]:
+    """NNI's pruning ``config_list``: one entry per layer with its own ``sparse_ratio``."""
+    return [{"op_names": [layer], "sparse_ratio": ratio} for layer, ratio in sparsities.items()]
+
+
+def best_trial(trials: list[TrialRecord], *, maximize: bool = True) -> TrialRecord:
+    """The succeeded trial with the best finite final ``default`` metric."""
+    sign = 1.0 if maximize else -1.0
+    scored = [(sign * t.score, t) for t in trials if t.status == "SUCCEEDED" and t.score is not None]
+    if not scored:
+        raise ValueError("the experiment has no succeeded trial with a final metric")
+    return max(scored, key=lambda pair: pair[0])[1]
+
+
+def export_best(experiment_id: str, out: Path, *, experiment_dir: Path | None = None) -> dict[str, Any]:
+    """Write the best trial of an experiment as JSON holding its NNI ``config_list``."""
+    folder = experiment_dir or find_experiment_dir(experiment_id)
+    config, trials = load_experiment(folder)
+    tuner = config.get("tuner") or {}
+    mode = (tuner.get("classArgs") or {}).get("optimize_mode", "maximize")
+    best = best_trial(trials, maximize=mode != "minimize")
+    method, sparsities = layer_sparsities(best.parameters)
+    if not sparsities:
+        raise ValueError(f"best trial {best.trial_id} has no *_sparsity parameter: {best.parameters}")
+    result = {
+        "experiment_id": experiment_id,
+        "trial_id": best.trial_id,
+        "method": method,
+        "metric": best.final,
+        "parameters": best.parameters,
+        "config_list": to_config_list(sparsities),
+        "trials": len(trials),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    _logger.info("best of %d trials: %s (%s) -> %s", len(trials), best.trial_id, best.final, out)
+    return result

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -14,6 +16,7 @@ from nni.algorithms.hpo.medianstop_assessor import MedianstopAssessor
 from nni.assessor import AssessResult
 from schema import SchemaError
 
+from benchmarks.assessor import Contender, RecordedTrial, replay
 from nni_prune_tuners import assessor as mod
 from nni_prune_tuners.assessor import (
     PruneEarlyStopAssessor,
@@ -26,9 +29,7 @@ NAN = math.nan
 
 def level(values: Sequence[float]) -> list[dict[str, Any]]:
     """A Level trial's reports: pruned from the first epoch."""
-    return [
-        {"default": v, "epoch": e, "sparsity": 0.9, "pruned": True} for e, v in enumerate(values)
-    ]
+    return [{"default": v, "epoch": e, "sparsity": 0.9, "pruned": True} for e, v in enumerate(values)]
 
 
 def agp(ramp: Sequence[float], after: Sequence[float]) -> list[dict[str, Any]]:
@@ -38,8 +39,7 @@ def agp(ramp: Sequence[float], after: Sequence[float]) -> list[dict[str, Any]]:
         for e, v in enumerate(ramp)
     ]
     reports += [
-        {"default": v, "epoch": len(ramp) + e, "sparsity": 0.9, "pruned": True}
-        for e, v in enumerate(after)
+        {"default": v, "epoch": len(ramp) + e, "sparsity": 0.9, "pruned": True} for e, v in enumerate(after)
     ]
     return reports
 
@@ -476,3 +476,24 @@ def test_lifecycle_replay_with_concurrency_duplicates_and_reordering() -> None:
     before = d.calls
     d.metric("G", 4, 0.1)
     assert d.calls == before
+
+
+def test_replay_benchmark_accounting() -> None:
+    """The benchmark's simulated experiment charges epochs and keeps the best as described."""
+    trials = [RecordedTrial("level", level([v] * 4), v) for v in (0.9, 0.5, 0.8, 0.95)]
+    none = replay(trials, Contender("none", None))
+    assert (none.epochs_used, none.epochs_total, none.stopped) == (16, 16, [])
+    assert none.best_survived and none.best_kept == 0.95
+
+    class StopHalf(PruneEarlyStopAssessor):
+        def assess_trial(self, trial_job_id: str, trial_history: list[Any]) -> AssessResult:
+            return BAD if trial_job_id == "1" and len(trial_history) == 2 else GOOD
+
+    outcome = replay(trials, Contender("stop trial 1", StopHalf))
+    assert outcome.stopped == [1] and outcome.epochs_used == 14
+    assert outcome.best_survived and outcome.best_kept == 0.95
+
+
+def test_assessor_module_does_not_import_torch() -> None:
+    code = "import sys, nni_prune_tuners.assessor; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

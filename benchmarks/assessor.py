@@ -66,20 +66,29 @@ class Outcome:
     best_survived: bool
 
 
-def load(path: Path) -> list[RecordedTrial]:
-    """Read the recorded histories (``benchmarks/record_histories.py`` format 1)."""
+def load(path: Path, epochs: int | None = None) -> list[RecordedTrial]:
+    """Read the recorded histories (``benchmarks/record_histories.py`` format 1).
+
+    With ``epochs``, every trial is cut to its first ``epochs`` epochs and its last kept
+    validation accuracy stands for its final one: shorter fine-tuning from the same recording.
+    """
     payload = json.loads(path.read_text())
     if payload.get("format") != 1:
         raise ValueError(f"{path}: unsupported format {payload.get('format')!r}, expected 1")
-    return [
-        RecordedTrial(t["params"]["prune_method"]["_name"], t["history"], t["final"]["default"])
-        for t in payload["trials"]
-    ]
+    if epochs is not None and not 1 <= epochs <= payload["epochs"]:
+        raise ValueError(f"epochs must be in [1, {payload['epochs']}], got {epochs!r}")
+    trials = []
+    for t in payload["trials"]:
+        method = t["params"]["prune_method"]["_name"]
+        if epochs is None:
+            trials.append(RecordedTrial(method, t["history"], t["final"]["default"]))
+        else:
+            history = t["history"][:epochs]
+            trials.append(RecordedTrial(method, history, history[-1]["default"]))
+    return trials
 
 
-def replay(
-    trials: Sequence[RecordedTrial], contender: Contender, *, concurrency: int = 2
-) -> Outcome:
+def replay(trials: Sequence[RecordedTrial], contender: Contender, *, concurrency: int = 2) -> Outcome:
     """Run one simulated experiment over ``trials`` in the given order."""
     assessor = contender.make() if contender.make is not None else None
     pending = list(range(len(trials)))[::-1]
@@ -139,18 +148,14 @@ def contenders(agp_end_epoch: int) -> list[Contender]:
     ]
 
 
-def summarise(
-    trials: Sequence[RecordedTrial], outcomes: Sequence[Outcome]
-) -> dict[str, float | int]:
+def summarise(trials: Sequence[RecordedTrial], outcomes: Sequence[Outcome]) -> dict[str, float | int]:
     """Means over arrival orders, in the units of the table."""
     stopped_agp = [sum(trials[i].method == "agp" for i in o.stopped) for o in outcomes]
     stopped_level = [sum(trials[i].method == "level" for i in o.stopped) for o in outcomes]
     gaps = [100.0 * (o.best_overall - o.best_kept) for o in outcomes]
     return {
         "orders": len(outcomes),
-        "epochs_saved_pct": float(
-            np.mean([100.0 * (1 - o.epochs_used / o.epochs_total) for o in outcomes])
-        ),
+        "epochs_saved_pct": float(np.mean([100.0 * (1 - o.epochs_used / o.epochs_total) for o in outcomes])),
         "best_survived_pct": float(np.mean([100.0 * o.best_survived for o in outcomes])),
         "best_gap_points_mean": float(np.mean(gaps)),
         "best_gap_points_worst": float(np.max(gaps)),
@@ -209,11 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=50, help="shuffled arrival orders")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=None, help="cut every trial to its first EPOCHS epochs")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("medianstop_Assessor").setLevel(logging.ERROR)
 
-    recorded = load(args.data)
+    recorded = load(args.data, args.epochs)
     agp_end = json.loads(args.data.read_text())["agp_schedule"]["end_epoch"]
     rng = np.random.RandomState(args.seed)
     orders = [list(range(len(recorded)))]
@@ -239,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "orders": len(orders),
                 "concurrency": args.concurrency,
                 "seed": args.seed,
+                "epochs": len(recorded[0].history),
                 "summary": summaries,
                 "runs": runs,
             },
@@ -249,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot(recorded, args.output / "replay.png")
     best = max(t.final for t in recorded)
     print(
-        f"{len(recorded)} recorded digits trials ({args.data.name}), best final accuracy "
+        f"{len(recorded)} recorded digits trials ({args.data.name}, "
+        f"{len(recorded[0].history)} epochs), best final accuracy "
         f"{100 * best:.2f}%, {len(orders)} arrival orders, {args.concurrency} trials in flight\n"
     )
     print(table(recorded, summaries))

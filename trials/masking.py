@@ -90,10 +90,11 @@ def _mask_from_scores(scores: torch.Tensor, k: int) -> torch.Tensor:
         return torch.zeros_like(scores)
     threshold = torch.kthvalue(flat, k).values
     keep = flat > threshold
-    ties = flat == threshold
-    # Of the weights tied at the threshold, the first `k - below` (by index) are pruned.
-    below = flat.numel() - int(keep.sum()) - int(ties.sum())
-    keep |= ties & (torch.cumsum(ties, 0) > k - below)
+    pruned_at_threshold = k - int((flat < threshold).sum())
+    ties = torch.nonzero(flat == threshold).reshape(-1)
+    if ties.numel() > pruned_at_threshold:
+        # Of the weights tied at the threshold, the lowest-index ones are pruned first.
+        keep[ties[pruned_at_threshold:]] = True
     return keep.reshape(scores.shape).to(scores.dtype)
 
 

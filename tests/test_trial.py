@@ -82,7 +82,8 @@ def test_level_trial_hits_the_global_target(cache_dir: Path) -> None:
                        report=reports.append)
     assert isinstance(result, TrialResult) and result.method == "level"
     assert abs(result.sparsity - _target({"conv0": 0.62, "conv1": 0.93})) < 1e-3
-    assert result.sparsity == result.target_sparsity == (89 + 4285) / (144 + 4608)
+    assert result.sparsity == (89 + 4285) / (144 + 4608)
+    assert result.target_sparsity == pytest.approx(_target({"conv0": 0.62, "conv1": 0.93}))
     assert result.layer_sparsity == {"conv0": 89 / 144, "conv1": 4285 / 4608}
     assert reports == result.history and [r["epoch"] for r in reports] == [0, 1, 2]
     assert all(r["pruned"] and r["sparsity"] == result.sparsity for r in reports)
@@ -149,6 +150,8 @@ def test_run_trial_rejects_bad_options(cache_dir: Path) -> None:
         run_trial(_params("level", conv0=0.5), num_threads=0, cache_dir=cache_dir)
     with pytest.raises(ValueError, match="epochs"):
         run_trial(_params("level", conv0=0.5), epochs=0, cache_dir=cache_dir)
+    with pytest.raises(ValueError, match="end_epoch"):
+        run_trial(_params("agp", conv0=0.5), epochs=3, cache_dir=cache_dir)
     with pytest.raises(ValueError, match="seed"):
         run_trial(_params("level", conv0=0.5), seed=1.5, cache_dir=cache_dir)  # type: ignore[arg-type]
 

@@ -36,7 +36,6 @@ from trials.masking import (
     layer_weight,
     level_mask,
     measured_sparsity,
-    num_pruned,
     prunable_layers,
 )
 from trials.models import digits_cnn
@@ -71,7 +70,8 @@ class TrialResult:
         test_accuracy: accuracy on the held-out test split.
         dense_accuracy: validation accuracy of the dense model the trial started from.
         sparsity: parameter-weighted fraction of zero weights over the named layers, measured.
-        target_sparsity: the same fraction computed from the requested layer sparsities.
+        target_sparsity: the tuner's global target, ``sum(n_i * s_i) / sum(n_i)`` over the
+            named layers; ``sparsity`` differs from it only by the rounding of counts.
         method: ``"level"`` or ``"agp"``.
         layer_sparsity: measured sparsity of each named layer.
         history: the intermediate dicts, one per epoch.
@@ -280,7 +280,8 @@ def run_trial(
         num_threads: torch CPU threads for the trial, restored afterwards (None: as set).
 
     Raises:
-        ValueError: on bad parameters or options, before any training.
+        ValueError: on bad parameters or options (including AGP with ``epochs <= end_epoch``),
+            before any training.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
@@ -291,6 +292,11 @@ def run_trial(
     model = digits_cnn()
     layers = prunable_layers(model)
     method, sparsities = parse_params(params, list(layers))
+    if method == "agp" and epochs <= schedule.end_epoch:
+        raise ValueError(
+            f"epochs must exceed the AGP end_epoch ({schedule.end_epoch}) so the masks reach "
+            f"their final sparsity, got epochs={epochs}"
+        )
     with torch_threads(num_threads):
         return _run(model, layers, method, sparsities, epochs=epochs, seed=seed, dev=dev,
                     cache_dir=cache_dir, report=report, schedule=schedule)
@@ -329,8 +335,8 @@ def _run(
     for epoch in range(epochs):
         if method == "agp" and schedule.is_step(epoch):
             for name, final in sparsities.items():
-                target = agp_sparsity(epoch, final, schedule)
-                mask = agp_mask(layer_weight(named[name]), target, masker.masks.get(name))
+                step_sparsity = agp_sparsity(epoch, final, schedule)
+                mask = agp_mask(layer_weight(named[name]), step_sparsity, masker.masks.get(name))
                 masker.apply(name, mask)
         train_epoch(model, optimizer, data, generator)
         metrics = {
@@ -347,7 +353,7 @@ def _run(
     masker.remove()
     weights = {name: layer_weight(module).detach() for name, module in named.items()}
     total = sum(w.numel() for w in weights.values())
-    target = sum(num_pruned(w.numel(), sparsities[n]) for n, w in weights.items()) / total
+    target = sum(w.numel() * sparsities[n] for n, w in weights.items()) / total
     result = TrialResult(
         accuracy=accuracy(model, data.x_val, data.y_val),
         test_accuracy=accuracy(model, data.x_test, data.y_test),
@@ -359,9 +365,8 @@ def _run(
         history=history,
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     )
-    if method == "agp" and epochs <= schedule.end_epoch:
-        _logger.warning("AGP ran %d epochs but reaches its final sparsity at epoch %d",
-                        epochs, schedule.end_epoch)
+    if abs(result.sparsity - target) > 1e-3:
+        _logger.warning("measured sparsity %.6f is off the target %.6f", result.sparsity, target)
     return result
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,8 +44,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn: Callable[[], object], *, repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn`` over ``repeats`` calls after one warm-up call."""
+def best_seconds(fn: Callable[[], object], *, repeats: int, device: torch.device) -> float:
+    """Best wall time of ``fn`` over ``repeats`` calls after a warm-up call.
+
+    The minimum (``timeit``'s convention) is the least disturbed by other processes on the machine.
+    """
     fn()
     _sync(device)
     times = []
@@ -55,7 +57,7 @@ def median_seconds(fn: Callable[[], object], *, repeats: int, device: torch.devi
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def bench_mask(numel: int, sparsity: float, repeats: int, device: torch.device) -> dict[str, Any]:
@@ -68,8 +70,8 @@ def bench_mask(numel: int, sparsity: float, repeats: int, device: torch.device) 
     theirs = reference.compute_mask(weight, default_mask=ones)
     if not torch.equal(ours, theirs):
         raise RuntimeError("level_mask and L1Unstructured disagree on a tie-free tensor")
-    t_ours = median_seconds(lambda: level_mask(weight, sparsity), repeats=repeats, device=device)
-    t_torch = median_seconds(lambda: reference.compute_mask(weight, default_mask=ones),
+    t_ours = best_seconds(lambda: level_mask(weight, sparsity), repeats=repeats, device=device)
+    t_torch = best_seconds(lambda: reference.compute_mask(weight, default_mask=ones),
                              repeats=repeats, device=device)
     return {"numel": numel, "sparsity": sparsity, "level_mask_s": t_ours,
             "l1_unstructured_s": t_torch, "ratio": t_ours / t_torch}
@@ -105,7 +107,10 @@ def _step_fn(mode: str, sparsity: float, device: torch.device) -> Callable[[], N
 
 
 def bench_steps(sparsity: float, repeats: int, device: torch.device) -> dict[str, Any]:
-    """Per-step time of dense, masked and reparametrised steps, interleaved to share noise."""
+    """Best per-step time (mean of 20 steps) of dense, masked and reparametrised steps.
+
+    The modes are interleaved and rotated so that they share the machine's noise evenly.
+    """
     steps = {mode: _step_fn(mode, sparsity, device) for mode in ("dense", "masked", "reparam")}
     # all-ones masks isolate the cost of the hooks from any effect of zeros on the kernels
     steps["masked_ones"] = _step_fn("masked", 0.0, device)
@@ -123,17 +128,17 @@ def bench_steps(sparsity: float, repeats: int, device: torch.device) -> dict[str
                 step()
             _sync(device)
             times[mode].append((time.perf_counter() - start) / inner)
-    med = {mode: statistics.median(t) for mode, t in times.items()}
-    return {"sparsity": sparsity, **{f"{m}_step_s": v for m, v in med.items()},
-            "masked_over_dense": med["masked"] / med["dense"],
-            "masked_ones_over_dense": med["masked_ones"] / med["dense"],
-            "reparam_over_dense": med["reparam"] / med["dense"]}
+    best = {mode: min(t) for mode, t in times.items()}
+    return {"sparsity": sparsity, **{f"{m}_step_s": v for m, v in best.items()},
+            "masked_over_dense": best["masked"] / best["dense"],
+            "masked_ones_over_dense": best["masked_ones"] / best["dense"],
+            "reparam_over_dense": best["reparam"] / best["dense"]}
 
 
 def bench_trial(repeats: int, device: torch.device) -> dict[str, Any]:
     """In-process Level trial of 3 epochs (dense weights already cached)."""
     params = {"prune_method": {"_name": "level", "conv0_sparsity": 0.62, "conv1_sparsity": 0.93}}
-    seconds = median_seconds(lambda: run_trial(params, epochs=3, device=str(device)),
+    seconds = best_seconds(lambda: run_trial(params, epochs=3, device=str(device)),
                              repeats=repeats, device=device)
     return {"method": "level", "epochs": 3, "seconds": seconds}
 

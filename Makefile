@@ -34,6 +34,7 @@ test-fast: lint
 bench: venv
 	$(PY) -m benchmarks.tuner_latency
 	$(PY) -m benchmarks.masking
+	$(PY) -m benchmarks.assessor
 	$(PY) -m benchmarks.tuners
 
 clean:

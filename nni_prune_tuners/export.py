@@ -112,8 +112,15 @@ def layer_sparsities(parameters: Mapping[str, Any]) -> tuple[str | None, dict[st
 
 
 def to_config_list(sparsities: Mapping[str, float]) -> list[dict[str, Any]]:
-    """NNI's pruning ``config_list``: one entry per layer with its own ``sparse_ratio``."""
-    return [{"op_names": [layer], "sparse_ratio": ratio} for layer, ratio in sparsities.items()]
+    """NNI's pruning ``config_list``: one entry per layer with its own ``sparse_ratio``.
+
+    ``target_names: ["weight"]`` because the search pruned weights only (NNI would otherwise
+    also mask biases).
+    """
+    return [
+        {"op_names": [layer], "target_names": ["weight"], "sparse_ratio": ratio}
+        for layer, ratio in sparsities.items()
+    ]
 
 
 def best_trial(trials: list[TrialRecord], *, maximize: bool = True) -> TrialRecord:

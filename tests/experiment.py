@@ -150,11 +150,12 @@ def analytic_config(
     max_trials: int = 6,
     concurrency: int = 2,
     assessor: Mapping[str, Any] | None = None,
+    epoch_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """An experiment running the torch-free analytic trial on the local training service."""
     config: dict[str, Any] = {
         "searchSpace": dict(search_space),
-        "trialCommand": f"{sys.executable} -m trials.analytic_trial",
+        "trialCommand": f"{sys.executable} -m trials.analytic_trial --epoch-seconds {epoch_seconds}",
         "trialCodeDirectory": str(REPO),
         "trialConcurrency": concurrency,
         "maxTrialNumber": max_trials,

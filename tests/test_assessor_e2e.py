@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,9 @@ from trials import analytic_trial
 
 pytestmark = pytest.mark.slow
 
-# The analytic trial reports all its epochs at once, so a trial would end before the assessor's
-# kill reaches it. This command runs the same trial but paces the reports like real epochs.
+# Without a pause the analytic trial reports all its epochs at once and ends before the
+# assessor's kill reaches it; paced like real epochs, it can be stopped.
 EPOCH_SECONDS = 0.6
-PACED_TRIAL = (
-    "import time, nni; from trials import analytic_trial as t; "
-    "reports, final = t.run(nni.get_next_parameter()); "
-    f"[(nni.report_intermediate_result(r), time.sleep({EPOCH_SECONDS})) for r in reports]; "
-    "nni.report_final_result(final)"
-)
 
 
 def manager_log(workdir: Path) -> str:
@@ -55,8 +48,8 @@ def test_experiment_stops_some_trials_but_not_the_best(registered: list[str], tm
         max_trials=max_trials,
         concurrency=2,
         assessor={"name": "PruneEarlyStop"},
+        epoch_seconds=EPOCH_SECONDS,
     )
-    config["trialCommand"] = f'{sys.executable} -c "{PACED_TRIAL}"'
     with nni_experiment(config, workdir=tmp_path) as experiment:
         experiment.wait(timeout=400)
         trials = experiment.trials()
@@ -68,7 +61,10 @@ def test_experiment_stops_some_trials_but_not_the_best(registered: list[str], tm
     # ended). Nothing else cancels trials here, so check the kills the dispatcher sent instead.
     killed = set(re.findall(r'received command from dispatcher: KI, "(\w+)"', manager_log(tmp_path)))
     stopped = [t for t in trials if t.status in ("EARLY_STOPPED", "USER_CANCELED")]
-    assert {t.id for t in stopped} == killed, ([(t.id, t.status) for t in trials], logs)
+    status = {t.id: t.status for t in trials}
+    assert {t.id for t in stopped} <= killed, (status, logs)
+    # a kill sent on a trial's last epoch can arrive after the trial has already succeeded
+    assert all(status[k] in ("SUCCEEDED", "EARLY_STOPPED", "USER_CANCELED") for k in killed), status
     assert {t.status for t in trials} <= {"SUCCEEDED", "EARLY_STOPPED", "USER_CANCELED"}, logs
     assert stopped, f"no trial was stopped early\n{logs}"
 

@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -138,6 +139,9 @@ def run(params: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", help="JSON parameters; without it, ask NNI for them")
+    parser.add_argument("--epoch-seconds", type=float, default=0.0,
+                        help="pause after each intermediate report, as a real epoch would take "
+                             "(lets an assessor's kill arrive before the trial ends)")
     args = parser.parse_args(argv)
     if args.params is not None:
         _, final = run(json.loads(args.params))
@@ -149,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reports, final = run(nni.get_next_parameter())
     for report in reports:
         nni.report_intermediate_result(report)
+        time.sleep(args.epoch_seconds)
     nni.report_final_result(final)
     return 0
 

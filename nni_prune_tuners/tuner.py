@@ -238,16 +238,19 @@ class PruneTPETuner(Tuner):
         """Heuristic allocations not yet proposed."""
         return len(self._warm_starts)
 
-    def _new_study(self, generation: int) -> optuna.Study:
+    def _sampler(self, seed: int) -> optuna.samplers.TPESampler:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(
-                seed=self._seed + generation,
+            return optuna.samplers.TPESampler(
+                seed=seed,
                 n_startup_trials=self._options.n_startup_trials,
                 multivariate=True,
                 group=True,
                 constant_liar=self._options.constant_liar,
             )
+
+    def _new_study(self, generation: int) -> optuna.Study:
+        sampler = self._sampler(self._seed + generation)
         direction = (
             optuna.study.StudyDirection.MAXIMIZE
             if self._options.optimize_mode == "maximize"
@@ -465,6 +468,10 @@ class PruneTPETuner(Tuner):
                 self._completed.append((row["parameter"], score))
                 imported += 1
         _logger.info("imported %d of %d history rows", imported, len(data))
+        if imported:
+            # a resumed experiment re-creates the tuner with the same seed: without a new stream
+            # its random start-up would propose the configurations of the first run again
+            self._study.sampler = self._sampler(self._seed + 7919 * len(self._completed))
 
     def _add_finished(self, params: Mapping[str, Any], value: float, *, reason: str) -> bool:
         """Add a finished trial to the study; False (and a logged reason) if it does not fit."""

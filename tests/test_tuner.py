@@ -246,6 +246,15 @@ def test_resume_imports_history_and_skips_unknown_rows(profile_path: Path) -> No
     assert fifth not in tried
 
 
+def test_resumed_tuner_draws_a_new_random_stream(profile_path: Path) -> None:
+    first = make_tuner(profile_path, warm_start=[])
+    params = first.generate_parameters(0)
+    resumed = make_tuner(profile_path, warm_start=[])
+    resumed.import_data([{"parameter": params, "value": evaluate(params)}])
+    # same seed: without a new stream the resumed tuner would propose the first run's first trial
+    assert resumed.generate_parameters(1) != params
+
+
 def test_search_space_update_mid_run_replays_history(profile_path: Path) -> None:
     tuner = make_tuner(profile_path)
     for i in range(3):

@@ -1,0 +1,63 @@
+"""The demo path with a tiny budget, and the export of its finished experiment into NNI."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_demo_and_export(registered: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    run = subprocess.run(
+        [sys.executable, "-m", "trials.demo", "--max-trials", "3", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "[  3/3]" in run.stdout and "best trials" in run.stdout
+    for name in ("report.md", "best.json", "pruned_weights.pt", "best_so_far.png"):
+        assert (out / name).stat().st_size > 0, name
+    best = json.loads((out / "best.json").read_text())
+    experiment_id = best["experiment_id"]
+
+    # the experiment was stopped: its port no longer answers
+    port = int(run.stdout.split("--port ")[1].split()[0])
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+    # export again, finding the experiment through nnictl's registry as a user would
+    exported = tmp_path / "best.json"
+    subprocess.run(
+        [sys.executable, "-m", "nni_prune_tuners", "export", "--experiment", experiment_id,
+         "--out", str(exported)], check=True, cwd=REPO,
+    )
+    config_list = json.loads(exported.read_text())["config_list"]
+    assert config_list == best["config_list"]
+    assert {entry["op_names"][0] for entry in config_list} == {"conv0", "conv1", "fc"}
+
+    import torch
+    from nni.compression.pruning import LevelPruner
+
+    from trials.models import digits_cnn
+
+    model = digits_cnn()
+    model.load_state_dict(torch.load(out / "pruned_weights.pt", weights_only=True))
+    _, masks = LevelPruner(model, config_list).compress()
+    pruned = total = 0
+    for entry in config_list:
+        mask = masks[entry["op_names"][0]]["weight"]
+        assert float((mask == 0).float().mean()) == pytest.approx(entry["sparse_ratio"], abs=2e-3)
+        pruned, total = pruned + int((mask == 0).sum()), total + mask.numel()
+    assert pruned / total == pytest.approx(0.9, abs=1e-3)
+    # the saved weights are the pruned model: zeros where NNI's masks prune
+    weight = model.conv1.weight.detach()
+    ratio = next(e["sparse_ratio"] for e in config_list if e["op_names"] == ["conv1"])
+    assert float((weight == 0).float().mean()) >= ratio - 2e-3

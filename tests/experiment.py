@@ -143,6 +143,21 @@ def nni_experiment(config: Mapping[str, Any], *, workdir: Path) -> Iterator[Expe
         nnictl("stop", "--port", str(port), check=False)
 
 
+def prune_tpe(*, seed: int, target_sparsity: float = 0.9) -> dict[str, Any]:
+    """The tuner section of a config: PruneTPE over the analytic layers, maximizing."""
+    from trials import analytic_trial
+
+    return {
+        "name": "PruneTPE",
+        "classArgs": {
+            "optimize_mode": "maximize",
+            "target_sparsity": target_sparsity,
+            "layer_params": analytic_trial.layer_params(),
+            "seed": seed,
+        },
+    }
+
+
 def analytic_config(
     *,
     tuner: Mapping[str, Any],

@@ -10,7 +10,7 @@ from nni.tools.package_utils.tuner_factory import create_validator_instance
 from schema import SchemaError
 
 from nni_prune_tuners.assessor import PruneEarlyStopClassArgsValidator
-from tests.experiment import analytic_config, nni_experiment
+from tests.experiment import analytic_config, nni_experiment, prune_tpe
 from trials import analytic_trial
 
 pytestmark = pytest.mark.slow
@@ -35,15 +35,7 @@ def test_registered_validator_is_ours(registered: list[str]) -> None:
 def test_experiment_stops_some_trials_but_not_the_best(registered: list[str], tmp_path: Path) -> None:
     max_trials = 16
     config = analytic_config(
-        tuner={
-            "name": "PruneTPE",
-            "classArgs": {
-                "optimize_mode": "maximize",
-                "target_sparsity": 0.9,
-                "layer_params": analytic_trial.layer_params(),
-                "seed": 7,
-            },
-        },
+        tuner=prune_tpe(seed=7),
         search_space=analytic_trial.search_space(),
         max_trials=max_trials,
         concurrency=2,

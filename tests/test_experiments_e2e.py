@@ -10,20 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.experiment import analytic_config, free_port, nni_experiment, nnictl
+from tests.experiment import Experiment, analytic_config, free_port, nni_experiment, nnictl, prune_tpe
 from trials import analytic_trial
 
 pytestmark = pytest.mark.slow
 
-TUNER = {
-    "name": "PruneTPE",
-    "classArgs": {
-        "optimize_mode": "maximize",
-        "target_sparsity": 0.9,
-        "layer_params": analytic_trial.layer_params(),
-        "seed": 5,
-    },
-}
+TUNER = prune_tpe(seed=5)
 
 
 def dispatcher_log(workdir: Path) -> str:
@@ -40,7 +32,7 @@ def test_resume_keeps_history(registered: list[str], tmp_path: Path) -> None:
     nnictl("resume", experiment_id, "--port", str(port))
     try:
         nnictl("update", "trialnum", experiment_id, "--value", "8")
-        resumed = type(experiment)(id=experiment_id, port=port, workdir=tmp_path)
+        resumed = Experiment(id=experiment_id, port=port, workdir=tmp_path)
         resumed.wait(timeout=300)
         trials = resumed.trials()
     finally:
@@ -82,11 +74,7 @@ def test_legacy_config_format_runs(registered: list[str], tmp_path: Path) -> Non
     created = nnictl("create", "--config", str(path), "--port", str(port), check=False)
     try:
         assert created.returncode == 0, created.stdout + created.stderr
-        experiment_id = re.search(r"ID: (\w+)|id is (\w+)", created.stdout + created.stderr)
-        from tests.experiment import Experiment
-
-        experiment = Experiment(id=experiment_id.group(0) if experiment_id else "", port=port,
-                                workdir=tmp_path)
+        experiment = Experiment(id="", port=port, workdir=tmp_path)
         experiment.wait(timeout=300)
         trials = experiment.trials()
     finally:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.experiment import analytic_config, nni_experiment, nnictl
+from tests.experiment import analytic_config, nni_experiment, nnictl, prune_tpe
 from trials import analytic_trial
 
 pytestmark = pytest.mark.slow
@@ -20,15 +20,7 @@ def test_register_lists_algorithms(registered: list[str]) -> None:
 
 def test_experiment_meets_target(registered: list[str], tmp_path: Path) -> None:
     config = analytic_config(
-        tuner={
-            "name": "PruneTPE",
-            "classArgs": {
-                "optimize_mode": "maximize",
-                "target_sparsity": 0.9,
-                "layer_params": analytic_trial.layer_params(),
-                "seed": 3,
-            },
-        },
+        tuner=prune_tpe(seed=3),
         search_space=analytic_trial.search_space(),
         max_trials=6,
         concurrency=2,

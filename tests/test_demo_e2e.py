@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -23,6 +24,9 @@ def test_demo_and_export(registered: list[str], tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "[  3/3]" in run.stdout and "best trials" in run.stdout
+    # the saved weights come from re-running the best trial: same accuracy as in the experiment
+    rerun, reported = re.search(r"re-run accuracy (\S+) vs (\S+)", run.stdout).groups()
+    assert rerun == reported
     for name in ("report.md", "best.json", "pruned_weights.pt", "best_so_far.png"):
         assert (out / name).stat().st_size > 0, name
     best = json.loads((out / "best.json").read_text())

@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from nni_prune_tuners.export import export_best
 from trials.data import digits_split
 from trials.models import digits_cnn
 from trials.profile_model import profile_model, to_json
-from trials.prune_trial import accuracy, dense_state_dict, run_trial
+from trials.prune_trial import DEFAULT_EPOCHS, accuracy, dense_state_dict, run_trial
 
 _logger = logging.getLogger(__name__)
 
@@ -119,6 +120,20 @@ def follow(rest: Rest, max_trials: int, timeout: float) -> None:
     raise TimeoutError(f"experiment not done after {timeout:.0f} s")
 
 
+def trial_options(command: str) -> dict[str, int]:
+    """``--epochs`` / ``--seed`` of the config's trial command, to re-run the best trial as is."""
+    words = shlex.split(command)
+    options = {"epochs": DEFAULT_EPOCHS, "seed": 0}
+    for name in options:
+        flag = f"--{name}"
+        for index, word in enumerate(words):
+            if word == flag and index + 1 < len(words):
+                options[name] = int(words[index + 1])
+            elif word.startswith(flag + "="):
+                options[name] = int(word.split("=", 1)[1])
+    return options
+
+
 def best_table(trials: list[dict[str, Any]], dense: float, top: int = 5) -> str:
     done = [t for t in trials if t["status"] == "SUCCEEDED" and isinstance(t["final"], dict)]
     done.sort(key=lambda t: -t["final"]["default"])
@@ -169,7 +184,7 @@ def plot(trials: list[dict[str, Any]], dense: float, path: Path) -> None:
     axis.scatter([], [], color="tab:blue", s=12, label="AGP trial")
     axis.scatter([], [], color="tab:orange", s=12, label="Level trial")
     axis.set_xlabel("trial")
-    axis.set_ylabel("validation accuracy at 90% sparsity")
+    axis.set_ylabel("validation accuracy")
     axis.legend(loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -195,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_config(config_path)
     config = yaml.safe_load(config_path.read_text())
     max_trials = int(config["maxTrialNumber"])
+    target = config["tuner"]["classArgs"].get("target_sparsity")
     port = free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     print(f"2/5 nnictl create --config {config_path} --port {port}", flush=True)
@@ -206,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         experiment_id = rest.get("experiment")["id"]
         print(f"    experiment {experiment_id}: web UI http://127.0.0.1:{port}", flush=True)
-        print(f"3/5 running {max_trials} trials (PruneTPE, target 0.9, PruneEarlyStop)", flush=True)
+        print(f"3/5 running {max_trials} trials (PruneTPE, target {target}, PruneEarlyStop)",
+              flush=True)
         follow(rest, max_trials, args.timeout)
         trials = rest.trials()
     finally:
@@ -219,15 +236,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     best = export_best(experiment_id, out / "best.json",
                        experiment_dir=out / "nni-experiments" / experiment_id)
     level_sparsity = check_level_pruner(best["config_list"])
-    rerun = run_trial(best["parameters"])
+    options = trial_options(config["trialCommand"])
+    rerun = run_trial(best["parameters"], epochs=options["epochs"], seed=options["seed"])
     torch.save(rerun.state_dict, out / "pruned_weights.pt")
     print(f"5/5 best config_list -> {out / 'best.json'} (NNI LevelPruner accepts it: masks at "
           f"{level_sparsity:.4f} global sparsity); pruned weights -> {out / 'pruned_weights.pt'} "
-          f"(re-run accuracy {rerun.accuracy:.4f}, measured sparsity {rerun.sparsity:.4f})")
+          f"(re-run accuracy {rerun.accuracy:.4f} vs {best['metric']['default']:.4f} in the "
+          f"experiment, measured sparsity {rerun.sparsity:.4f})")
     plot(trials, dense, out / "best_so_far.png")
     (out / "report.md").write_text(
         f"# Demo experiment {experiment_id}\n\n"
-        f"`make demo` ({max_trials} trials, PruneTPE at target 0.9 with PruneEarlyStop, "
+        f"`make demo` ({max_trials} trials, PruneTPE at target {target} with PruneEarlyStop, "
         f"2 in flight). Dense validation accuracy {dense:.4f}.\n\n"
         f"{table}\n\n![best accuracy so far](best_so_far.png)\n\n"
         f"Best configuration as an NNI `config_list` (`best.json`), accepted by NNI's "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -65,3 +66,28 @@ def test_demo_and_export(registered: list[str], tmp_path: Path) -> None:
     weight = model.conv1.weight.detach()
     ratio = next(e["sparse_ratio"] for e in config_list if e["op_names"] == ["conv1"])
     assert float((weight == 0).float().mean()) >= ratio - 2e-3
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_demo_stops_its_experiment(
+    registered: list[str], tmp_path: Path, signum: signal.Signals
+) -> None:
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "trials.demo", "--max-trials", "20", "--out", str(tmp_path)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert demo.stdout is not None
+    port = None
+    for line in demo.stdout:
+        if "--port " in line:
+            port = int(line.split("--port ")[1].split()[0])
+        if line.startswith("[  1/20]"):
+            demo.send_signal(signum)
+            break
+    output = demo.communicate(timeout=120)[0]
+    assert demo.returncode == 130, output
+    assert "the experiment was stopped" in output
+    assert port is not None
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0

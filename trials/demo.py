@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -260,5 +261,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # SIGTERM (kill, CI timeouts) unwinds like Ctrl-C, so the experiment is stopped either way
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        print("interrupted: the experiment was stopped", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -271,7 +271,7 @@ class PruneTPETuner(Tuner):
         groups = self._sparsity_groups(parameters) if self._options.target_sparsity else []
         self._parameters = parameters
         self._groups = groups
-        if self._study.trials:
+        if self._study.get_trials(deepcopy=False):
             self._generation += 1
             self._study = self._new_study(self._generation)
             for params, value in self._completed:
@@ -383,7 +383,7 @@ class PruneTPETuner(Tuner):
         """Queue the next heuristic allocation that nothing has tried yet (also after resume)."""
         while self._warm_starts:
             candidate = self._warm_starts.pop(0)
-            if not any(_same_params(candidate, t.params) for t in self._study.trials):
+            if not any(_same_params(candidate, t.params) for t in self._study.get_trials(deepcopy=False)):
                 self._study.enqueue_trial(candidate)
                 return
 

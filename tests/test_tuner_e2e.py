@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.experiment import analytic_config, nni_experiment, nnictl, prune_tpe
+from tests.experiment import NNICTL, analytic_config, nni_experiment, nnictl, prune_tpe
 from trials import analytic_trial
 
 pytestmark = pytest.mark.slow
@@ -38,3 +41,22 @@ def test_experiment_meets_target(registered: list[str], tmp_path: Path) -> None:
         assert all(0.05 <= s <= 0.98 for s in sparsities.values())
         assert analytic_trial.global_sparsity(sparsities) == pytest.approx(0.9, abs=1e-9)
         assert trial.final["sparsity"] == pytest.approx(0.9, abs=1e-9)
+
+
+def test_register_twice_then_unregister(tmp_path: Path) -> None:
+    """Registration is idempotent and unregister removes both, in a private NNI config dir."""
+    env = {**os.environ, "NNI_CONFIG_DIR": str(tmp_path)}
+
+    def run(*args: str) -> str:
+        done = subprocess.run([*args], env=env, capture_output=True, text=True, check=True)
+        return done.stdout + done.stderr
+
+    module = [sys.executable, "-m", "nni_prune_tuners"]
+    run(*module, "register")
+    run(*module, "register")
+    listing = run(NNICTL, "algo", "list")
+    assert listing.count("| PruneTPE ") == 1 and listing.count("| PruneEarlyStop ") == 1
+    assert "unregistered: PruneEarlyStop, PruneTPE" in run(*module, "unregister")
+    listing = run(NNICTL, "algo", "list")
+    assert "PruneTPE" not in listing and "PruneEarlyStop" not in listing
+    assert "nothing was registered" in run(*module, "unregister")

@@ -73,13 +73,19 @@ class Experiment:
     def status(self) -> dict[str, Any]:
         return dict(self.get("check-status"))
 
-    def wait(self, *, timeout: float = 300.0, until: tuple[str, ...] = ("DONE",)) -> None:
-        """Poll until the experiment reaches one of ``until``; raise on ERROR or timeout."""
+    def wait(
+        self, *, timeout: float = 300.0, until: tuple[str, ...] = ("DONE",), trials: int = 0
+    ) -> None:
+        """Poll until the experiment reaches one of ``until`` with at least ``trials`` trial jobs.
+
+        Raises on ERROR or timeout. ``trials`` matters after ``nnictl resume``: the experiment
+        still reports its old DONE until the raised trial number has been applied.
+        """
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}
         while time.monotonic() < deadline:
             status = self.status()
-            if status.get("status") in until:
+            if status.get("status") in until and len(self.get("trial-jobs")) >= trials:
                 return
             if status.get("status") == "ERROR":
                 raise RuntimeError(f"experiment {self.id} failed: {status}\n{self.logs()}")

@@ -33,7 +33,7 @@ def test_resume_keeps_history(registered: list[str], tmp_path: Path) -> None:
     try:
         nnictl("update", "trialnum", experiment_id, "--value", "8")
         resumed = Experiment(id=experiment_id, port=port, workdir=tmp_path)
-        resumed.wait(timeout=300)
+        resumed.wait(timeout=300, trials=8)
         trials = resumed.trials()
     finally:
         nnictl("stop", "--port", str(port), check=False)

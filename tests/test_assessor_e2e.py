@@ -72,5 +72,7 @@ def test_experiment_stops_some_trials_but_not_the_best(registered: list[str], tm
         # Judged only from aligned step `start_step` on: never during the AGP ramp.
         first_pruned = next(i for i, r in enumerate(trial.intermediates) if r["pruned"])
         assert len(trial.intermediates) >= first_pruned + default_start_step + 1, trial
-        assert trial.final is None
-    assert any(len(t.intermediates) < analytic_trial.EPOCHS for t in stopped)
+    # a kill decided on the last epoch may land after the final report; earlier ones cut the trial
+    cut_short = [t for t in stopped if len(t.intermediates) < analytic_trial.EPOCHS]
+    assert cut_short, [(t.id, len(t.intermediates)) for t in stopped]
+    assert all(t.final is None for t in cut_short)

@@ -19,7 +19,7 @@ import yaml
 
 from nni_prune_tuners import search_space as ss
 from nni_prune_tuners.assessor import PruneEarlyStopClassArgsValidator
-from nni_prune_tuners.tuner import PruneTPETuner
+from nni_prune_tuners.tuner import PruneTPETuner, resolve_path
 
 _logger = logging.getLogger(__name__)
 
@@ -72,7 +72,10 @@ def check_config(path: str | Path) -> CheckedConfig:
     branches: tuple[str, ...] = ()
     warm_starts = 0
     if tuner_name == "PruneTPE":
-        tuner = PruneTPETuner(**{**tuner_args, **_resolved_profile(tuner_args, code_directory)})
+        if isinstance(tuner_args.get("profile"), str):
+            # as the dispatcher will resolve it: against the trial code directory
+            tuner_args["profile"] = str(resolve_path(tuner_args["profile"], code_directory))
+        tuner = PruneTPETuner(**tuner_args)
         tuner.update_search_space(space)
         if tuner_args.get("target_sparsity") is not None:
             branches = tuple(active.label for active in ss.active_sets(tuner.parameters))
@@ -86,10 +89,3 @@ def check_config(path: str | Path) -> CheckedConfig:
         PruneEarlyStopClassArgsValidator().validate_class_args(**assessor_args)
     return CheckedConfig(dict(space), code_directory, branches, warm_starts)
 
-
-def _resolved_profile(tuner_args: Mapping[str, Any], code_directory: Path) -> dict[str, Any]:
-    """The profile path as the dispatcher will resolve it (against the trial code directory)."""
-    profile = tuner_args.get("profile")
-    if not isinstance(profile, str) or Path(profile).is_absolute():
-        return {}
-    return {"profile": str(code_directory / profile)}

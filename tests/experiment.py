@@ -29,8 +29,10 @@ from typing import Any
 
 import yaml
 
+from nni_prune_tuners.registration import nnictl_command
+
 REPO = Path(__file__).resolve().parent.parent
-NNICTL = str(Path(sys.executable).parent / "nnictl")
+NNICTL = nnictl_command()[0]
 
 
 def free_port() -> int:

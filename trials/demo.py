@@ -31,6 +31,7 @@ import yaml
 
 from nni_prune_tuners.config_check import check_config
 from nni_prune_tuners.export import export_best
+from nni_prune_tuners.registration import nnictl_command
 from trials.data import digits_split
 from trials.models import digits_cnn
 from trials.profile_model import profile_model, to_json
@@ -39,7 +40,7 @@ from trials.prune_trial import DEFAULT_EPOCHS, accuracy, dense_state_dict, run_t
 _logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
-NNICTL = str(Path(sys.executable).parent / "nnictl")
+NNICTL = nnictl_command()[0]
 FINISHED = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
 
 

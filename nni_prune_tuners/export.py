@@ -12,7 +12,8 @@ import json
 import logging
 import math
 import sqlite3
-from collections.abc import Mapping
+import urllib.request
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,56 @@ def _decode(data: str) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+def _parameter_id(value: Any) -> int | None:
+    return None if value is None or value == "" else int(value)
+
+
+def assemble_trials(
+    jobs: Iterable[tuple[float, str, str, str | None]],
+    metrics: Iterable[tuple[float, str, Any, str, str]],
+) -> list[TrialRecord]:
+    """Trial records from NNI's job rows and metric rows, each trial with the parameters it ran.
+
+    ``jobs`` are ``(time, trial id, status, hyper-parameters JSON or None)`` (a trial's last
+    status wins); ``metrics`` are ``(time, trial id, parameter id, type, data)``. NNI 3.0's local
+    training service can hand two trials that start together each other's parameters, so the
+    parameter id a trial's *metrics* carry is the truth, not the one recorded with the job. That
+    id is looked up among the jobs recorded so far, latest first, because a resumed experiment
+    numbers its parameters from 0 again.
+    """
+    trials: dict[str, TrialRecord] = {}
+    by_parameter_id: dict[int, dict[str, Any]] = {}
+    rows: list[tuple[float, int, tuple[Any, ...]]] = [
+        (time, 0, (trial_id, status, hyper)) for time, trial_id, status, hyper in jobs
+    ]
+    rows += [(time, 1, tuple(rest)) for time, *rest in metrics]
+    rows.sort(key=lambda row: (row[0], row[1]))
+    for _, kind_of_row, row in rows:
+        if kind_of_row == 0:
+            trial_id, status, hyper = row
+            record = trials.setdefault(trial_id, TrialRecord(trial_id, {}, status))
+            record.status = status
+            if hyper and not record.parameters:
+                packed = json.loads(hyper)
+                record.parameters = packed.get("parameters", {})
+                parameter_id = _parameter_id(packed.get("parameter_id"))
+                if parameter_id is not None:
+                    by_parameter_id[parameter_id] = record.parameters
+            continue
+        trial_id, parameter_id, kind, data = row
+        reporter = trials.get(trial_id)
+        if reporter is None:
+            continue
+        ran = _parameter_id(parameter_id)
+        if ran is not None and ran in by_parameter_id:
+            reporter.parameters = by_parameter_id[ran]
+        if kind == "FINAL":
+            reporter.final = _decode(data)
+        elif kind == "PERIODICAL":
+            reporter.intermediates.append(_decode(data))
+    return list(trials.values())
+
+
 def load_experiment(experiment_dir: Path) -> tuple[dict[str, Any], list[TrialRecord]]:
     """The experiment's config (latest revision) and its trials, in start order."""
     database = experiment_dir / "db" / "nni.sqlite"
@@ -75,26 +126,37 @@ def load_experiment(experiment_dir: Path) -> tuple[dict[str, Any], list[TrialRec
             "select params from ExperimentProfile order by revision desc limit 1"
         ).fetchone()
         config = json.loads(row[0]) if row else {}
-        trials: dict[str, TrialRecord] = {}
-        for trial_id, event, data in connection.execute(
-            "select trialJobId, event, data from TrialJobEvent order by timestamp, rowid"
-        ):
-            record = trials.setdefault(trial_id, TrialRecord(trial_id, {}, event))
-            record.status = event
-            if data and not record.parameters:
-                record.parameters = json.loads(data).get("parameters", {})
-        for trial_id, kind, data in connection.execute(
-            "select trialJobId, type, data from MetricData order by timestamp, sequence"
-        ):
-            if trial_id not in trials:
-                continue
-            if kind == "FINAL":
-                trials[trial_id].final = _decode(data)
-            elif kind == "PERIODICAL":
-                trials[trial_id].intermediates.append(_decode(data))
+        trials = assemble_trials(
+            connection.execute(
+                "select timestamp, trialJobId, event, data from TrialJobEvent "
+                "order by timestamp, rowid"
+            ).fetchall(),
+            connection.execute(
+                "select timestamp, trialJobId, parameterId, type, data from MetricData "
+                "order by timestamp, sequence"
+            ).fetchall(),
+        )
     finally:
         connection.close()
-    return config, list(trials.values())
+    return config, trials
+
+
+def load_running(port: int) -> list[TrialRecord]:
+    """The trials of the experiment whose REST server listens on loopback ``port``."""
+
+    def get(path: str) -> Any:
+        url = f"http://127.0.0.1:{port}/api/v1/nni/{path}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.loads(response.read())
+
+    jobs = sorted(get("trial-jobs"), key=lambda job: job.get("sequenceId", 0))
+    metrics = sorted(get("metric-data"), key=lambda m: (m["timestamp"], m["sequence"]))
+    return assemble_trials(
+        [(j.get("startTime", 0), j["trialJobId"], j["status"],
+          (j.get("hyperParameters") or [None])[0]) for j in jobs],
+        [(m["timestamp"], m["trialJobId"], m["parameterId"], m["type"], m["data"])
+         for m in metrics],
+    )
 
 
 def layer_sparsities(parameters: Mapping[str, Any]) -> tuple[str | None, dict[str, float]]:

@@ -417,11 +417,15 @@ class PruneTPETuner(Tuner):
         score = _scalar(value)
         entry = self._running.pop(parameter_id, None)
         if entry is None:
+            # a customized trial, or one whose end NNI reported first: NNI 3.0's local training
+            # service can swap the parameters of trials started together, so ``trial_end`` may
+            # name a parameter id that is still running in the other trial
+            origin = "customized" if kwargs.get("customized") else "already ended"
             if score is None:
-                _logger.warning("ignoring customized trial %s with metric %r", parameter_id, value)
+                _logger.warning("ignoring %s trial %s with metric %r", origin, parameter_id, value)
             else:
                 self._completed.append((parameters, score))
-                self._add_finished(parameters, score, reason="customized trial")
+                self._add_finished(parameters, score, reason=f"{origin} trial")
             return
         generation, trial = entry
         if score is None:

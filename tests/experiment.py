@@ -4,7 +4,7 @@ Usage::
 
     with nni_experiment(config, workdir=tmp_path) as exp:
         exp.wait(timeout=300)             # until DONE (raises on ERROR or timeout)
-        trials = exp.trials()             # REST trial-jobs, with decoded parameters and metrics
+        trials = exp.trials()             # TrialRecords: parameters, status, metrics
 
 The experiment listens on a free loopback port; its working directory (logs, trial output) is
 inside ``workdir`` so that a failing test leaves evidence there and nothing in ``~``. The
@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from nni_prune_tuners.export import TrialRecord, load_running
 from nni_prune_tuners.registration import nnictl_command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,17 +49,6 @@ def nnictl(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
     if check and result.returncode != 0:
         raise RuntimeError(f"nnictl {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
-
-
-@dataclass
-class Trial:
-    """One trial job as NNI's REST API reports it, with JSON fields decoded."""
-
-    id: str
-    status: str
-    parameters: dict[str, Any]
-    final: Any
-    intermediates: list[Any]
 
 
 @dataclass
@@ -95,28 +85,9 @@ class Experiment:
         raise TimeoutError(f"experiment {self.id} not {until} after {timeout}s: {status}\n"
                            f"{self.logs()}")
 
-    def trials(self) -> list[Trial]:
-        jobs = self.get("trial-jobs")
-        metrics = self.get("metric-data")
-        result = []
-        for job in jobs:
-            params = json.loads(job["hyperParameters"][0])["parameters"] if job.get(
-                "hyperParameters") else {}
-            mine = [m for m in metrics if m["trialJobId"] == job["trialJobId"]]
-            final = [json.loads(json.loads(m["data"])) for m in mine if m["type"] == "FINAL"]
-            periodical = sorted(
-                (m for m in mine if m["type"] == "PERIODICAL"), key=lambda m: m["sequence"]
-            )
-            result.append(
-                Trial(
-                    id=job["trialJobId"],
-                    status=job["status"],
-                    parameters=params,
-                    final=final[0] if final else None,
-                    intermediates=[json.loads(json.loads(m["data"])) for m in periodical],
-                )
-            )
-        return result
+    def trials(self) -> list[TrialRecord]:
+        """Every trial with the parameters it actually ran (see ``assemble_trials``)."""
+        return load_running(self.port)
 
     def logs(self) -> str:
         """The tail of the dispatcher and manager logs, for failure messages."""

@@ -53,8 +53,8 @@ def test_experiment_stops_some_trials_but_not_the_best(registered: list[str], tm
     # ended). Nothing else cancels trials here, so check the kills the dispatcher sent instead.
     killed = set(re.findall(r'received command from dispatcher: KI, "(\w+)"', manager_log(tmp_path)))
     stopped = [t for t in trials if t.status in ("EARLY_STOPPED", "USER_CANCELED")]
-    status = {t.id: t.status for t in trials}
-    assert {t.id for t in stopped} <= killed, (status, logs)
+    status = {t.trial_id: t.status for t in trials}
+    assert {t.trial_id for t in stopped} <= killed, (status, logs)
     # a kill sent on a trial's last epoch can arrive after the trial has already succeeded
     assert all(status[k] in ("SUCCEEDED", "EARLY_STOPPED", "USER_CANCELED") for k in killed), status
     assert {t.status for t in trials} <= {"SUCCEEDED", "EARLY_STOPPED", "USER_CANCELED"}, logs
@@ -62,9 +62,10 @@ def test_experiment_stops_some_trials_but_not_the_best(registered: list[str], tm
 
     # What every trial would have reached had it run to the end: the analytic objective knows.
     would_reach = {
-        t.id: analytic_trial.final_accuracy(*analytic_trial.parse_parameters(t.parameters)) for t in trials
+        t.trial_id: analytic_trial.final_accuracy(*analytic_trial.parse_parameters(t.parameters))
+        for t in trials
     }
-    best = max(trials, key=lambda t: would_reach[t.id])
+    best = max(trials, key=lambda t: would_reach[t.trial_id])
     assert best.status == "SUCCEEDED", (best, would_reach)
 
     default_start_step = 1
@@ -74,5 +75,5 @@ def test_experiment_stops_some_trials_but_not_the_best(registered: list[str], tm
         assert len(trial.intermediates) >= first_pruned + default_start_step + 1, trial
     # a kill decided on the last epoch may land after the final report; earlier ones cut the trial
     cut_short = [t for t in stopped if len(t.intermediates) < analytic_trial.EPOCHS]
-    assert cut_short, [(t.id, len(t.intermediates)) for t in stopped]
+    assert cut_short, [(t.trial_id, len(t.intermediates)) for t in stopped]
     assert all(t.final is None for t in cut_short)

@@ -42,7 +42,7 @@ def test_resume_keeps_history(registered: list[str], tmp_path: Path) -> None:
     assert all(t.status == "SUCCEEDED" for t in trials)
     imported = [int(n) for n in re.findall(r"imported (\d+) of \d+ history rows", log)]
     assert sum(imported) == 4, log
-    new = [t.parameters for t in trials if t.id not in {f.id for f in first}]
+    new = [t.parameters for t in trials if t.trial_id not in {f.trial_id for f in first}]
     assert len(new) == 4
     uniform = [p for p in (t.parameters for t in trials)
                if all(v == pytest.approx(0.9) for k, v in p["prune_method"].items() if k != "_name")]

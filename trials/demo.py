@@ -30,7 +30,7 @@ import torch
 import yaml
 
 from nni_prune_tuners.config_check import check_config
-from nni_prune_tuners.export import export_best
+from nni_prune_tuners.export import TrialRecord, export_best, load_running
 from nni_prune_tuners.registration import nnictl_command
 from trials.data import digits_split
 from trials.models import digits_cnn
@@ -80,19 +80,15 @@ class Rest:
     """The few NNI REST calls the demo needs."""
 
     def __init__(self, port: int) -> None:
+        self.port = port
         self.base = f"http://127.0.0.1:{port}/api/v1/nni/"
 
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(self.base + path, timeout=10) as response:
             return json.loads(response.read())
 
-    def trials(self) -> list[dict[str, Any]]:
-        jobs = self.get("trial-jobs")
-        for job in jobs:
-            job["params"] = json.loads(job["hyperParameters"][0])["parameters"]
-            final = job.get("finalMetricData") or []
-            job["final"] = json.loads(json.loads(final[0]["data"])) if final else None
-        return sorted(jobs, key=lambda job: job["sequenceId"])
+    def trials(self) -> list[TrialRecord]:
+        return load_running(self.port)
 
 
 def follow(rest: Rest, max_trials: int, timeout: float) -> None:
@@ -104,18 +100,16 @@ def follow(rest: Rest, max_trials: int, timeout: float) -> None:
         status = rest.get("check-status")["status"]
         if status == "ERROR":
             raise RuntimeError(f"experiment failed: {rest.get('check-status')}")
-        for job in rest.trials():
-            if job["status"] in FINISHED and job["trialJobId"] not in seen:
-                seen.add(job["trialJobId"])
-                final = job["final"] or {}
-                accuracy = final.get("default") if isinstance(final, dict) else final
-                if job["status"] == "SUCCEEDED" and accuracy is not None:
+        for trial in rest.trials():
+            if trial.status in FINISHED and trial.trial_id not in seen:
+                seen.add(trial.trial_id)
+                accuracy = trial.score
+                if trial.status == "SUCCEEDED" and accuracy is not None:
                     best = max(best, accuracy)
-                branch = job["params"].get("prune_method", {})
+                method = trial.parameters.get("prune_method", {}).get("_name", "?")
                 shown = f"{accuracy:.4f}" if accuracy is not None else "-"
-                print(f"[{len(seen):3d}/{max_trials}] {job['trialJobId']} {job['status']:<13} "
-                      f"{branch.get('_name', '?'):<5} accuracy {shown}  best {best:.4f}",
-                      flush=True)
+                print(f"[{len(seen):3d}/{max_trials}] {trial.trial_id} {trial.status:<13} "
+                      f"{method:<5} accuracy {shown}  best {best:.4f}", flush=True)
         if status in ("DONE", "STOPPED"):
             return
         time.sleep(2.0)
@@ -136,16 +130,19 @@ def trial_options(command: str) -> dict[str, int]:
     return options
 
 
-def best_table(trials: list[dict[str, Any]], dense: float, top: int = 5) -> str:
-    done = [t for t in trials if t["status"] == "SUCCEEDED" and isinstance(t["final"], dict)]
-    done.sort(key=lambda t: -t["final"]["default"])
-    layers = sorted({k for t in done for k in t["params"]["prune_method"] if k != "_name"})
+def _succeeded(trials: list[TrialRecord]) -> list[TrialRecord]:
+    return [t for t in trials if t.status == "SUCCEEDED" and isinstance(t.final, dict)]
+
+
+def best_table(trials: list[TrialRecord], dense: float, top: int = 5) -> str:
+    done = sorted(_succeeded(trials), key=lambda t: -t.final["default"])
+    layers = sorted({k for t in done for k in t.parameters["prune_method"] if k != "_name"})
     header = ["trial", "method", *(k.removesuffix("_sparsity") for k in layers),
               "global sparsity", "accuracy", "vs dense"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for trial in done[:top]:
-        branch, final = trial["params"]["prune_method"], trial["final"]
-        cells = [trial["trialJobId"], branch["_name"], *(f"{branch[k]:.3f}" for k in layers),
+        branch, final = trial.parameters["prune_method"], trial.final
+        cells = [trial.trial_id, branch["_name"], *(f"{branch[k]:.3f}" for k in layers),
                  f"{final['sparsity']:.4f}", f"{final['default']:.4f}",
                  f"{final['default'] - dense:+.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -164,7 +161,7 @@ def check_level_pruner(config_list: list[dict[str, Any]]) -> float:
     return zeros / total
 
 
-def plot(trials: list[dict[str, Any]], dense: float, path: Path) -> None:
+def plot(trials: list[TrialRecord], dense: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,11 +170,10 @@ def plot(trials: list[dict[str, Any]], dense: float, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(7, 4))
     best, xs, ys = float("-inf"), [], []
     for index, trial in enumerate(trials, start=1):
-        final = trial["final"]
-        if trial["status"] == "SUCCEEDED" and isinstance(final, dict):
-            colour = "tab:blue" if trial["params"]["prune_method"]["_name"] == "agp" else "tab:orange"
-            axis.scatter(index, final["default"], s=12, color=colour)
-            best = max(best, final["default"])
+        if trial.status == "SUCCEEDED" and trial.score is not None:
+            agp = trial.parameters["prune_method"]["_name"] == "agp"
+            axis.scatter(index, trial.score, s=12, color="tab:blue" if agp else "tab:orange")
+            best = max(best, trial.score)
         if best > float("-inf"):
             xs.append(index)
             ys.append(best)

@@ -1,0 +1,438 @@
+"""Objective families for the allocation-search benchmark (issue 11): cheap, seeded, with known optima.
+
+A :class:`Landscape` is everything a tuner run needs: the NNI search space, the global sparsity
+target, PruneTPE's constraint classArgs, a function from Contract 2 parameters (already at the
+target) to accuracy, the accuracy of each heuristic allocation alone, and the optimum where it
+can be computed. Families:
+
+- ``analytic``: :mod:`trials.analytic_trial` (nested agp/level, 4 layers).
+- ``additive-{0,1,2}``: 20 layers of log-uniform size 500..500k; accuracy is the dense accuracy
+  minus a per-layer damage that is about 0 below the layer's knee and steep above it. Separable
+  and convex, so the optimum under the budget is exact (Lagrangian bisection).
+- ``interact-{0,1,2}``: the same layers plus a damage for adjacent layers pruned past their knees
+  together, and Gaussian metric noise (sd 0.003, seeded by ``noise_seed``).
+- ``<net>-0.90`` / ``<net>-0.95``: a network trained once on digits, scored by validation accuracy
+  after one-shot Level pruning at the suggested sparsities (no fine-tuning); imports torch lazily.
+
+Synthetic layers get a plausible weight distribution (a scaled Student-t per layer, scale
+``sqrt(2 / fan_in)``), so the profile carries magnitude and LAMP quantiles and shapes and all four
+heuristics exist. Profiles are written under ``results/landscapes/`` (atomically).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nni_prune_tuners import sparsity
+from nni_prune_tuners.profile import load_profile
+from nni_prune_tuners.tuner import HEURISTICS
+from trials import analytic_trial
+
+_logger = logging.getLogger(__name__)
+
+CACHE_DIR = Path(__file__).resolve().parents[1] / "results" / "landscapes"
+SYNTHETIC_LAYERS = 20
+SYNTHETIC_TARGET = 0.9
+SYNTHETIC_BOUNDS = (0.05, 0.99)
+DENSE_ACCURACY = 0.98
+NOISE_SD = 0.003
+#: Width of the knee: damage grows smoothly from ~0 over a few hundredths of sparsity.
+KNEE_WIDTH = 0.02
+MEAN_KNEE = 0.87
+#: The real networks (zoo factories) and the targets each is scored at.
+NETWORKS: dict[str, str] = {}
+NETWORK_TARGETS = (0.9, 0.95)
+SYNTHETIC = tuple(f"{family}-{draw}" for family in ("additive", "interact") for draw in range(3))
+LANDSCAPES: tuple[str, ...] = ("analytic", *SYNTHETIC)
+
+
+@dataclass(frozen=True)
+class Landscape:
+    """One objective with everything a tuner run and its summary need.
+
+    Attributes:
+        name: e.g. ``additive-0``, ``interact-1``, ``mlp-0.90``.
+        space: the NNI search space (one branch, or the nested ``prune_method`` shape).
+        target: the global sparsity target.
+        constraint: PruneTPE's ``profile`` or ``layer_params`` classArg.
+        evaluate: Contract 2 parameters (already at the target) -> accuracy.
+        heuristics: accuracy of each heuristic allocation alone (best branch where nested).
+        optimum: the best accuracy under the budget: exact for ``analytic`` and ``additive``
+            (separable), the best SLSQP finds from the additive optimum for ``interact`` (a
+            lower bound); None where unknown.
+        weights: ``{layer: parameter count}``, the weights of the global sparsity.
+        noise_sd: standard deviation of the metric noise (0 for noise-free landscapes).
+        allocations: each heuristic's layer sparsities (of the branch that scored best).
+    """
+
+    name: str
+    space: dict[str, Any]
+    target: float
+    constraint: dict[str, Any]
+    evaluate: Callable[[Mapping[str, Any]], float]
+    heuristics: dict[str, float]
+    optimum: float | None
+    weights: dict[str, float] = field(default_factory=dict)
+    noise_sd: float = 0.0
+    allocations: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+# -- maths shared by the families ------------------------------------------------------------
+
+
+def softplus_excess(s: np.ndarray, knee: np.ndarray, width: float = KNEE_WIDTH) -> np.ndarray:
+    """``max(0, s - knee)`` smoothed over ``width``: about 0 below the knee, slope 1 above it."""
+    return width * np.logaddexp(0.0, (np.asarray(s, dtype=float) - knee) / width)
+
+
+def separable_optimum(
+    damage: Callable[[np.ndarray], np.ndarray],
+    weights: Sequence[float] | np.ndarray,
+    lo: Sequence[float] | np.ndarray,
+    hi: Sequence[float] | np.ndarray,
+    target: float,
+) -> np.ndarray:
+    """The allocation minimising ``sum(damage(s))`` subject to ``sum(w s) / sum(w) = target``.
+
+    ``damage`` maps a vector of layer sparsities to the vector of per-layer damages, each convex
+    and increasing in its own layer's sparsity. The KKT conditions give ``damage_i'(s_i) =
+    lambda * w_i`` (or a bound), so we bisect on ``lambda`` with every layer solved by bisection
+    on its derivative, then rescale exactly to the target (Contract 3).
+    """
+    w = np.asarray(weights, dtype=float)
+    low = np.asarray(lo, dtype=float)
+    high = np.asarray(hi, dtype=float)
+    h = 1e-7
+
+    def slope(s: np.ndarray) -> np.ndarray:
+        return (damage(np.minimum(s + h, 1 - 1e-12)) - damage(np.maximum(s - h, 0.0))) / (2 * h)
+
+    def allocation(lam: float) -> np.ndarray:
+        a, b = low.copy(), high.copy()
+        for _ in range(64):
+            mid = 0.5 * (a + b)
+            below = slope(mid) < lam * w
+            a = np.where(below, mid, a)
+            b = np.where(below, b, mid)
+        return 0.5 * (a + b)
+
+    goal = target * w.sum()
+    lam_lo, lam_hi = 0.0, 1.0
+    while float(np.dot(w, allocation(lam_hi))) < goal and lam_hi < 1e12:
+        lam_hi *= 4.0
+    for _ in range(100):
+        lam = 0.5 * (lam_lo + lam_hi)
+        if float(np.dot(w, allocation(lam))) < goal:
+            lam_lo = lam
+        else:
+            lam_hi = lam
+    raw = np.maximum(allocation(lam_hi), 1e-9)
+    return sparsity.rescale_to_target(raw, low, high, w, target)
+
+
+def interacting_optimum(
+    accuracy: Callable[[np.ndarray], float],
+    start: np.ndarray,
+    weights: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+) -> float:
+    """The best accuracy SLSQP finds from ``start`` under the budget: a lower bound of the optimum
+    of a non-separable landscape, at least as good as ``start``."""
+    from scipy.optimize import minimize
+
+    share = weights / weights.sum()
+    goal = float(np.dot(share, start))
+    result = minimize(lambda s: -accuracy(s), start, method="SLSQP",
+                      bounds=list(zip(lo, hi, strict=True)),
+                      constraints=[{"type": "eq", "fun": lambda s: float(np.dot(share, s)) - goal}],
+                      options={"maxiter": 500, "ftol": 1e-12})
+    found = sparsity.rescale_to_target(np.maximum(result.x, 1e-9), lo, hi, weights, goal)
+    return max(accuracy(found), accuracy(start))
+
+
+def lamp_scores(weight: np.ndarray) -> np.ndarray:
+    """LAMP scores (Lee et al., ICLR 2021), as ``trials.profile_model.lamp_scores`` computes them.
+
+    Restated in numpy because ``trials.profile_model`` imports torch and the synthetic landscapes
+    stay torch-free.
+    """
+    squares = np.square(np.asarray(weight, dtype=np.float64).reshape(-1))
+    order = np.argsort(squares, kind="stable")
+    sorted_sq = squares[order]
+    tail = np.cumsum(sorted_sq[::-1])[::-1]
+    scores = np.zeros_like(squares)
+    scores[order] = np.divide(sorted_sq, tail, out=np.zeros_like(sorted_sq), where=tail > 0)
+    return scores
+
+
+def heuristic_allocation(
+    heuristic: str,
+    profile_path: Path | str | Mapping[str, int],
+    layers: Sequence[str],
+    lo: np.ndarray,
+    hi: np.ndarray,
+    target: float,
+) -> np.ndarray:
+    """The layer sparsities PruneTPE's warm start proposes for ``heuristic`` (``weight_by: params``,
+    ``sparsity_scope: searched``), built from the same :mod:`nni_prune_tuners.sparsity` functions.
+
+    ``profile_path`` is a Contract 4 profile file, or ``{layer: params}`` for ``uniform`` only.
+    """
+    if isinstance(profile_path, Mapping):
+        params = np.array([float(profile_path[name]) for name in layers])
+        entries = None
+    else:
+        profile = load_profile(profile_path)
+        entries = [profile.layers[name] for name in layers]
+        params = np.array([float(layer.params) for layer in entries])
+    share = min(target, 0.999)
+    if heuristic == "uniform":
+        raw = np.full(len(layers), share)
+    elif entries is None:
+        raise ValueError(f"heuristic {heuristic!r} needs a profile with quantiles and shapes")
+    elif heuristic == "erk":
+        raw = sparsity.erk_allocation([e.shape or (e.params,) for e in entries], share)
+    else:
+        attribute = "magnitude_quantiles" if heuristic == "global_magnitude" else "lamp_quantiles"
+        raw = sparsity.threshold_allocation([getattr(e, attribute) for e in entries],
+                                            params.tolist(), share)
+    raw = np.maximum(raw, 1e-6)
+    return sparsity.rescale_to_target(raw, lo, hi, params, target)
+
+
+def layer_sparsities(params: Mapping[str, Any]) -> tuple[str | None, dict[str, float]]:
+    """``(method, {layer: sparsity})`` from flat or nested (``prune_method``) Contract 2 params."""
+    branch: Mapping[str, Any] = params
+    method = None
+    if "prune_method" in params:
+        branch = params["prune_method"]
+        method = str(branch["_name"])
+    out = {}
+    for key, value in branch.items():
+        if key.endswith("_sparsity"):
+            out[key[: -len("_sparsity")]] = float(value)
+        elif key != "_name":
+            raise ValueError(f"unexpected parameter {key!r} in {dict(params)!r}")
+    return method, out
+
+
+def flat_space(layers: Sequence[str], bounds: tuple[float, float]) -> dict[str, Any]:
+    """One branch: a uniform sparsity per layer."""
+    return {f"{name}_sparsity": {"_type": "uniform", "_value": list(bounds)} for name in layers}
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write ``payload`` so that a concurrent reader sees the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- synthetic layers -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyntheticLayers:
+    """The random draw behind ``additive-k`` and ``interact-k`` (same k, same layers)."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    params: np.ndarray
+    knee: np.ndarray
+    sensitivity: np.ndarray
+    coupling: np.ndarray  # damage of layers i and i+1 both past their knees (length n-1)
+    scale: np.ndarray  # weight-magnitude scale per layer
+    dof: np.ndarray  # Student-t degrees of freedom per layer (tail shape)
+
+    def damage(self, s: np.ndarray) -> np.ndarray:
+        """Per-layer damage: ``sens * (x + 4 x^2)`` with ``x`` the smoothed excess over the knee."""
+        excess = softplus_excess(s, self.knee)
+        return self.sensitivity * (excess + 4.0 * excess**2)
+
+    def interaction(self, s: np.ndarray) -> float:
+        excess = softplus_excess(s, self.knee)
+        return float(np.sum(self.coupling * excess[:-1] * excess[1:]))
+
+
+@functools.cache
+def synthetic_layers(draw: int, n: int = SYNTHETIC_LAYERS) -> SyntheticLayers:
+    """Seeded layers: sizes log-uniform in 500..500k, knees and sensitivities random.
+
+    Larger layers tend to tolerate more pruning (higher knee, lower sensitivity) as in real
+    networks, with enough noise that no heuristic recovers the optimum.
+    """
+    rng = np.random.RandomState(1000 + draw)
+    shapes: list[tuple[int, ...]] = []
+    for _ in range(n):
+        size = math.exp(rng.uniform(math.log(500), math.log(500_000)))
+        if rng.uniform() < 0.6:  # a 3x3 convolution
+            c_in = max(1, round(math.sqrt(size / 9) * math.exp(rng.uniform(-0.5, 0.5))))
+            c_out = max(1, round(size / 9 / c_in))
+            shapes.append((c_out, c_in, 3, 3))
+        else:
+            d_in = max(1, round(math.sqrt(size) * math.exp(rng.uniform(-0.7, 0.7))))
+            shapes.append((max(1, round(size / d_in)), d_in))
+    params = np.array([float(np.prod(shape)) for shape in shapes])
+    position = (np.log(params) - math.log(500)) / (math.log(500_000) - math.log(500))
+    knee = np.clip(0.8 + 0.15 * position + rng.normal(0.0, 0.05, n), 0.3, 0.97)
+    for _ in range(20):  # the weight-averaged knee sits just below the target: the budget binds
+        knee = np.clip(knee + MEAN_KNEE - float(np.dot(params, knee) / params.sum()), 0.3, 0.97)
+    sensitivity = 0.85 * np.exp(rng.uniform(math.log(0.3), math.log(3.0), n)) * (1.6 - position)
+    coupling = np.exp(rng.uniform(math.log(2.0), math.log(20.0), n - 1))
+    fan_in = np.array([float(np.prod(shape[1:])) for shape in shapes])
+    scale = np.sqrt(2.0 / fan_in) * np.exp(rng.normal(0.0, 0.35, n))
+    dof = np.exp(rng.uniform(math.log(3.0), math.log(30.0), n))
+    names = tuple(f"layer{i:02d}" for i in range(n))
+    return SyntheticLayers(names, tuple(shapes), params, knee, sensitivity, coupling, scale, dof)
+
+
+def synthetic_profile(layers: SyntheticLayers, draw: int) -> dict[str, Any]:
+    """A Contract 4 profile: shapes, and quantiles of a scaled Student-t sample per layer."""
+    rng = np.random.RandomState(2000 + draw)
+    levels = np.linspace(0.0, 1.0, 101)
+    entries = []
+    for i, name in enumerate(layers.names):
+        weight = layers.scale[i] * rng.standard_t(layers.dof[i], int(layers.params[i]))
+        entries.append({
+            "name": name,
+            "type": "Conv2d" if len(layers.shapes[i]) == 4 else "Linear",
+            "shape": list(layers.shapes[i]),
+            "params": int(layers.params[i]),
+            "magnitude_quantiles": [float(q) for q in np.quantile(np.abs(weight), levels)],
+            "lamp_quantiles": [float(q) for q in np.quantile(lamp_scores(weight), levels)],
+        })
+    return {"format": 1, "model": f"synthetic-{draw}",
+            "prunable_params": int(layers.params.sum()), "layers": entries}
+
+
+@functools.cache
+def _synthetic_profile_path(draw: int) -> Path:
+    path = CACHE_DIR / f"synthetic-{draw}_profile.json"
+    payload = synthetic_profile(synthetic_layers(draw), draw)
+    if not path.exists() or json.loads(path.read_text()) != payload:
+        write_json_atomic(path, payload)
+    return path
+
+
+def _synthetic(name: str, noise_seed: int) -> Landscape:
+    family, _, suffix = name.partition("-")
+    draw = int(suffix)
+    layers = synthetic_layers(draw)
+    profile = _synthetic_profile_path(draw)
+    interact = family == "interact"
+    lo = np.full(len(layers.names), SYNTHETIC_BOUNDS[0])
+    hi = np.full(len(layers.names), SYNTHETIC_BOUNDS[1])
+
+    def truth(s: np.ndarray) -> float:
+        loss = float(layers.damage(s).sum())
+        if interact:
+            loss += layers.interaction(s)
+        return DENSE_ACCURACY - loss
+
+    def vector(params: Mapping[str, Any]) -> np.ndarray:
+        _, values = layer_sparsities(params)
+        if set(values) != set(layers.names):
+            raise ValueError(f"{name} needs every layer of {list(layers.names)}, got {sorted(values)}")
+        return np.array([values[n] for n in layers.names])
+
+    noise = np.random.RandomState(noise_seed)
+
+    def evaluate(params: Mapping[str, Any]) -> float:
+        value = truth(vector(params))
+        return value + float(noise.normal(0.0, NOISE_SD)) if interact else value
+
+    allocations = {
+        h: heuristic_allocation(h, profile, layers.names, lo, hi, SYNTHETIC_TARGET)
+        for h in HEURISTICS
+    }
+    best = separable_optimum(layers.damage, layers.params, lo, hi, SYNTHETIC_TARGET)
+    optimum = truth(best) if not interact else interacting_optimum(truth, best, layers.params, lo, hi)
+    return Landscape(
+        name=name,
+        space=flat_space(layers.names, SYNTHETIC_BOUNDS),
+        target=SYNTHETIC_TARGET,
+        constraint={"profile": str(profile)},
+        evaluate=evaluate,
+        heuristics={h: truth(a) for h, a in allocations.items()},
+        optimum=optimum,
+        weights={n: float(p) for n, p in zip(layers.names, layers.params, strict=True)},
+        noise_sd=NOISE_SD if interact else 0.0,
+        allocations={h: dict(zip(layers.names, a.tolist(), strict=True))
+                     for h, a in allocations.items()},
+    )
+
+
+# -- the analytic trial -----------------------------------------------------------------------
+
+
+def _analytic() -> Landscape:
+    space = analytic_trial.search_space()
+    counts = analytic_trial.layer_params()
+    names = list(counts)
+    weights = np.array([float(counts[n]) for n in names])
+    bounds = space["prune_method"]["_value"][0][f"{names[0]}_sparsity"]["_value"]
+    lo, hi = np.full(len(names), bounds[0]), np.full(len(names), bounds[1])
+    target = SYNTHETIC_TARGET
+
+    def evaluate(params: Mapping[str, Any]) -> float:
+        method, values = analytic_trial.parse_parameters(params)
+        return analytic_trial.final_accuracy(method, values)
+
+    methods = [option["_name"] for option in space["prune_method"]["_value"]]
+    uniform = heuristic_allocation("uniform", counts, names, lo, hi, target)
+    scores = {m: analytic_trial.final_accuracy(m, dict(zip(names, uniform, strict=True)))
+              for m in methods}
+    sensitivities = np.array([analytic_trial.LAYERS[n][1] for n in names])
+
+    def damage(s: np.ndarray) -> np.ndarray:
+        return sensitivities * 0.02 * s**3 / np.sqrt(1.0 - s)
+
+    best = separable_optimum(damage, weights, lo, hi, target)
+    optimum = max(analytic_trial.final_accuracy(m, dict(zip(names, best, strict=True)))
+                  for m in methods)
+    return Landscape(
+        name="analytic",
+        space=space,
+        target=target,
+        constraint={"layer_params": counts},
+        evaluate=evaluate,
+        heuristics={"uniform": max(scores.values())},
+        optimum=optimum,
+        weights={n: float(w) for n, w in zip(names, weights, strict=True)},
+        allocations={"uniform": dict(zip(names, uniform.tolist(), strict=True))},
+    )
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+
+def landscape(name: str, *, noise_seed: int = 0) -> Landscape:
+    """Build the landscape ``name`` (one of :data:`LANDSCAPES`); ``noise_seed`` seeds its noise.
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if name == "analytic":
+        return _analytic()
+    if name in SYNTHETIC:
+        return _synthetic(name, noise_seed)
+    raise ValueError(f"unknown landscape {name!r}; expected one of {list(LANDSCAPES)}")
+

@@ -1,0 +1,39 @@
+"""The torch side of nni-prune-tuners: the pruning API a trial imports (Contract 7).
+
+Installed with the ``trial`` extra (``pip install nni-prune-tuners[trial]``). The package's own
+``__init__`` never imports this subpackage, so the tuner and assessor stay free of torch::
+
+    from nni_prune_tuners.trial import Pruner
+
+    pruner = Pruner(model, nni.get_next_parameter(), epochs=epochs, optimizer=optimizer)
+
+``python -m nni_prune_tuners.trial.profile`` writes the model profile the tuner reads.
+"""
+
+from __future__ import annotations
+
+from nni_prune_tuners.trial.masking import (
+    AgpSchedule,
+    WeightMasker,
+    agp_mask,
+    agp_sparsity,
+    level_mask,
+    measured_sparsity,
+    num_pruned,
+    prunable_layers,
+)
+from nni_prune_tuners.trial.pruner import METHODS, Pruner, parse_params
+
+__all__ = [
+    "METHODS",
+    "AgpSchedule",
+    "Pruner",
+    "WeightMasker",
+    "agp_mask",
+    "agp_sparsity",
+    "level_mask",
+    "measured_sparsity",
+    "num_pruned",
+    "parse_params",
+    "prunable_layers",
+]

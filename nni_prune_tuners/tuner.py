@@ -29,11 +29,13 @@ from schema import And, Optional, Or, Schema, SchemaError, Use
 
 from nni_prune_tuners import search_space as ss
 from nni_prune_tuners import sparsity
+from nni_prune_tuners.allocation_sampler import AllocationSampler, blocks_for
 from nni_prune_tuners.profile import ModelProfile, load_profile
 
 _logger = logging.getLogger(__name__)
 
 HEURISTICS = ("uniform", "global_magnitude", "lamp", "erk")
+ALLOCATIONS = ("model", "tpe")
 #: Attempts at a suggestion whose raw sparsities can be rescaled (only zeros can prevent it).
 _MAX_ATTEMPTS = 100
 
@@ -52,6 +54,7 @@ class TunerOptions:
     n_startup_trials: int
     constant_liar: bool
     learn_from: str
+    allocation: str
 
 
 _CLASS_ARGS_SCHEMA = Schema(
@@ -76,6 +79,7 @@ _CLASS_ARGS_SCHEMA = Schema(
         Optional("constant_liar"): And(bool, error="constant_liar must be true or false"),
         Optional("learn_from"): Or("rescaled", "raw",
                                    error="learn_from must be 'rescaled' or 'raw'"),
+        Optional("allocation"): Or(*ALLOCATIONS, error="allocation must be 'model' or 'tpe'"),
     }
 )
 
@@ -160,6 +164,7 @@ def parse_tuner_options(class_args: Mapping[str, Any], *, base: Path | None = No
         n_startup_trials=args.get("n_startup_trials", 10),
         constant_liar=args.get("constant_liar", True),
         learn_from=args.get("learn_from", "rescaled"),
+        allocation=args.get("allocation", "model"),
     )
 
 
@@ -204,6 +209,10 @@ class PruneTPETuner(Tuner):
             spread out (a no-op with one trial in flight).
         learn_from: Tell TPE the ``rescaled`` sparsities actually evaluated (default) or the
             ``raw`` samples before rescaling.
+        allocation: How the layer sparsities of a branch are proposed under the target:
+            ``model`` (default) by the additive Bayesian allocation model
+            (:mod:`nni_prune_tuners.allocation_sampler`), ``tpe`` by TPE and rescaling. Every
+            other parameter, the branch choice included, always comes from TPE.
     """
 
     def __init__(self, **class_args: Any) -> None:
@@ -238,16 +247,20 @@ class PruneTPETuner(Tuner):
         """Heuristic allocations not yet proposed."""
         return len(self._warm_starts)
 
-    def _sampler(self, seed: int) -> optuna.samplers.TPESampler:
+    def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(
+            tpe = optuna.samplers.TPESampler(
                 seed=seed,
                 n_startup_trials=self._options.n_startup_trials,
                 multivariate=True,
                 group=True,
                 constant_liar=self._options.constant_liar,
             )
+        target = self._options.target_sparsity
+        if self._options.allocation == "tpe" or target is None or not self._groups:
+            return tpe
+        return AllocationSampler(tpe, blocks_for(self._groups, target), seed=seed)
 
     def _new_study(self, generation: int) -> optuna.Study:
         sampler = self._sampler(self._seed + generation)
@@ -276,6 +289,8 @@ class PruneTPETuner(Tuner):
             self._study = self._new_study(self._generation)
             for params, value in self._completed:
                 self._add_finished(params, value, reason="after the search space changed")
+        else:
+            self._study.sampler = self._sampler(self._seed + self._generation)
         self._warm_starts = [
             self._warm_start(group, heuristic)
             for heuristic in self._options.warm_start

@@ -1,0 +1,220 @@
+"""An Optuna sampler that proposes the layer-sparsity block of each branch with the allocation model.
+
+Everything that is not a layer sparsity (the branch choice, the learning rate, ...) is delegated to
+the wrapped sampler (PruneTPE's TPE). When a trial asks for the first layer sparsity of a branch,
+the whole block is proposed at once from the trials of that branch (:mod:`allocation`):
+
+- finished trials are the data; early-stopped or failed trials (PRUNED) enter at the worst value
+  seen, as TPE ranks them below every finished trial;
+- running trials enter at the mean value seen (a constant liar), and every proposal is a fresh
+  posterior draw, so simultaneous suggestions differ;
+- after ``local_after`` finished trials in the branch, every second proposal is a draw restricted
+  to a trust region around the best configuration found;
+- a proposal equal (within 1e-6 per value) to a finished or running one is drawn again, then
+  perturbed: no trial is spent on a repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.study import Study, StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from nni_prune_tuners import allocation
+
+_logger = logging.getLogger(__name__)
+
+#: Fresh posterior draws tried before a repeat is perturbed instead.
+_REDRAWS = 8
+
+
+@dataclass(frozen=True)
+class SparsityBlock:
+    """The layer sparsities of one branch, by Optuna name, and the budget they share.
+
+    Attributes:
+        choices: ``{choice parameter: option index}`` that selects the branch.
+        names: Optuna names of the layer sparsities, in the order of ``budget``'s arrays.
+        budget: weights, bounds and target.
+    """
+
+    choices: Mapping[str, int]
+    names: tuple[str, ...]
+    budget: allocation.Block
+
+    def selected_by(self, params: Mapping[str, Any]) -> bool:
+        return all(params.get(name) == index for name, index in self.choices.items())
+
+
+class AllocationSampler(BaseSampler):
+    """Model-based layer-sparsity proposals inside another sampler.
+
+    Args:
+        base: The sampler for every other parameter (relative and independent).
+        blocks: One block per branch that carries layer sparsities.
+        seed: Seed of the model's draws.
+        local_after: Finished trials in a branch before every second proposal is a local move.
+    """
+
+    def __init__(
+        self,
+        base: BaseSampler,
+        blocks: Sequence[SparsityBlock],
+        *,
+        seed: int | None = None,
+        local_after: int = 30,
+    ) -> None:
+        if local_after < 0:
+            raise ValueError(f"local_after must be >= 0, got {local_after!r}")
+        self._base = base
+        self._blocks = tuple(blocks)
+        self._names = frozenset(name for block in self._blocks for name in block.names)
+        self._rng = np.random.RandomState(seed)
+        self._local_after = local_after
+        self._proposed: dict[int, dict[str, float]] = {}
+        self._proposals = [0] * len(self._blocks)
+        self._variances: dict[int, tuple[int, tuple[float, float]]] = {}
+        self.repeats_rejected = 0
+
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        space = self._base.infer_relative_search_space(study, trial)
+        return {name: dist for name, dist in space.items() if name not in self._names}
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._base.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        if param_name not in self._names:
+            return self._base.sample_independent(study, trial, param_name, param_distribution)
+        proposed = self._proposed.get(trial._trial_id)
+        if proposed is None or param_name not in proposed:
+            index = next(
+                (i for i, block in enumerate(self._blocks)
+                 if param_name in block.names and block.selected_by(trial.params)),
+                None,
+            )
+            if index is None:
+                return self._base.sample_independent(study, trial, param_name, param_distribution)
+            proposed = self._propose(study, trial, index)
+            self._proposed[trial._trial_id] = proposed
+        return proposed[param_name]
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._base.before_trial(study, trial)
+
+    def after_trial(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._proposed.pop(trial._trial_id, None)
+        self._base.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._base.reseed_rng()
+        self._rng.seed()
+
+    # -- the block ---------------------------------------------------------------------------
+
+    def _propose(self, study: Study, trial: FrozenTrial, index: int) -> dict[str, float]:
+        block = self._blocks[index]
+        finished, scores, pending = self._history(study, trial, block)
+        posterior = None
+        samples = np.vstack([finished, pending]) if len(pending) else finished
+        if len(scores):
+            lie = np.full(len(pending), scores.mean())
+            posterior = self._fit(index, samples, np.concatenate([scores, lie]))
+        incumbent = None
+        self._proposals[index] += 1
+        if len(scores) >= self._local_after and self._proposals[index] % 2 == 0:
+            incumbent = finished[int(np.argmax(scores))]
+        candidate = allocation.propose(block.budget, posterior, self._rng, incumbent=incumbent)
+        rejected = 0
+        while allocation.is_repeat(candidate, samples):
+            rejected += 1
+            if rejected <= _REDRAWS:
+                candidate = allocation.propose(block.budget, posterior, self._rng)
+            else:
+                candidate = allocation.perturb(block.budget, candidate, self._rng)
+        if rejected:
+            self.repeats_rejected += rejected
+            _logger.info("trial %d: %d proposals rejected as repeats (%d in all)",
+                         trial.number, rejected, self.repeats_rejected)
+        return dict(zip(block.names, (float(v) for v in candidate), strict=True))
+
+    def _fit(self, index: int, samples: np.ndarray, values: np.ndarray) -> allocation.Posterior:
+        """Fit, re-selecting the variances only when the data grew by a tenth since they were."""
+        cached = self._variances.get(index)
+        if cached is not None and len(values) <= 1.1 * cached[0] + 1:
+            return allocation.fit(samples, values, variances=cached[1])
+        posterior = allocation.fit(samples, values)
+        self._variances[index] = (len(values), posterior.variances)
+        return posterior
+
+    def _history(
+        self, study: Study, trial: FrozenTrial, block: SparsityBlock
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(finished sparsities, their scores, running sparsities)`` of the block's branch.
+
+        Scores are oriented so that larger is better; pruned trials score the worst finished
+        score (they are left out while nothing has finished).
+        """
+        sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+        done: list[list[float]] = []
+        scores: list[float] = []
+        pruned: list[list[float]] = []
+        running: list[list[float]] = []
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        for other in study.get_trials(deepcopy=False, states=states):
+            if other.number == trial.number or not block.selected_by(other.params):
+                continue
+            if not all(name in other.params for name in block.names):
+                continue
+            row = [float(other.params[name]) for name in block.names]
+            if other.state == TrialState.COMPLETE and other.value is not None:
+                done.append(row)
+                scores.append(sign * float(other.value))
+            elif other.state == TrialState.PRUNED:
+                pruned.append(row)
+            elif other.state == TrialState.RUNNING:
+                running.append(row)
+        width = len(block.names)
+        if scores and pruned:
+            done.extend(pruned)
+            scores.extend([min(scores)] * len(pruned))
+        elif pruned:
+            running.extend(pruned)
+        return (np.array(done).reshape(-1, width), np.array(scores),
+                np.array(running).reshape(-1, width))
+
+
+def blocks_for(groups: Sequence[Any], target: float) -> list[SparsityBlock]:
+    """Sampler blocks from the tuner's sparsity groups (choices, parameters, weights, bounds)."""
+    return [
+        SparsityBlock(
+            choices=dict(group.choices),
+            names=tuple(p.name for p in group.parameters),
+            budget=allocation.Block(group.weights, group.lo, group.hi, group.total, target),
+        )
+        for group in groups
+    ]
+

@@ -71,7 +71,7 @@ class TunerSpec:
 
 TUNERS: dict[str, TunerSpec] = {
     "prunetpe": TunerSpec("PruneTPE", False),
-    "prunetpe-raw": TunerSpec("PruneTPE (learn_from: raw)", False),
+    "prunetpe-raw": TunerSpec("PruneTPE (allocation: tpe, learn_from: raw)", False),
     "tpe": TunerSpec("NNI TPE + in-trial rescaling", True),
     "random": TunerSpec("NNI Random + in-trial rescaling", True),
     "anneal": TunerSpec("NNI Anneal + in-trial rescaling", True),
@@ -198,9 +198,9 @@ class _SeededAnneal(HyperoptTuner):
 def make_tuner(name: str, seed: int, constraint: Mapping[str, Any]) -> Tuner:
     """A fresh tuner; ``constraint`` is PruneTPE's ``profile`` or ``layer_params`` classArg."""
     if name in PRUNETPE:
-        learn_from = "raw" if name == "prunetpe-raw" else "rescaled"
+        extra = {"learn_from": "raw", "allocation": "tpe"} if name == "prunetpe-raw" else {}
         return PruneTPETuner(optimize_mode="maximize", seed=seed, target_sparsity=TARGET,
-                             learn_from=learn_from, **constraint)
+                             **extra, **constraint)
     if name in ("tpe", UNCONSTRAINED):
         return TpeTuner(optimize_mode="maximize", seed=seed)
     if name == "random":

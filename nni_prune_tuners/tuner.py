@@ -139,6 +139,10 @@ def parse_tuner_options(class_args: Mapping[str, Any], *, base: Path | None = No
         if missing:
             raise ValueError(f"PruneTPE classArgs: weight_by='flops' but the profile has no "
                              f"flops for layers {missing}")
+    allocation = args.get("allocation", "model")
+    if args.get("learn_from") == "raw" and allocation == "model":
+        raise ValueError("PruneTPE classArgs: learn_from='raw' needs allocation='tpe' (the "
+                         "allocation model proposes sparsities that already meet the target)")
     warm_start = args.get("warm_start")
     if warm_start is None:
         supported = () if profile is None else tuple(h for h in HEURISTICS if profile.supports(h))
@@ -164,7 +168,7 @@ def parse_tuner_options(class_args: Mapping[str, Any], *, base: Path | None = No
         n_startup_trials=args.get("n_startup_trials", 10),
         constant_liar=args.get("constant_liar", True),
         learn_from=args.get("learn_from", "rescaled"),
-        allocation=args.get("allocation", "model"),
+        allocation=allocation,
     )
 
 

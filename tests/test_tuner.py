@@ -272,7 +272,8 @@ def test_search_space_update_mid_run_replays_history(profile_path: Path) -> None
 
 def test_learn_from_raw_keeps_the_raw_sample(profile_path: Path) -> None:
     for mode in ("raw", "rescaled"):
-        tuner = make_tuner(profile_path, learn_from=mode, warm_start=[], n_startup_trials=1)
+        tuner = make_tuner(profile_path, learn_from=mode, warm_start=[], n_startup_trials=1,
+                           allocation="tpe")
         params = tuner.generate_parameters(0)
         told = tuner.study.trials[0].params
         branch = params["prune_method"]

@@ -3,13 +3,17 @@
 Run under NNI as ``python -m trials.prune_trial`` (parameters from ``nni.get_next_parameter()``),
 or standalone as ``python -m trials.prune_trial --params '{"prune_method": {...}}'``, which runs
 the same code and prints the final result as JSON. :func:`run_trial` is the in-process API that
-the benchmarks and the demo call.
+the benchmarks and the demo call. ``--model module:factory`` picks any model of the zoo
+(``trials.models:resnet_digits``) or your own; the default is the digits CNN on the 8x8 digits.
+Masks, the AGP schedule and the step hook come from :class:`nni_prune_tuners.trial.Pruner`
+(Contract 7), as in a user's own trial; this module adds the dense training, its cache and the data.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import math
@@ -27,18 +31,9 @@ import torch.nn.functional as F
 from filelock import FileLock
 from torch import nn
 
-from trials.data import DigitsSplit, digits_split
-from trials.masking import (
-    AgpSchedule,
-    WeightMasker,
-    agp_mask,
-    agp_sparsity,
-    layer_weight,
-    level_mask,
-    measured_sparsity,
-    prunable_layers,
-)
-from trials.models import digits_cnn
+from nni_prune_tuners.trial import Pruner
+from trials.data import DATA_VARIANTS, DigitsSplit, load_split
+from trials.masking import AgpSchedule, layer_weight, measured_sparsity, prunable_layers
 
 _logger = logging.getLogger(__name__)
 
@@ -47,18 +42,85 @@ SPARSITY_SUFFIX = "_sparsity"
 #: AGP with the seed's ``end_epoch=3`` then fine-tunes two epochs at its final sparsity.
 DEFAULT_EPOCHS = 5
 CACHE_ENV = "PRUNE_TRIAL_CACHE"
+#: The model of ``make demo`` and of every trial that names none.
+DEFAULT_MODEL = "trials.models:digits_cnn"
 
-# Bump when the dense recipe or the model changes, so stale caches are never loaded.
-_DENSE_VERSION = 1
 _DENSE_SEED = 0
-_DENSE_EPOCHS = 30
-_DENSE_LR = 3e-3
 _BATCH_SIZE = 64
-_FINETUNE_LR = 0.02
 _MOMENTUM = 0.9
 _WEIGHT_DECAY = 5e-4
 
 _dense_memo: dict[Path, dict[str, torch.Tensor]] = {}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one model is trained dense (Adam, or AdamW with ``weight_decay``; cosine) and fine-tuned.
+
+    Attributes:
+        epochs: dense training epochs.
+        lr: dense learning rate.
+        weight_decay: AdamW's decoupled weight decay (0: plain Adam).
+        finetune_lr: SGD learning rate of the trial's fine-tuning (momentum 0.9, decay 5e-4).
+        version: part of the cache file name: bump it when the recipe or the model changes, so a
+            stale cache is never loaded.
+    """
+
+    epochs: int = 20
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    finetune_lr: float = 0.02
+    version: int = 1
+
+
+#: Recipes of the zoo by ``module:factory``; any other model gets ``Recipe()``.
+RECIPES: dict[str, Recipe] = {
+    DEFAULT_MODEL: Recipe(epochs=30, lr=3e-3),
+    "trials.models:resnet_digits": Recipe(epochs=12, lr=3e-3),
+    "trials.models:mobilenet_digits": Recipe(epochs=12, lr=3e-3),
+    "trials.models:vit_digits": Recipe(epochs=20, lr=1e-3, weight_decay=0.05, finetune_lr=0.01),
+    "trials.models:mlp_digits": Recipe(epochs=15, lr=1e-3),
+}
+
+
+def load_factory(spec: str) -> Callable[[], nn.Module]:
+    """Import ``module:factory`` (e.g. ``trials.models:resnet_digits``) and return the factory."""
+    if not isinstance(spec, str):
+        raise ValueError(f"model must be a 'package.module:factory' string, got {spec!r}")
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"model must look like 'package.module:factory', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r} from model {spec!r}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"{attr!r} in {module_name!r} is not a callable factory (model {spec!r})")
+    return factory
+
+
+def build_model(spec: str) -> nn.Module:
+    """A fresh, untrained model from the factory ``spec``; ``ValueError`` if it is no ``nn.Module``."""
+    model = load_factory(spec)()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def data_variant(model: nn.Module, data: str | None = None) -> str:
+    """The data variant a model trains on: ``data`` if given, else its ``data_variant``
+    attribute, else ``digits``; checked against the model's ``input_shape`` when it has one."""
+    variant = data if data is not None else getattr(model, "data_variant", "digits")
+    if variant not in DATA_VARIANTS:
+        raise ValueError(f"unknown data variant {variant!r}; expected one of {list(DATA_VARIANTS)}")
+    shape = getattr(model, "input_shape", None)
+    if shape is not None:
+        image_shape = load_split(variant).image_shape
+        if tuple(shape) != image_shape:
+            raise ValueError(f"data {variant!r} has images of shape {image_shape}, but the model's "
+                             f"input_shape is {tuple(shape)}")
+    return variant
 
 
 @dataclass
@@ -200,48 +262,72 @@ def train_epoch(
 
 
 def train_dense(
-    *, seed: int = _DENSE_SEED, device: str | None = None, num_threads: int | None = 1
+    *, seed: int = _DENSE_SEED, device: str | None = None, num_threads: int | None = 1,
+    model: str = DEFAULT_MODEL, data: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Train the dense digits CNN from scratch; returns a CPU state dict."""
+    """Train ``model`` (``module:factory``) dense from scratch on its data; returns a CPU state dict."""
+    variant = data_variant(build_model(model), data)
     with torch_threads(num_threads):
-        return _train_dense(seed, select_device(device))
+        return _train_dense(model, RECIPES.get(model, Recipe()), load_split(variant), seed,
+                            select_device(device))
 
 
-def _train_dense(seed: int, dev: torch.device) -> dict[str, torch.Tensor]:
-    torch.manual_seed(seed)
-    model = digits_cnn().to(dev)
-    data = digits_split().to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=_DENSE_LR)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=_DENSE_EPOCHS)
+def _train_dense(
+    spec: str, recipe: Recipe, split: DigitsSplit, seed: int, dev: torch.device
+) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)  # before building: the initial weights are part of the recipe
+    model = build_model(spec).to(dev)
+    data = split.to(dev)
+    optimizer: torch.optim.Optimizer
+    if recipe.weight_decay:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr,
+                                      weight_decay=recipe.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs)
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(_DENSE_EPOCHS):
+    for _ in range(recipe.epochs):
         train_epoch(model, optimizer, data, generator)
         scheduler.step()
     _logger.info("dense model trained: val accuracy %.4f", accuracy(model, data.x_val, data.y_val))
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def dense_cache_path(cache_dir: Path | None = None) -> Path:
-    """Where the dense digits CNN weights are cached."""
+def dense_cache_path(
+    cache_dir: Path | None = None, *, model: str = DEFAULT_MODEL, data: str = "digits"
+) -> Path:
+    """Where the dense weights of ``model`` trained on ``data`` are cached.
+
+    ``<factory>_dense_v<version>.pt`` on the original digits (``digits_cnn_dense_v1.pt``), with
+    the data variant in the name otherwise; models outside ``trials.models`` carry their module.
+    """
     root = cache_dir if cache_dir is not None else default_cache_dir()
-    return Path(root) / f"digits_cnn_dense_v{_DENSE_VERSION}.pt"
+    module_name, _, factory = model.partition(":")
+    name = factory if module_name == "trials.models" else f"{module_name}.{factory}"
+    if data != "digits":
+        name = f"{name}_{data}"
+    return Path(root) / f"{name}_dense_v{RECIPES.get(model, Recipe()).version}.pt"
 
 
-def dense_state_dict(cache_dir: Path | None = None) -> dict[str, torch.Tensor]:
-    """Dense weights, trained once and cached; safe when several trials start at the same time.
+def dense_state_dict(
+    cache_dir: Path | None = None, *, model: str = DEFAULT_MODEL, data: str | None = None
+) -> dict[str, torch.Tensor]:
+    """Dense weights of ``model`` on ``data`` (default: the model's own variant), trained once and
+    cached; safe when several trials start at the same time.
 
     The first caller trains under a file lock and writes atomically (temp file + ``os.replace``);
     the others wait on the lock and load the file with ``weights_only=True``. The loaded dict is
     memoised per process: callers must copy it (``load_state_dict`` does), never mutate it.
     """
-    path = dense_cache_path(cache_dir).resolve()
+    variant = data_variant(build_model(model), data)
+    path = dense_cache_path(cache_dir, model=model, data=variant).resolve()
     if path in _dense_memo:
         return _dense_memo[path]
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if not path.exists():
             _logger.info("training the dense model into %s", path)
-            state = train_dense()
+            state = train_dense(model=model, data=variant)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as fh:
@@ -265,8 +351,10 @@ def run_trial(
     report: Callable[[dict[str, Any]], None] | None = None,
     agp: AgpSchedule | None = None,
     num_threads: int | None = 1,
+    model: str = DEFAULT_MODEL,
+    data: str | None = None,
 ) -> TrialResult:
-    """Prune the cached dense digits CNN as ``params`` say, fine-tune, and score it.
+    """Prune the cached dense ``model`` as ``params`` say, fine-tune, and score it.
 
     Args:
         params: Contract 2 parameters, e.g. ``{"prune_method": {"_name": "level",
@@ -278,6 +366,10 @@ def run_trial(
         report: called with each intermediate dict (``nni.report_intermediate_result`` under NNI).
         agp: AGP schedule options (default the seed's 0/0/3/1); ignored by Level.
         num_threads: torch CPU threads for the trial, restored afterwards (None: as set).
+        model: ``module:factory`` of the model (default the digits CNN); dense weights are
+            trained once per model and data variant and cached.
+        data: data variant (a key of :data:`trials.data.DATA_VARIANTS`); default the model's
+            ``data_variant`` (the zoo: ``digits_hard``; the digits CNN: ``digits``).
 
     Raises:
         ValueError: on bad parameters or options (including AGP with ``epochs <= end_epoch``),
@@ -289,79 +381,71 @@ def run_trial(
         raise ValueError(f"seed must be an int, got {seed!r}")
     schedule = agp if agp is not None else AgpSchedule()
     dev = select_device(device)
-    model = digits_cnn()
-    layers = prunable_layers(model)
-    method, sparsities = parse_params(params, list(layers))
+    net = build_model(model)
+    method, sparsities = parse_params(params, list(prunable_layers(net)))
     if method == "agp" and epochs <= schedule.end_epoch:
         raise ValueError(
             f"epochs must exceed the AGP end_epoch ({schedule.end_epoch}) so the masks reach "
             f"their final sparsity, got epochs={epochs}"
         )
+    variant = data_variant(net, data)
     with torch_threads(num_threads):
-        return _run(model, layers, method, sparsities, epochs=epochs, seed=seed, dev=dev,
-                    cache_dir=cache_dir, report=report, schedule=schedule)
+        net.load_state_dict(dense_state_dict(cache_dir, model=model, data=variant))
+        return _run(net.to(dev), params, method, sparsities, epochs=epochs, seed=seed,
+                    data=load_split(variant).to(dev), report=report, schedule=schedule,
+                    finetune_lr=RECIPES.get(model, Recipe()).finetune_lr)
 
 
 def _run(
     model: nn.Module,
-    layers: Mapping[str, nn.Module],
+    params: Mapping[str, Any],
     method: str,
     sparsities: Mapping[str, float],
     *,
     epochs: int,
     seed: int,
-    dev: torch.device,
-    cache_dir: Path | None,
+    data: DigitsSplit,
     report: Callable[[dict[str, Any]], None] | None,
     schedule: AgpSchedule,
+    finetune_lr: float,
 ) -> TrialResult:
-    model.load_state_dict(dense_state_dict(cache_dir))
-    model.to(dev)
-    data = digits_split().to(dev)
     dense_acc = accuracy(model, data.x_val, data.y_val)
-
-    named = {name: layers[name] for name in sparsities}
-    masker = WeightMasker(named)
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=_FINETUNE_LR, momentum=_MOMENTUM, weight_decay=_WEIGHT_DECAY
+        model.parameters(), lr=finetune_lr, momentum=_MOMENTUM, weight_decay=_WEIGHT_DECAY
     )
-    masker.attach(optimizer)
-    if method == "level":
-        for name, sparsity in sparsities.items():
-            masker.apply(name, level_mask(layer_weight(named[name]), sparsity))
+    pruner = Pruner(model, params, epochs=epochs, optimizer=optimizer, agp=schedule)
+    layers = prunable_layers(model)
+    weights = {name: layer_weight(layers[name]) for name in sparsities}
 
     generator = torch.Generator().manual_seed(seed)
     history: list[dict[str, Any]] = []
     for epoch in range(epochs):
-        if method == "agp" and schedule.is_step(epoch):
-            for name, final in sparsities.items():
-                step_sparsity = agp_sparsity(epoch, final, schedule)
-                mask = agp_mask(layer_weight(named[name]), step_sparsity, masker.masks.get(name))
-                masker.apply(name, mask)
+        pruner.on_epoch_start(epoch)
         train_epoch(model, optimizer, data, generator)
         metrics = {
             "default": accuracy(model, data.x_val, data.y_val),
             "epoch": epoch,
-            "sparsity": masker.sparsity(),
-            "pruned": method == "level" or epoch >= schedule.end_epoch,
+            # counted exactly (zeros / weights), so a report equals the count it stands for
+            "sparsity": measured_sparsity(w.detach() for w in weights.values()),
+            "pruned": pruner.pruned,
         }
         history.append(metrics)
         _logger.debug("epoch %d: %s", epoch, metrics)
         if report is not None:
             report(metrics)
 
-    masker.remove()
-    weights = {name: layer_weight(module).detach() for name, module in named.items()}
-    total = sum(w.numel() for w in weights.values())
-    target = sum(w.numel() * sparsities[n] for n, w in weights.items()) / total
+    pruner.remove()
+    final = {name: w.detach() for name, w in weights.items()}
+    total = sum(w.numel() for w in final.values())
+    target = sum(w.numel() * sparsities[n] for n, w in final.items()) / total
     result = TrialResult(
         accuracy=accuracy(model, data.x_val, data.y_val),
         test_accuracy=accuracy(model, data.x_test, data.y_test),
         dense_accuracy=dense_acc,
-        sparsity=measured_sparsity(weights.values()),
+        sparsity=measured_sparsity(final.values()),
         target_sparsity=target,
         method=method,
-        layer_sparsity={n: measured_sparsity([w]) for n, w in weights.items()},
+        layer_sparsity={n: measured_sparsity([w]) for n, w in final.items()},
         history=history,
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     )
@@ -373,9 +457,14 @@ def _run(
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trials.prune_trial",
-        description="Prune the digits CNN with Level or AGP, fine-tune and report to NNI. "
-        "Without --params the parameters come from nni.get_next_parameter().",
+        description="Prune a model (default the digits CNN) with Level or AGP, fine-tune and "
+        "report to NNI. Without --params the parameters come from nni.get_next_parameter().",
     )
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="module:factory of the model, e.g. trials.models:resnet_digits "
+                        f"(default {DEFAULT_MODEL})")
+    parser.add_argument("--data", choices=list(DATA_VARIANTS), default=None,
+                        help="data variant (default: the model's data_variant, else digits)")
     parser.add_argument("--params", help="standalone mode: Contract 2 parameters as JSON")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--seed", type=int, default=0)
@@ -421,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.perf_counter()
         result = run_trial(params, epochs=args.epochs, seed=args.seed, device=args.device,
                            cache_dir=args.cache_dir, report=report, agp=schedule,
-                           num_threads=args.threads)
+                           num_threads=args.threads, model=args.model, data=args.data)
     except ValueError as exc:
         print(f"prune_trial: error: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ heuristics exist. Profiles are written under ``results/landscapes/`` (atomically
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import math
@@ -50,11 +51,17 @@ NOISE_SD = 0.003
 #: Width of the knee: damage grows smoothly from ~0 over a few hundredths of sparsity.
 KNEE_WIDTH = 0.02
 MEAN_KNEE = 0.87
-#: The real networks (zoo factories) and the targets each is scored at.
-NETWORKS: dict[str, str] = {}
+#: The real networks (factories in ``trials.models``) and the targets each is scored at.
+NETWORKS = {"mlp": "mlp_digits", "cnn": "digits_cnn"}
 NETWORK_TARGETS = (0.9, 0.95)
+NETWORK_BOUNDS = (0.05, 0.995)
+#: Bump when the training recipe changes, so stale cached weights are never loaded.
+NETWORK_VERSION = 1
+NETWORK_EPOCHS = 20
+NETWORK_LR = 3e-3
 SYNTHETIC = tuple(f"{family}-{draw}" for family in ("additive", "interact") for draw in range(3))
-LANDSCAPES: tuple[str, ...] = ("analytic", *SYNTHETIC)
+NETWORK_LANDSCAPES = tuple(f"{net}-{target:.2f}" for net in NETWORKS for target in NETWORK_TARGETS)
+LANDSCAPES: tuple[str, ...] = ("analytic", *SYNTHETIC, *NETWORK_LANDSCAPES)
 
 
 @dataclass(frozen=True)
@@ -421,6 +428,115 @@ def _analytic() -> Landscape:
     )
 
 
+# -- real networks ----------------------------------------------------------------------------
+
+
+def _train(factory: Callable[[], Any], data: Any) -> dict[str, Any]:
+    """Train ``factory()`` dense on ``data`` with a fixed seed; returns a CPU state dict."""
+    import torch
+
+    from trials.prune_trial import accuracy, train_epoch
+
+    torch.manual_seed(0)
+    model = factory()
+    optimizer = torch.optim.Adam(model.parameters(), lr=NETWORK_LR)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=NETWORK_EPOCHS)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(NETWORK_EPOCHS):
+        train_epoch(model, optimizer, data, generator)
+        scheduler.step()
+    _logger.info("trained %s: val accuracy %.4f", type(model).__name__,
+                 accuracy(model, data.x_val, data.y_val))
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+@functools.cache
+def trained_network(net: str) -> tuple[Any, Any, Path]:
+    """``(model, split, profile path)`` of ``net``: trained once, cached on disk for every process.
+
+    The first process trains under a file lock and writes the weights and the Contract 4 profile
+    atomically; the others wait on the lock and load them.
+    """
+    import torch
+    from filelock import FileLock
+
+    from trials import data as trial_data
+    from trials.profile_model import profile_model
+
+    torch.set_num_threads(1)
+    factory = getattr(importlib.import_module("trials.models"), NETWORKS[net])
+    model = factory()
+    variant = getattr(model, "data_variant", "digits")
+    split = trial_data.load_split(variant)
+    # the split's sizes are in the key, so a changed data variant is never scored on stale weights
+    key = f"{net}_{variant}{len(split.y_train)}-{len(split.y_val)}_v{NETWORK_VERSION}"
+    weights = CACHE_DIR / f"{key}.pt"
+    profile = CACHE_DIR / f"{key}_profile.json"
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(weights) + ".lock"):
+        if not weights.exists():
+            state = _train(factory, split)
+            fd, tmp = tempfile.mkstemp(dir=CACHE_DIR, prefix=weights.name, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    torch.save(state, handle)
+                os.replace(tmp, weights)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        if not profile.exists():
+            write_json_atomic(profile, profile_model(model, name=NETWORKS[net],
+                                                     input_shape=model.input_shape))
+    model.eval()
+    return model, split, profile
+
+
+def _network(name: str) -> Landscape:
+    import torch
+
+    from trials.masking import layer_weight, level_mask, prunable_layers
+    from trials.prune_trial import accuracy
+
+    net, _, target_text = name.rpartition("-")
+    target = float(target_text)
+    model, split, profile = trained_network(net)
+    modules = prunable_layers(model)
+    dense = {n: layer_weight(m).detach().clone() for n, m in modules.items()}
+    names = list(modules)
+    lo = np.full(len(names), NETWORK_BOUNDS[0])
+    hi = np.full(len(names), NETWORK_BOUNDS[1])
+
+    def score(values: Mapping[str, float]) -> float:
+        with torch.no_grad():
+            for layer, module in modules.items():
+                weight = dense[layer]
+                layer_weight(module).copy_(weight * level_mask(weight, float(values[layer])))
+        return accuracy(model, split.x_val, split.y_val)
+
+    def evaluate(params: Mapping[str, Any]) -> float:
+        _, values = layer_sparsities(params)
+        if set(values) != set(names):
+            raise ValueError(f"{name} needs every layer of {names}, got {sorted(values)}")
+        return score(values)
+
+    allocations = {h: dict(zip(names, heuristic_allocation(h, profile, names, lo, hi, target).tolist(),
+                               strict=True))
+                   for h in HEURISTICS}
+    counts = {n: float(dense[n].numel()) for n in names}
+    return Landscape(
+        name=name,
+        space=flat_space(names, NETWORK_BOUNDS),
+        target=target,
+        constraint={"profile": str(profile)},
+        evaluate=evaluate,
+        heuristics={h: score(a) for h, a in allocations.items()},
+        optimum=None,
+        weights=counts,
+        allocations=allocations,
+    )
+
+
 # -- entry point ------------------------------------------------------------------------------
 
 
@@ -434,5 +550,7 @@ def landscape(name: str, *, noise_seed: int = 0) -> Landscape:
         return _analytic()
     if name in SYNTHETIC:
         return _synthetic(name, noise_seed)
+    if name in NETWORK_LANDSCAPES:
+        return _network(name)
     raise ValueError(f"unknown landscape {name!r}; expected one of {list(LANDSCAPES)}")
 

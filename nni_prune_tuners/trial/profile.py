@@ -1,0 +1,411 @@
+"""Write the model profile (Contract 4) of any ``nn.Module``, and optionally a search space.
+
+``python -m nni_prune_tuners.trial.profile --model mypkg.models:make --out profile.json`` (or
+``nni-prune-tuners profile ...``) profiles the prunable layers (Conv1d/2d/3d and Linear weights)
+of the model a ``module:factory`` returns: parameter counts and quantiles of the magnitude and
+LAMP scores, which let the torch-free tuner compute global-magnitude and LAMP allocations; FLOPs
+(MACs per sample) when an input shape is known; and with ``--sensitivity --eval mypkg:evaluate``
+the one-shot sensitivity curve of each layer. ``--search-space out.json`` also writes a nested NNI
+space over those layers in the seed's shape. It needs only the installed package and the user's
+module (imported from the working directory or the installed packages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import itertools
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from nni_prune_tuners.trial.masking import layer_weight, level_mask, prunable_layers
+from nni_prune_tuners.trial.pruner import METHODS, SPARSITY_SUFFIX
+
+_logger = logging.getLogger(__name__)
+
+PROFILE_FORMAT = 1
+QUANTILE_LEVELS = np.linspace(0.0, 1.0, 101)
+#: Layer sparsities of a sensitivity curve (0.0, the dense model, is always the first point).
+SENSITIVITY_SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+
+#: ``weights(spec, factory)`` returns the state dict to profile when ``--state-dict`` is not given
+#: (None: profile the weights the factory returns); the checkout's wrapper supplies trained ones.
+DefaultWeights = Callable[[str, Callable[[], nn.Module]], Mapping[str, torch.Tensor] | None]
+
+
+def load_object(spec: str, *, what: str = "model") -> Callable[..., Any]:
+    """Import ``module:attr`` (e.g. ``mypkg.models:make``) and return the callable it names."""
+    kind = "factory" if what == "model" else "function"
+    module_name, sep, attr = str(spec).partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"{what} must look like 'package.module:{kind}', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r} from {what} {spec!r}: {exc}") from exc
+    obj = getattr(module, attr, None)
+    if not callable(obj):
+        raise ValueError(f"{attr!r} in {module_name!r} is not a callable {kind} ({what} {spec!r})")
+    return obj
+
+
+def load_factory(spec: str) -> Callable[[], nn.Module]:
+    """Import ``module:factory`` (e.g. ``trials.models:digits_cnn``) and return the factory."""
+    return load_object(spec, what="model")
+
+
+def lamp_scores(weight: np.ndarray) -> np.ndarray:
+    """LAMP scores (Lee et al., ICLR 2021) of every weight, in the weight's flat order.
+
+    With the squared weights sorted ascending, ``score_u = w_u^2 / sum_{v >= u} w_v^2``: a weight
+    scores by its share of the energy of the weights at least as large. Ties are ordered by flat
+    index. An all-zero tensor scores 0 everywhere.
+    """
+    squares = np.square(np.asarray(weight, dtype=np.float64).reshape(-1))
+    order = np.argsort(squares, kind="stable")
+    sorted_sq = squares[order]
+    tail = np.cumsum(sorted_sq[::-1])[::-1]
+    scores = np.zeros_like(squares)
+    scores[order] = np.divide(sorted_sq, tail, out=np.zeros_like(sorted_sq), where=tail > 0)
+    return scores
+
+
+def quantiles(values: np.ndarray) -> list[float]:
+    """``np.quantile`` of ``values`` at 0, 0.01, ..., 1 as 101 plain floats."""
+    return [float(q) for q in np.quantile(np.asarray(values, dtype=np.float64), QUANTILE_LEVELS)]
+
+
+def layer_flops(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    """MACs of each prunable weight for one input sample, from a forward pass on zeros.
+
+    Convolutions: weight parameters times output spatial size; Linear: parameters times the
+    positions it is applied at (1 for a plain ``(batch, features)`` input).
+    """
+    layers = prunable_layers(model)
+    flops: dict[str, int] = {}
+    handles: list[RemovableHandle] = []
+    for name, module in layers.items():
+        def hook(mod: nn.Module, _inp: Any, out: torch.Tensor, name: str = name) -> None:
+            positions = out.shape[2:] if not isinstance(mod, nn.Linear) else out.shape[1:-1]
+            flops[name] = layer_weight(mod).numel() * math.prod(positions)
+
+        handles.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            param = next(model.parameters(), None)
+            device = param.device if param is not None else torch.device("cpu")
+            model(torch.zeros(1, *input_shape, device=device))
+    except RuntimeError as exc:
+        raise ValueError(f"forward pass on input shape {tuple(input_shape)} failed: {exc}") from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    missing = [name for name in layers if name not in flops]
+    if missing:
+        raise ValueError(f"layers {missing} were not called by the forward pass")
+    return flops
+
+
+def _check_grid(sparsities: Sequence[float]) -> tuple[float, ...]:
+    grid = tuple(float(s) for s in sparsities)
+    if not grid or any(not (math.isfinite(s) and 0.0 <= s < 1.0) for s in grid):
+        raise ValueError(f"sensitivity sparsities must be numbers in [0, 1), got {list(sparsities)}")
+    if any(b <= a for a, b in itertools.pairwise(grid)):
+        raise ValueError(f"sensitivity sparsities must increase, got {list(sparsities)}")
+    return grid if grid[0] == 0.0 else (0.0, *grid)
+
+
+def _score(evaluate: Callable[[nn.Module], float], model: nn.Module, where: str) -> float:
+    value = evaluate(model)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"the eval function returned {value!r} for {where}; expected a finite float")
+    return float(value)
+
+
+def sensitivity_curves(
+    model: nn.Module,
+    evaluate: Callable[[nn.Module], float],
+    *,
+    sparsities: Sequence[float] = SENSITIVITY_SPARSITIES,
+    layers: Sequence[str] | None = None,
+) -> dict[str, dict[str, list[float]]]:
+    """One-shot sensitivity of each layer: ``evaluate(model)`` with that layer alone Level-pruned.
+
+    For each layer and each sparsity of the grid (0.0, the dense model, is always first) the
+    layer's weight is masked with :func:`level_mask` of its dense values, the model is scored
+    without fine-tuning, and the weight is restored, so every point starts from the same dense
+    model (NNI 2's ``SensitivityAnalysis``). Returns ``{layer: {"sparsities": [...],
+    "accuracy": [...]}}`` in model order.
+    """
+    grid = _check_grid(sparsities)
+    prunable = prunable_layers(model)
+    chosen = list(prunable) if layers is None else list(layers)
+    unknown = [name for name in chosen if name not in prunable]
+    if unknown:
+        raise ValueError(f"unknown layers {unknown} for the sensitivity analysis")
+    was_training = model.training
+    dense = _score(evaluate, model, "the dense model")
+    curves: dict[str, dict[str, list[float]]] = {}
+    try:
+        for name in chosen:
+            weight = layer_weight(prunable[name])
+            saved = weight.detach().clone()
+            accuracy = [dense]
+            try:
+                for sparsity in grid[1:]:
+                    with torch.no_grad():
+                        weight.copy_(saved * level_mask(saved, sparsity))
+                    accuracy.append(_score(evaluate, model, f"layer {name!r} at {sparsity}"))
+            finally:
+                with torch.no_grad():
+                    weight.copy_(saved)
+            curves[name] = {"sparsities": list(grid), "accuracy": accuracy}
+            _logger.info("sensitivity of %s: %s", name,
+                         " ".join(f"{s:g}:{a:.4f}" for s, a in zip(grid, accuracy, strict=True)))
+    finally:
+        model.train(was_training)
+    return curves
+
+
+def profile_model(
+    model: nn.Module, *, name: str, input_shape: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """The Contract 4 profile of ``model``'s prunable layers, in ``named_modules()`` order.
+
+    FLOPs need a forward pass, hence an input shape (``input_shape``, else the model's
+    ``input_shape`` attribute); without one the profile has params and quantiles only, enough for
+    every allocation but ``weight_by: flops``.
+    """
+    layers = prunable_layers(model)
+    if not layers:
+        raise ValueError(f"model {name!r} has no prunable (Conv1d/2d/3d, Linear) layers")
+    shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+    if shape is None:
+        _logger.info("FLOPs skipped for %s: no input shape (give --input-shape, e.g. 3,32,32, "
+                     "for weight_by: flops)", name)
+    flops = layer_flops(model, tuple(int(d) for d in shape)) if shape is not None else {}
+    entries: list[dict[str, Any]] = []
+    for layer_name, module in layers.items():
+        weight = layer_weight(module).detach().cpu().double().numpy()
+        entry: dict[str, Any] = {
+            "name": layer_name,
+            "type": type(module).__name__,
+            "shape": list(weight.shape),
+            "params": int(weight.size),
+        }
+        if layer_name in flops:
+            entry["flops"] = int(flops[layer_name])
+        entry["magnitude_quantiles"] = quantiles(np.abs(weight))
+        entry["lamp_quantiles"] = quantiles(lamp_scores(weight))
+        entries.append(entry)
+    return {
+        "format": PROFILE_FORMAT,
+        "model": name,
+        "prunable_params": sum(int(e["params"]) for e in entries),
+        "layers": entries,
+    }
+
+
+def add_sensitivity(profile: dict[str, Any], curves: Mapping[str, Mapping[str, list[float]]]) -> None:
+    """Store ``curves`` as the optional per-layer ``sensitivity`` field (format stays 1)."""
+    for entry in profile["layers"]:
+        if entry["name"] in curves:
+            entry["sensitivity"] = dict(curves[entry["name"]])
+
+
+def search_space(
+    layer_names: Sequence[str], *, methods: Sequence[str], low: float, high: float
+) -> dict[str, Any]:
+    """A nested NNI ``choice`` over ``methods``, each with a uniform sparsity per layer.
+
+    Raises:
+        ValueError: for no layers, an unknown or repeated method, or bounds outside
+            ``0 <= low < high < 1``.
+    """
+    if not layer_names:
+        raise ValueError("layer_names must name at least one layer")
+    if not methods or len(set(methods)) != len(methods) or set(methods) - set(METHODS):
+        raise ValueError(f"methods must be distinct names from {list(METHODS)}, got {methods!r}")
+    if not (0.0 <= low < high < 1.0):
+        raise ValueError(f"need 0 <= low < high < 1, got low={low!r}, high={high!r}")
+    options = []
+    for method in methods:
+        option: dict[str, Any] = {"_name": method}
+        for layer in layer_names:
+            option[f"{layer}{SPARSITY_SUFFIX}"] = {"_type": "uniform", "_value": [low, high]}
+        options.append(option)
+    return {"prune_method": {"_type": "choice", "_value": options}}
+
+
+def to_json(obj: Any, indent: int = 0) -> str:
+    """Indented JSON that keeps lists of numbers (shapes, bounds, quantiles) on one line."""
+    pad, inner = " " * indent, " " * (indent + 2)
+    if isinstance(obj, dict) and obj:
+        items = [f"{inner}{json.dumps(k)}: {to_json(v, indent + 2)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(obj, list) and any(isinstance(v, dict | list) for v in obj):
+        items = [f"{inner}{to_json(v, indent + 2)}" for v in obj]
+        return "[\n" + ",\n".join(items) + f"\n{pad}]"
+    return json.dumps(obj)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` with :func:`to_json`, creating the parent folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_json(obj) + "\n")
+
+
+def _parse_floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{option} must be a comma list of numbers, got {text!r}") from None
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise ValueError(f"--input-shape must look like 1,8,8 (positive ints), got {text!r}")
+    return shape
+
+
+def build_parser(prog: str = "python -m nni_prune_tuners.trial.profile") -> argparse.ArgumentParser:
+    """The profiler's options; the checkout's ``trials.profile_model`` adds ``--cache-dir``."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Write the pruning profile of a model (and optionally an NNI search space).",
+    )
+    parser.add_argument("--model", required=True, help="module:factory returning an nn.Module")
+    parser.add_argument("--out", type=Path, help="profile JSON to write")
+    parser.add_argument("--input-shape", help="one sample's shape, e.g. 1,8,8, for FLOPs "
+                        "(default: the model's or factory's input_shape attribute; none: no FLOPs)")
+    parser.add_argument("--state-dict", type=Path, help="weights to load into the model")
+    parser.add_argument("--search-space", type=Path, help="NNI search space JSON to write")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma list, e.g. agp,level")
+    parser.add_argument("--low", type=float, default=0.05, help="lowest layer sparsity")
+    parser.add_argument("--high", type=float, default=0.98, help="highest layer sparsity")
+    parser.add_argument("--layers", help="comma list of layers to search (default: all prunable)")
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="store each layer's one-shot sensitivity curve (needs --eval)")
+    parser.add_argument("--eval", dest="eval_fn", metavar="MODULE:FN",
+                        help="fn(model) -> float: the metric of the sensitivity curves, higher "
+                        "is better (data on the model's device)")
+    parser.add_argument("--sensitivity-sparsities",
+                        default=",".join(f"{s:g}" for s in SENSITIVITY_SPARSITIES[1:]),
+                        help="comma list of layer sparsities of the curves (0 is added)")
+    parser.add_argument("--device", default="cpu", help="device of the model while profiling")
+    return parser
+
+
+def run(
+    args: argparse.Namespace, *, command: str = "profile", default_weights: DefaultWeights | None = None
+) -> int:
+    """Profile as ``args`` say; errors print ``<command>: error: ...`` and return 2."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # console scripts do not put the working directory there
+    try:
+        profile, space = _run(args, default_weights)
+    except ValueError as exc:
+        print(f"{command}: error: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's error line
+        return 2
+    if args.out is not None:
+        write_json(args.out, profile)
+        _logger.info("wrote profile of %d layers to %s", len(profile["layers"]), args.out)
+    if args.search_space is not None:
+        write_json(args.search_space, space)
+        _logger.info("wrote search space to %s", args.search_space)
+    return 0
+
+
+def _run(
+    args: argparse.Namespace, default_weights: DefaultWeights | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    if args.out is None and args.search_space is None:
+        raise ValueError("nothing to do: give --out and/or --search-space")
+    if args.sensitivity and (args.eval_fn is None or args.out is None):
+        raise ValueError("--sensitivity needs --eval module:fn and --out")
+    if args.eval_fn is not None and not args.sensitivity:
+        raise ValueError("--eval is only used with --sensitivity")
+    grid = _check_grid(_parse_floats(args.sensitivity_sparsities, "--sensitivity-sparsities"))
+    input_shape = _parse_shape(args.input_shape) if args.input_shape is not None else None
+    factory = load_factory(args.model)
+    evaluate = load_object(args.eval_fn, what="eval") if args.sensitivity else None
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {args.device!r}: {exc}") from None
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{args.model} returned {type(model).__name__}, not an nn.Module")
+    layers = list(prunable_layers(model))
+    space: dict[str, Any] = {}
+    if args.search_space is not None:
+        chosen = args.layers.split(",") if args.layers else layers
+        unknown = [name for name in chosen if name not in layers]
+        if unknown:
+            raise ValueError(f"--layers names unknown layers {unknown}; prunable: {layers}")
+        methods = [m for m in args.methods.split(",") if m]
+        space = search_space(chosen, methods=methods, low=args.low, high=args.high)
+    profile: dict[str, Any] = {}
+    if args.out is not None:
+        state = _load_weights(args, factory, default_weights)
+        if state is not None:
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as exc:
+                raise ValueError(f"the weights do not fit {args.model}: {exc}") from None
+        else:
+            _logger.warning("profiling the weights %s returns (no --state-dict)", args.model)
+        if input_shape is None:
+            shape_attr = getattr(model, "input_shape", getattr(factory, "input_shape", None))
+            input_shape = tuple(int(d) for d in shape_attr) if shape_attr is not None else None
+        model.to(device)
+        name = args.model.partition(":")[2]
+        profile = profile_model(model, name=name, input_shape=input_shape)
+        if evaluate is not None:
+            add_sensitivity(profile, sensitivity_curves(model, evaluate, sparsities=grid))
+            profile["sensitivity_eval"] = args.eval_fn
+    return profile, space
+
+
+def _load_weights(
+    args: argparse.Namespace, factory: Callable[[], nn.Module], default_weights: DefaultWeights | None
+) -> Mapping[str, torch.Tensor] | None:
+    if args.state_dict is not None:
+        try:
+            state: Mapping[str, torch.Tensor] = torch.load(args.state_dict, map_location="cpu",
+                                                           weights_only=True)
+        except (OSError, RuntimeError) as exc:
+            raise ValueError(f"--state-dict {str(args.state_dict)!r} cannot be loaded: {exc}") from None
+        return state
+    return default_weights(args.model, factory) if default_weights is not None else None
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """CLI entry; returns the exit status (2 on bad input)."""
+    args = build_parser(prog or "python -m nni_prune_tuners.trial.profile").parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -137,8 +137,14 @@ def parse_tuner_options(class_args: Mapping[str, Any], *, base: Path | None = No
     if weight_by == "flops" and profile is not None:
         missing = [name for name, layer in profile.layers.items() if layer.flops is None]
         if missing:
-            raise ValueError(f"PruneTPE classArgs: weight_by='flops' but the profile has no "
-                             f"flops for layers {missing}")
+            source = ("'layer_params' carries parameter counts only: give a 'profile'"
+                      if args.get("layer_params") is not None else
+                      "the profile was written without an input shape: re-profile")
+            raise ValueError(
+                f"PruneTPE classArgs: weight_by='flops' needs FLOPs, missing for layers {missing}; "
+                f"{source} with --input-shape (one sample's shape, e.g. 3,32,32): "
+                f"nni-prune-tuners profile --model pkg:factory --input-shape ... --out profile.json"
+            )
     allocation = args.get("allocation", "model")
     if args.get("learn_from") == "raw" and allocation == "model":
         raise ValueError("PruneTPE classArgs: learn_from='raw' needs allocation='tpe' (the "

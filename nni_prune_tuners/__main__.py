@@ -1,4 +1,8 @@
-"""Command line: ``python -m nni_prune_tuners {register,unregister,check,export}``."""
+"""Command line: ``python -m nni_prune_tuners {register,unregister,check,export,profile}``.
+
+``profile`` is the torch-side profiler (:mod:`nni_prune_tuners.trial.profile`, the ``trial``
+extra), imported only when that command runs, so the other commands never load torch.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ _logger = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m nni_prune_tuners", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m nni_prune_tuners",
+                                     description=(__doc__ or "").split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("register", help="register PruneTPE and PruneEarlyStop with nnictl")
     commands.add_parser("unregister", help="remove them from nnictl")
@@ -29,10 +34,27 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, type=Path)
     export.add_argument("--experiment-dir", type=Path,
                         help="the experiment's folder, if nnictl's registry does not know it")
+    commands.add_parser(
+        "profile", add_help=False,
+        help="write a model's profile JSON (needs torch: the 'trial' extra); "
+        "'profile --help' lists its options")
     return parser
 
 
+def _profile(argv: Sequence[str], prog: str) -> int:
+    try:
+        from nni_prune_tuners.trial.profile import main as profile_main
+    except ImportError as error:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        _logger.error("error: profile needs torch: pip install 'nni-prune-tuners[trial]' (%s)", error)
+        return 1
+    return profile_main(argv, prog=prog)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["profile"]:  # its own parser, in the torch-side module
+        return _profile(argv[1:], prog=f"{_parser().prog} profile")
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -1,12 +1,15 @@
 """The model profile (Contract 4): what the tuner knows about the model, without torch.
 
-``trials/profile_model.py`` writes it from a real ``nn.Module``; here we load and validate it, so a
-malformed profile fails at ``nnictl create`` (through the classArgs validator) with the offending
-key, rather than mid-experiment.
+``nni-prune-tuners profile`` (:mod:`nni_prune_tuners.trial.profile`) writes it from a real
+``nn.Module``; here we load and validate it, so a malformed profile fails at ``nnictl create``
+(through the classArgs validator) with the offending key, rather than mid-experiment. Optional
+fields (FLOPs, sensitivity curves) are read when present; an option that needs a missing one says
+how to get it.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import logging
@@ -25,7 +28,39 @@ _HEURISTIC_FIELDS = {
     "global_magnitude": "magnitude_quantiles",
     "lamp": "lamp_quantiles",
     "erk": "shape",
+    "sensitivity": "sensitivity",
 }
+#: How to get FLOPs into a profile written without them.
+FLOPS_HINT = ("re-profile with --input-shape (one sample's shape, e.g. 3,32,32): "
+              "nni-prune-tuners profile --model pkg:factory --input-shape ... --out profile.json")
+
+
+@dataclass(frozen=True)
+class SensitivityCurve:
+    """One-shot sensitivity of a layer: the metric with that layer alone pruned, no fine-tuning.
+
+    ``sparsities`` increase from 0.0 (the dense model); ``accuracy[i]`` is the metric at
+    ``sparsities[i]`` (higher is better).
+    """
+
+    sparsities: tuple[float, ...]
+    accuracy: tuple[float, ...]
+
+    def accuracy_at(self, sparsity: float) -> float:
+        """The metric at ``sparsity``, linear between grid points, flat beyond the last one."""
+        grid = self.sparsities
+        if sparsity >= grid[-1]:
+            return self.accuracy[-1]
+        if sparsity <= grid[0]:
+            return self.accuracy[0]
+        right = bisect.bisect_right(grid, sparsity)
+        lo, hi = grid[right - 1], grid[right]
+        t = (sparsity - lo) / (hi - lo)
+        return self.accuracy[right - 1] + t * (self.accuracy[right] - self.accuracy[right - 1])
+
+    def drop(self, sparsity: float) -> float:
+        """Predicted loss of the metric when the layer alone is pruned to ``sparsity``."""
+        return self.accuracy[0] - self.accuracy_at(sparsity)
 
 
 @dataclass(frozen=True)
@@ -39,6 +74,7 @@ class LayerProfile:
     shape: tuple[int, ...] | None = None
     magnitude_quantiles: tuple[float, ...] | None = None
     lamp_quantiles: tuple[float, ...] | None = None
+    sensitivity: SensitivityCurve | None = None
 
 
 @dataclass(frozen=True)
@@ -58,7 +94,8 @@ class ModelProfile:
         if weight_by == "params":
             return float(layer.params)
         if layer.flops is None:
-            raise ValueError(f"weight_by='flops' needs 'flops' for layer {name!r} in the profile")
+            raise ValueError(f"weight_by='flops' needs 'flops' for layer {name!r}, but the profile "
+                             f"was written without an input shape; {FLOPS_HINT}")
         return float(layer.flops)
 
     def supports(self, heuristic: str) -> bool:
@@ -101,6 +138,31 @@ def _quantiles(key: str, value: Any) -> tuple[float, ...] | None:
     return tuple(numbers)
 
 
+def _numbers(key: str, value: Any) -> tuple[float, ...]:
+    if not isinstance(value, list) or len(value) < 2:
+        raise ValueError(f"{key} must be a list of at least 2 numbers, got {value!r}")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
+            raise ValueError(f"{key} must hold finite numbers, got {item!r}")
+    return tuple(float(item) for item in value)
+
+
+def _sensitivity(key: str, value: Any) -> SensitivityCurve | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{key} must be an object with 'sparsities' and 'accuracy', got {value!r}")
+    sparsities = _numbers(f"{key}.sparsities", value.get("sparsities"))
+    accuracy = _numbers(f"{key}.accuracy", value.get("accuracy"))
+    if len(accuracy) != len(sparsities):
+        raise ValueError(f"{key}: {len(sparsities)} sparsities but {len(accuracy)} accuracies")
+    if sparsities[0] != 0.0 or sparsities[-1] >= 1.0 or any(
+            b <= a for a, b in itertools.pairwise(sparsities)):
+        raise ValueError(f"{key}.sparsities must increase from 0.0 and stay below 1, "
+                         f"got {list(sparsities)}")
+    return SensitivityCurve(sparsities=sparsities, accuracy=accuracy)
+
+
 def _layer(index: int, raw: Any) -> LayerProfile:
     where = f"layers[{index}]"
     if not isinstance(raw, Mapping):
@@ -134,6 +196,7 @@ def _layer(index: int, raw: Any) -> LayerProfile:
         magnitude_quantiles=_quantiles(f"{where}.magnitude_quantiles",
                                        raw.get("magnitude_quantiles")),
         lamp_quantiles=_quantiles(f"{where}.lamp_quantiles", raw.get("lamp_quantiles")),
+        sensitivity=_sensitivity(f"{where}.sensitivity", raw.get("sensitivity")),
     )
 
 

@@ -2,8 +2,9 @@
 
 ``python -m trials.profile_model --model trials.models:digits_cnn --out profile.json`` works as
 ``python -m nni_prune_tuners.trial.profile`` does (all options, FLOPs optional, sensitivity
-curves), and profiles the digits CNN on its cached dense weights (``--cache-dir``, trained on
-first use) unless ``--state-dict`` names others. The profiling logic lives in the installed
+curves), and profiles the models of ``trials.models`` on their cached dense weights
+(``--cache-dir``, trained on first use with the trial's recipe) unless ``--state-dict`` names
+others. The profiling logic lives in the installed
 package so that users profile their own models without this checkout.
 """
 
@@ -33,8 +34,7 @@ from nni_prune_tuners.trial.profile import (
     sensitivity_curves,
     to_json,
 )
-from trials.models import digits_cnn
-from trials.prune_trial import dense_state_dict
+from trials.prune_trial import RECIPES, dense_state_dict
 
 _logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ __all__ = [
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = build_parser("python -m trials.profile_model")
-    parser.add_argument("--cache-dir", type=Path, help="dense-weights cache for the digits CNN")
+    parser.add_argument("--cache-dir", type=Path, help="dense-weights cache of the zoo models")
     return parser
 
 
@@ -66,9 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     def dense_weights(
-        _spec: str, factory: Callable[[], nn.Module]
+        spec: str, _factory: Callable[[], nn.Module]
     ) -> Mapping[str, torch.Tensor] | None:
-        return dense_state_dict(args.cache_dir) if factory is digits_cnn else None
+        return dense_state_dict(args.cache_dir, model=spec) if spec in RECIPES else None
 
     return run(args, command="profile_model", default_weights=dense_weights)
 

@@ -33,6 +33,8 @@ _NOISE = (0.01, 0.05, 0.2, 0.6)
 _LAYER = (0.05, 0.25, 1.0)
 #: Prior variance of the shared curve, split over the layers it is summed over.
 _SHARED = 1.0
+#: Prior variance of the intercept (standardised units).
+_INTERCEPT = 1.0
 #: Grid points per layer and budget units of the knapsack.
 GRID = 48
 BUDGET_UNITS = 800
@@ -50,10 +52,16 @@ def basis(s: FloatArray | Sequence[float]) -> FloatArray:
 
 
 def design(samples: FloatArray) -> FloatArray:
-    """Design matrix of ``(n, L)`` sparsities: shared features, then per-layer features."""
+    """Design matrix of ``(n, L)`` sparsities: intercept, shared features, per-layer features."""
     phi = basis(samples)  # (n, L, K)
     n = samples.shape[0]
-    return np.concatenate([phi.sum(axis=1), phi.reshape(n, -1)], axis=1)
+    return np.concatenate([np.ones((n, 1)), phi.sum(axis=1), phi.reshape(n, -1)], axis=1)
+
+
+def prior_variances(layers: int, layer_var: float) -> FloatArray:
+    """Prior variance of each coefficient: intercept, shared curve (split over layers), layers."""
+    k = len(KNOTS)
+    return np.concatenate([[_INTERCEPT], np.full(k, _SHARED / layers), np.full(layers * k, layer_var)])
 
 
 @dataclass(frozen=True)
@@ -122,9 +130,9 @@ def fit(
     target = (values - mean) / scale
     features = design(samples)
     k = len(KNOTS)
-    shared, own = features[:, :k], features[:, k:]
+    shared, own = features[:, 1 : k + 1], features[:, k + 1 :]
     # the Gram matrix is linear in the variances: two products serve every candidate
-    shared_gram = shared @ shared.T * (_SHARED / layers)
+    shared_gram = _INTERCEPT + shared @ shared.T * (_SHARED / layers)
     own_gram = own @ own.T
     candidates = [variances] if variances is not None else [
         (noise, layer) for noise in _NOISE for layer in _LAYER
@@ -138,8 +146,8 @@ def fit(
         alpha = _cho_solve(lower, target)
         evidence = -0.5 * float(target @ alpha) - float(np.log(np.diag(lower)).sum())
         if best is None or evidence > best[0]:
-            prior_var = np.concatenate([np.full(k, _SHARED / layers), np.full(layers * k, layer)])
-            best = (evidence, Posterior(features, prior_var, noise, layer, lower, target, mean, scale))
+            best = (evidence, Posterior(features, prior_variances(layers, layer), noise, layer, lower,
+                                        target, mean, scale))
     if best is None:
         raise ValueError(f"the additive model cannot be fitted to {n} points")
     return best[1]
@@ -149,8 +157,8 @@ def curves(coefficients: FloatArray, grids: FloatArray) -> FloatArray:
     """Per-layer response ``f_i`` on each layer's grid: ``(L, G)`` from coefficients of the model."""
     layers = grids.shape[0]
     k = len(KNOTS)
-    shared = coefficients[:k]
-    own = coefficients[k:].reshape(layers, k)
+    shared = coefficients[1 : k + 1]
+    own = coefficients[k + 1 :].reshape(layers, k)
     return np.einsum("lgk,lk->lg", basis(grids), own + shared)
 
 
@@ -253,10 +261,8 @@ def propose(
         radius: half-width of the trust region in log-density (0.35: about 30% density change).
     """
     grids = layer_grids(block.lo, block.hi)
-    layers = len(block.lo)
     if posterior is None:
-        prior_var = np.concatenate([np.full(len(KNOTS), _SHARED / layers),
-                                    np.full(layers * len(KNOTS), _LAYER[-1])])
+        prior_var = prior_variances(len(block.lo), _LAYER[-1])
         coefficients = rng.standard_normal(len(prior_var)) * np.sqrt(prior_var)
     else:
         coefficients = posterior.draw(rng)

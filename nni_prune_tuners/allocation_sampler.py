@@ -8,8 +8,9 @@ the whole block is proposed at once from the trials of that branch (:mod:`alloca
   seen, as TPE ranks them below every finished trial;
 - running trials enter at the mean value seen (a constant liar), and every proposal is a fresh
   posterior draw, so simultaneous suggestions differ;
-- after ``local_after`` finished trials in the branch, every second proposal is a draw restricted
-  to a trust region around the best configuration found;
+- every second proposal is a draw restricted to a trust region around the best configuration
+  found so far (the warm starts make one from the start): measured on the benchmark landscapes,
+  this finds better allocations within 60 trials than waiting for the model to mature;
 - a proposal equal (within 1e-6 per value) to a finished or running one is drawn again, then
   perturbed: no trial is spent on a repeat.
 """
@@ -60,7 +61,6 @@ class AllocationSampler(BaseSampler):
         base: The sampler for every other parameter (relative and independent).
         blocks: One block per branch that carries layer sparsities.
         seed: Seed of the model's draws.
-        local_after: Finished trials in a branch before every second proposal is a local move.
     """
 
     def __init__(
@@ -69,15 +69,11 @@ class AllocationSampler(BaseSampler):
         blocks: Sequence[SparsityBlock],
         *,
         seed: int | None = None,
-        local_after: int = 30,
     ) -> None:
-        if local_after < 0:
-            raise ValueError(f"local_after must be >= 0, got {local_after!r}")
         self._base = base
         self._blocks = tuple(blocks)
         self._names = frozenset(name for block in self._blocks for name in block.names)
         self._rng = np.random.RandomState(seed)
-        self._local_after = local_after
         self._proposed: dict[int, dict[str, float]] = {}
         self._proposals = [0] * len(self._blocks)
         self._variances: dict[int, tuple[int, tuple[float, float]]] = {}
@@ -145,7 +141,7 @@ class AllocationSampler(BaseSampler):
             posterior = self._fit(index, samples, np.concatenate([scores, lie]))
         incumbent = None
         self._proposals[index] += 1
-        if len(scores) >= self._local_after and self._proposals[index] % 2 == 0:
+        if len(scores) and self._proposals[index] % 2 == 0:
             incumbent = finished[int(np.argmax(scores))]
         candidate = allocation.propose(block.budget, posterior, self._rng, incumbent=incumbent)
         rejected = 0

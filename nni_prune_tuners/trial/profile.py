@@ -130,7 +130,8 @@ def _check_grid(sparsities: Sequence[float]) -> tuple[float, ...]:
 
 
 def _score(evaluate: Callable[[nn.Module], float], model: nn.Module, where: str) -> float:
-    value = evaluate(model)
+    with torch.no_grad():
+        value = evaluate(model)
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -149,9 +150,9 @@ def sensitivity_curves(
 
     For each layer and each sparsity of the grid (0.0, the dense model, is always first) the
     layer's weight is masked with :func:`level_mask` of its dense values, the model is scored
-    without fine-tuning, and the weight is restored, so every point starts from the same dense
-    model (NNI 2's ``SensitivityAnalysis``). Returns ``{layer: {"sparsities": [...],
-    "accuracy": [...]}}`` in model order.
+    without fine-tuning (``evaluate`` runs under ``torch.no_grad``), and the weight is restored,
+    so every point starts from the same dense model (NNI 2's ``SensitivityAnalysis``). Returns
+    ``{layer: {"sparsities": [...], "accuracy": [...]}}`` in model order.
     """
     grid = _check_grid(sparsities)
     prunable = prunable_layers(model)

@@ -34,6 +34,8 @@ _logger = logging.getLogger(__name__)
 
 #: Fresh posterior draws tried before a repeat is perturbed instead.
 _REDRAWS = 8
+#: Finished trials before the branch floor applies.
+_MIN_FOR_FLOOR = 20
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,13 @@ class AllocationSampler(BaseSampler):
         self._base = base
         self._blocks = tuple(blocks)
         self._names = frozenset(name for block in self._blocks for name in block.names)
+        branch_options: dict[str, set[int]] = {}
+        for block in self._blocks:
+            for name, index in block.choices.items():
+                branch_options.setdefault(name, set()).add(index)
+        self._branch_options = {
+            name: sorted(options) for name, options in branch_options.items() if len(options) > 1
+        }
         self._rng = np.random.RandomState(seed)
         self._proposed: dict[int, dict[str, float]] = {}
         self._proposals = [0] * len(self._blocks)
@@ -88,7 +97,30 @@ class AllocationSampler(BaseSampler):
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        return self._base.sample_relative(study, trial, search_space)
+        """The base sampler's choice, except that no branch is starved of trials.
+
+        TPE can lock onto the branch that looked best early (one prune method); a branch that
+        has had fewer than ``1 / (4 * branches)`` of the finished trials is chosen instead, so
+        its model keeps learning and can overtake.
+        """
+        params = self._base.sample_relative(study, trial, search_space)
+        for name, options in self._branch_options.items():
+            if name in params:
+                starved = self._starved(study, name, options)
+                if starved is not None and starved != params[name]:
+                    _logger.info("trial %d: choosing starved option %s of %s", trial.number,
+                                 starved, name)
+                    params[name] = starved
+        return params
+
+    def _starved(self, study: Study, name: str, options: Sequence[int]) -> int | None:
+        counts = dict.fromkeys(options, 0)
+        for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if other.params.get(name) in counts:
+                counts[other.params[name]] += 1
+        total = sum(counts.values())
+        option = min(counts, key=lambda o: (counts[o], o))
+        return option if total >= _MIN_FOR_FLOOR and counts[option] < total / (4 * len(counts)) else None
 
     def sample_independent(
         self,

@@ -435,3 +435,36 @@ def layer_sparsity_paths(
                 for inner, path in layer_sparsity_paths(value, branch.parameters):
                     found.append((inner, [parameter.key, *path]))
     return found
+
+
+#: A finite space is enumerated for deduplication only up to this many configurations.
+MAX_ENUMERATED = 100_000
+
+
+def configurations(parameters: Sequence[Parameter]) -> list[dict[str, Any]] | None:
+    """Every configuration of a finite space (NNI-shaped), or None if it is infinite or too big.
+
+    Finite means only ``choice`` and ``randint``: what NNI's TPE deduplicates by grid search
+    before it reports the space exhausted.
+    """
+    options: list[list[Any]] = []
+    for parameter in parameters:
+        if parameter.type == "randint":
+            values: list[Any] = list(range(int(parameter.args[0]), int(parameter.args[1])))
+        elif parameter.type == "choice":
+            values = []
+            for option, branch in zip(parameter.args, parameter.branches, strict=True):
+                if branch is None:
+                    values.append(option)
+                    continue
+                inner = configurations(branch.parameters)
+                if inner is None:
+                    return None
+                values.extend({"_name": branch.name, **config} for config in inner)
+        else:
+            return None
+        options.append(values)
+        if math.prod(len(v) for v in options) > MAX_ENUMERATED:
+            return None
+    keys = [parameter.key for parameter in parameters]
+    return [dict(zip(keys, combination, strict=True)) for combination in product(*options)]

@@ -27,9 +27,10 @@ from nni import ClassArgsValidator
 from nni.tuner import Tuner
 from schema import And, Optional, Or, Schema, SchemaError, Use
 
+from nni_prune_tuners import allocation, sparsity
 from nni_prune_tuners import search_space as ss
-from nni_prune_tuners import sparsity
 from nni_prune_tuners.allocation_sampler import AllocationSampler, blocks_for
+from nni_prune_tuners.dedup import SeenConfigurations
 from nni_prune_tuners.profile import ModelProfile, load_profile
 
 _logger = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ HEURISTICS = ("uniform", "global_magnitude", "lamp", "erk")
 ALLOCATIONS = ("model", "tpe")
 #: Attempts at a suggestion whose raw sparsities can be rescaled (only zeros can prevent it).
 _MAX_ATTEMPTS = 100
+#: Repeated candidates asked again before their layer sparsities are perturbed instead.
+_REDRAWS = 10
 
 
 @dataclass(frozen=True)
@@ -240,6 +243,9 @@ class PruneTPETuner(Tuner):
         self._running: dict[int, tuple[int, optuna.trial.Trial]] = {}
         self._completed: list[tuple[dict[str, Any], float]] = []
         self._warm_starts: list[dict[str, Any]] = []
+        self._seen = SeenConfigurations()
+        self._repeats_rejected = 0
+        self._rng = np.random.RandomState(seed)
         self._accept_customized_trials()
 
     @property
@@ -387,10 +393,18 @@ class PruneTPETuner(Tuner):
     # -- suggestions -----------------------------------------------------------------------
 
     def generate_parameters(self, parameter_id: int, **kwargs: Any) -> dict[str, Any]:
-        """Ask Optuna, rescale the layer sparsities to the target, return NNI-shaped params."""
+        """Ask Optuna, rescale the layer sparsities to the target, return NNI-shaped params.
+
+        A candidate equal to a configuration already proposed (Contract 8) is told to Optuna as
+        failed and asked again; with a target, after a few such draws its layer sparsities are
+        perturbed instead (rescaling can pin samples to the same corner of the bounds). A finite
+        space is then searched exhaustively, and ``nni.NoMoreTrialError`` says it is used up,
+        as NNI's own TPE does.
+        """
         if not self._parameters:
             raise RuntimeError("generate_parameters called before update_search_space")
-        for _ in range(_MAX_ATTEMPTS):
+        repeats = 0
+        for attempt in range(_MAX_ATTEMPTS):
             self._enqueue_warm_start()
             trial = self._study.ask()
             params = ss.sample(trial, self._parameters)
@@ -400,9 +414,43 @@ class PruneTPETuner(Tuner):
                 _logger.warning("discarding a sample that cannot meet the target: %s", error)
                 self._study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 continue
-            self._running[parameter_id] = (self._generation, trial)
-            return params
-        raise RuntimeError(f"no sample could be rescaled in {_MAX_ATTEMPTS} attempts")
+            if params in self._seen and self._groups and attempt >= _REDRAWS:
+                self._constrain(params, trial, perturb=True)
+            if params in self._seen:
+                repeats += 1
+                self._study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                continue
+            return self._start(parameter_id, params, trial, repeats)
+        return self._start_unseen(parameter_id, repeats)
+
+    def _start(
+        self, parameter_id: int, params: dict[str, Any], trial: optuna.trial.Trial, repeats: int
+    ) -> dict[str, Any]:
+        if repeats:
+            self._repeats_rejected += repeats
+            _logger.info("parameter %s: %d candidates rejected as repeats (%d in all)",
+                         parameter_id, repeats, self._repeats_rejected)
+        self._seen.add(params)
+        self._running[parameter_id] = (self._generation, trial)
+        return params
+
+    def _start_unseen(self, parameter_id: int, repeats: int) -> dict[str, Any]:
+        """The first configuration of a finite space not yet proposed (NNI's grid fallback)."""
+        configurations = ss.configurations(self._parameters)
+        if configurations is None:
+            raise RuntimeError(f"no new configuration in {_MAX_ATTEMPTS} attempts")
+        for params in configurations:
+            if params not in self._seen:
+                self._study.enqueue_trial(ss.to_samples(params, self._parameters))
+                trial = self._study.ask()
+                return self._start(parameter_id, ss.sample(trial, self._parameters), trial, repeats)
+        _logger.info("all %d configurations of the search space were proposed", len(configurations))
+        raise nni.NoMoreTrialError()
+
+    @property
+    def repeats_rejected(self) -> int:
+        """Candidates rejected because they repeated a configuration already proposed."""
+        return self._repeats_rejected
 
     def _enqueue_warm_start(self) -> None:
         """Queue the next heuristic allocation that nothing has tried yet (also after resume)."""
@@ -412,8 +460,14 @@ class PruneTPETuner(Tuner):
                 self._study.enqueue_trial(candidate)
                 return
 
-    def _constrain(self, params: dict[str, Any], trial: optuna.trial.Trial) -> None:
-        """Rescale ``params``' layer sparsities in place to meet the target (Contract 3)."""
+    def _constrain(
+        self, params: dict[str, Any], trial: optuna.trial.Trial, *, perturb: bool = False
+    ) -> None:
+        """Rescale ``params``' layer sparsities in place to meet the target (Contract 3).
+
+        With ``perturb``, each layer's log-density is jittered first: a nearby allocation, still
+        exactly at the target.
+        """
         target = self._options.target_sparsity
         if target is None:
             return
@@ -422,9 +476,8 @@ class PruneTPETuner(Tuner):
         group = next(g for g in self._groups if {p.name for p in g.parameters} == names)
         position = {p.name: path for p, path in found}
         raw = np.array([_get(params, position[p.name]) for p in group.parameters])
-        values = sparsity.rescale_to_target(
-            raw, group.lo, group.hi, group.weights, target, total=group.total
-        )
+        budget = allocation.Block(group.weights, group.lo, group.hi, group.total, target)
+        values = allocation.perturb(budget, raw, self._rng) if perturb else budget.rescale(raw)
         for parameter, value in zip(group.parameters, values, strict=True):
             _set(params, position[parameter.name], float(value))
             if self._options.learn_from == "rescaled":
@@ -450,6 +503,7 @@ class PruneTPETuner(Tuner):
                 _logger.warning("ignoring %s trial %s with metric %r", origin, parameter_id, value)
             else:
                 self._completed.append((parameters, score))
+                self._seen.add(parameters)
                 self._add_finished(parameters, score, reason=f"{origin} trial")
             return
         generation, trial = entry
@@ -495,6 +549,7 @@ class PruneTPETuner(Tuner):
                 continue
             if self._add_finished(row["parameter"], score, reason="imported"):
                 self._completed.append((row["parameter"], score))
+                self._seen.add(row["parameter"])
                 imported += 1
         _logger.info("imported %d of %d history rows", imported, len(data))
         if imported:

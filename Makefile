@@ -36,6 +36,7 @@ bench: venv
 	$(PY) -m benchmarks.masking
 	$(PY) -m benchmarks.assessor
 	$(PY) -m benchmarks.tuners
+	$(PY) -m benchmarks.allocation
 
 clean:
 	rm -rf $(VENV) results build *.egg-info

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import itertools
 import json
 import logging
 import math
@@ -52,13 +53,19 @@ NOISE_SD = 0.003
 KNEE_WIDTH = 0.02
 MEAN_KNEE = 0.87
 #: The real networks (factories in ``trials.models``) and the targets each is scored at.
-NETWORKS = {"mlp": "mlp_digits", "cnn": "digits_cnn"}
+NETWORKS = {
+    "mlp": "trials.models:mlp_digits",
+    "cnn": "trials.models:digits_cnn",
+    "deepmlp": "benchmarks.landscapes:deep_mlp_digits",
+}
 NETWORK_TARGETS = (0.9, 0.95)
 NETWORK_BOUNDS = (0.05, 0.995)
 #: Bump when the training recipe changes, so stale cached weights are never loaded.
 NETWORK_VERSION = 1
 NETWORK_EPOCHS = 20
 NETWORK_LR = 3e-3
+#: Grid points per layer of the exhaustive search that bounds the optimum of three-layer networks.
+GRID_POINTS = 60
 SYNTHETIC = tuple(f"{family}-{draw}" for family in ("additive", "interact") for draw in range(3))
 NETWORK_LANDSCAPES = tuple(f"{net}-{target:.2f}" for net in NETWORKS for target in NETWORK_TARGETS)
 LANDSCAPES: tuple[str, ...] = ("analytic", *SYNTHETIC, *NETWORK_LANDSCAPES)
@@ -75,12 +82,12 @@ class Landscape:
         constraint: PruneTPE's ``profile`` or ``layer_params`` classArg.
         evaluate: Contract 2 parameters (already at the target) -> accuracy.
         heuristics: accuracy of each heuristic allocation alone (best branch where nested).
-        optimum: the best accuracy under the budget: exact for ``analytic`` and ``additive``
-            (separable), the best SLSQP finds from the additive optimum for ``interact`` (a
-            lower bound); None where unknown.
+        optimum: the best accuracy under the budget where known (see ``optimum_kind``).
         weights: ``{layer: parameter count}``, the weights of the global sparsity.
         noise_sd: standard deviation of the metric noise (0 for noise-free landscapes).
         allocations: each heuristic's layer sparsities (of the branch that scored best).
+        optimum_kind: how ``optimum`` was found: ``exact``, ``SLSQP`` (a lower bound) or
+            ``grid`` (the best point of an exhaustive grid, a lower bound).
     """
 
     name: str
@@ -93,6 +100,7 @@ class Landscape:
     weights: dict[str, float] = field(default_factory=dict)
     noise_sd: float = 0.0
     allocations: dict[str, dict[str, float]] = field(default_factory=dict)
+    optimum_kind: str = "exact"
 
 
 # -- maths shared by the families ------------------------------------------------------------
@@ -382,6 +390,7 @@ def _synthetic(name: str, noise_seed: int) -> Landscape:
         optimum=optimum,
         weights={n: float(p) for n, p in zip(layers.names, layers.params, strict=True)},
         noise_sd=NOISE_SD if interact else 0.0,
+        optimum_kind="SLSQP" if interact else "exact",
         allocations={h: dict(zip(layers.names, a.tolist(), strict=True))
                      for h, a in allocations.items()},
     )
@@ -431,6 +440,25 @@ def _analytic() -> Landscape:
 # -- real networks ----------------------------------------------------------------------------
 
 
+def deep_mlp_digits() -> Any:
+    """A six-layer MLP on the hard 16x16 digits (``fc1``..``fc6``, 256-512-256-256-128-64-10):
+    more layers to allocate than the zoo models that survive one-shot pruning at 0.9."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    widths = (256, 512, 256, 256, 128, 64, 10)
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+    for index, (fan_in, fan_out) in enumerate(itertools.pairwise(widths), start=1):
+        layers.append((f"fc{index}", nn.Linear(fan_in, fan_out)))
+        if index < len(widths) - 1:
+            layers.append((f"relu{index}", nn.ReLU()))
+    model = nn.Sequential(OrderedDict(layers))
+    model.input_shape = (1, 16, 16)  # type: ignore[assignment]
+    model.data_variant = "digits_hard"  # type: ignore[assignment]
+    return model
+
+
 def _train(factory: Callable[[], Any], data: Any) -> dict[str, Any]:
     """Train ``factory()`` dense on ``data`` with a fixed seed; returns a CPU state dict."""
     import torch
@@ -451,20 +479,24 @@ def _train(factory: Callable[[], Any], data: Any) -> dict[str, Any]:
 
 
 @functools.cache
-def trained_network(net: str) -> tuple[Any, Any, Path]:
-    """``(model, split, profile path)`` of ``net``: trained once, cached on disk for every process.
+def trained_network(net: str) -> tuple[Any, dict[str, Any], Any, Path]:
+    """``(model, dense weights, split, profile path)`` of ``net``, trained once and cached on disk.
 
     The first process trains under a file lock and writes the weights and the Contract 4 profile
-    atomically; the others wait on the lock and load them.
+    atomically; the others wait on the lock and load them. The model is shared by the landscapes
+    of ``net`` and each evaluation overwrites its prunable weights; ``dense`` (prunable layer ->
+    weight) is never modified.
     """
     import torch
     from filelock import FileLock
 
     from trials import data as trial_data
+    from trials.masking import layer_weight, prunable_layers
     from trials.profile_model import profile_model
 
     torch.set_num_threads(1)
-    factory = getattr(importlib.import_module("trials.models"), NETWORKS[net])
+    module, _, attribute = NETWORKS[net].partition(":")
+    factory = getattr(importlib.import_module(module), attribute)
     model = factory()
     variant = getattr(model, "data_variant", "digits")
     split = trial_data.load_split(variant)
@@ -486,10 +518,11 @@ def trained_network(net: str) -> tuple[Any, Any, Path]:
                 raise
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         if not profile.exists():
-            write_json_atomic(profile, profile_model(model, name=NETWORKS[net],
+            write_json_atomic(profile, profile_model(model, name=attribute,
                                                      input_shape=model.input_shape))
     model.eval()
-    return model, split, profile
+    dense = {n: layer_weight(m).detach().clone() for n, m in prunable_layers(model).items()}
+    return model, dense, split, profile
 
 
 def _network(name: str) -> Landscape:
@@ -500,9 +533,8 @@ def _network(name: str) -> Landscape:
 
     net, _, target_text = name.rpartition("-")
     target = float(target_text)
-    model, split, profile = trained_network(net)
+    model, dense, split, profile = trained_network(net)
     modules = prunable_layers(model)
-    dense = {n: layer_weight(m).detach().clone() for n, m in modules.items()}
     names = list(modules)
     lo = np.full(len(names), NETWORK_BOUNDS[0])
     hi = np.full(len(names), NETWORK_BOUNDS[1])
@@ -524,6 +556,10 @@ def _network(name: str) -> Landscape:
                                strict=True))
                    for h in HEURISTICS}
     counts = {n: float(dense[n].numel()) for n in names}
+    optimum = None
+    if len(names) == 3:
+        cache = profile.with_name(f"{profile.stem}_grid{GRID_POINTS}_{target:.2f}.json")
+        optimum = _cached(cache, lambda: grid_optimum(score, counts, NETWORK_BOUNDS, target))
     return Landscape(
         name=name,
         space=flat_space(names, NETWORK_BOUNDS),
@@ -531,10 +567,43 @@ def _network(name: str) -> Landscape:
         constraint={"profile": str(profile)},
         evaluate=evaluate,
         heuristics={h: score(a) for h, a in allocations.items()},
-        optimum=None,
+        optimum=optimum,
         weights=counts,
         allocations=allocations,
+        optimum_kind="grid",
     )
+
+
+def grid_optimum(
+    score: Callable[[Mapping[str, float]], float],
+    weights: Mapping[str, float],
+    bounds: tuple[float, float],
+    target: float,
+    points: int = GRID_POINTS,
+) -> float:
+    """The best accuracy over a ``points x points`` grid of the two smaller of three layers, the
+    largest solved from the budget: a lower bound of the optimum (exhaustive, so slow)."""
+    names = sorted(weights, key=weights.get)  # type: ignore[arg-type]
+    small, large = names[:2], names[2]
+    grid = np.linspace(bounds[0], bounds[1], points)
+    goal = target * sum(weights.values())
+    best = -math.inf
+    for a in grid:
+        for b in grid:
+            rest = (goal - weights[small[0]] * a - weights[small[1]] * b) / weights[large]
+            if bounds[0] <= rest <= bounds[1]:
+                best = max(best, score({small[0]: a, small[1]: b, large: rest}))
+    return best
+
+
+def _cached(path: Path, compute: Callable[[], float]) -> float:
+    """``compute()``, stored in ``path`` so that every process and later run reuses it."""
+    from filelock import FileLock
+
+    with FileLock(str(path) + ".lock"):
+        if not path.exists():
+            write_json_atomic(path, compute())
+        return float(json.loads(path.read_text()))
 
 
 # -- entry point ------------------------------------------------------------------------------

@@ -256,13 +256,16 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def run_jobs(jobs: Sequence[Job], *, workers: int) -> list[dict[str, Any]]:
-    """All runs, in ``jobs`` order; spread over ``workers`` processes when more than one."""
+def run_jobs(
+    jobs: Sequence[Any], *, workers: int, run: Callable[[Any], dict[str, Any]] = run_job
+) -> list[dict[str, Any]]:
+    """``run`` on every job (with ``objective``, ``tuner`` and ``seed`` fields), in ``jobs``
+    order; spread over ``workers`` processes when more than one."""
     if workers <= 1:
-        return [run_job(job) for job in jobs]
+        return [run(job) for job in jobs]
     results: dict[int, dict[str, Any]] = {}
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(run_job, job): index for index, job in enumerate(jobs)}
+        futures = {pool.submit(run, job): index for index, job in enumerate(jobs)}
         for done, future in enumerate(as_completed(futures), start=1):
             results[futures[future]] = future.result()
             job = jobs[futures[future]]

@@ -1,0 +1,451 @@
+"""Allocation search: PruneTPE's engines against NNI's tuners and the heuristics alone (issue 11).
+
+Every contender runs in-process through NNI's Tuner interface (:func:`benchmarks.driver.drive`,
+two trials in flight) on the landscapes of :mod:`benchmarks.landscapes`, for several seeds:
+PruneTPE's default (``allocation: model``), PruneTPE with ``allocation: tpe``, and NNI's TPE,
+Anneal and Random with the seed's in-trial rescaling (:func:`benchmarks.tuners.rescaled`). Each
+heuristic allocation alone (uniform, global magnitude, LAMP, ERK) is a flat line. PruneTPE's
+default and NNI TPE also run with eight trials in flight on the analytic landscape and one real
+network. The issue's targets are checked on what ran and printed as MET / NOT MET.
+
+Run: ``python -m benchmarks.allocation`` (``--landscapes additive-0 --seeds 2 --budget 30`` takes
+seconds). Writes ``results/bench/allocation.{json,md,png}`` and prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import shlex
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from nni.tuner import Tuner
+
+from benchmarks.driver import Evaluation, drive
+from benchmarks.landscapes import (
+    GRID_POINTS,
+    NETWORK_LANDSCAPES,
+    Landscape,
+    landscape,
+    layer_sparsities,
+)
+from benchmarks.landscapes import LANDSCAPES as ALL_LANDSCAPES
+from benchmarks.tuners import _quiet, best_so_far, make_tuner, rescaled, run_jobs
+from nni_prune_tuners import search_space as ss
+from nni_prune_tuners.tuner import HEURISTICS, PruneTPETuner
+
+_logger = logging.getLogger(__name__)
+
+CHECKPOINTS = (20, 60, 180)
+DEFAULT_BUDGET = 180
+DEFAULT_SEEDS = 10
+CONCURRENCY = 2
+WIDE_CONCURRENCY = 8
+#: Landscapes (when selected) and contenders of the eight-in-flight run.
+WIDE_LANDSCAPES = ("analytic", "mlp-0.90")
+WIDE_TUNERS = ("prunetpe", "tpe")
+#: Two suggestions are the same configuration when every value agrees this closely.
+REPEAT_TOLERANCE = 1e-6
+#: The issue's margin over the best heuristic on real networks at target 0.9.
+MARGIN = 0.03
+DEFAULT_OUTPUT = Path("results") / "bench"
+NOISE_REPEATS = 200
+OPTIMUM_LABELS = {
+    "exact": "optimum",
+    "SLSQP": "best known (SLSQP from the additive optimum)",
+    "grid": f"best on a {GRID_POINTS}×{GRID_POINTS} grid",
+}
+
+
+@dataclass(frozen=True)
+class Contender:
+    """How the table names a tuner and whether the trial rescales its samples to the target."""
+
+    label: str
+    rescale_in_trial: bool
+
+
+CONTENDERS: dict[str, Contender] = {
+    "prunetpe": Contender("PruneTPE (default)", False),
+    "prunetpe-tpe": Contender("PruneTPE (allocation: tpe)", False),
+    "tpe": Contender("NNI TPE + in-trial rescaling", True),
+    "anneal": Contender("NNI Anneal + in-trial rescaling", True),
+    "random": Contender("NNI Random + in-trial rescaling", True),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One tuner run; plain data so that it crosses process boundaries."""
+
+    objective: str  # the landscape
+    tuner: str
+    seed: int
+    budget: int
+    concurrency: int
+
+
+def make_contender(name: str, seed: int, land: Landscape) -> Tuner:
+    """A fresh tuner for ``land``: PruneTPE with its constraint, or an NNI builtin."""
+    if name == "prunetpe":
+        return PruneTPETuner(optimize_mode="maximize", seed=seed, target_sparsity=land.target,
+                             **land.constraint)
+    if name == "prunetpe-tpe":
+        return PruneTPETuner(optimize_mode="maximize", seed=seed, target_sparsity=land.target,
+                             allocation="tpe", **land.constraint)
+    if name not in CONTENDERS:
+        raise ValueError(f"unknown tuner {name!r}; expected one of {sorted(CONTENDERS)}")
+    return make_tuner(name, seed, land.constraint)
+
+
+def repeats(suggestions: Sequence[tuple[str | None, Sequence[float]]]) -> int:
+    """How many suggestions equal (within :data:`REPEAT_TOLERANCE` per value) an earlier one.
+
+    With trials asked in id order, every earlier suggestion is finished or running when a later
+    one is asked, so "earlier" is "finished or running".
+    """
+    count = 0
+    seen: dict[str | None, list[np.ndarray]] = {}
+    for method, values in suggestions:
+        vector = np.asarray(values, dtype=float)
+        previous = seen.setdefault(method, [])
+        if any(np.all(np.abs(vector - other) <= REPEAT_TOLERANCE) for other in previous):
+            count += 1
+        previous.append(vector)
+    return count
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """One tuner run on one landscape; the global RNGs are seeded too."""
+    _quiet()
+    random.seed(job.seed)
+    np.random.seed(job.seed)
+    land = landscape(job.objective, noise_seed=job.seed)
+    parameters = ss.parse_search_space(land.space)
+    rescale = CONTENDERS[job.tuner].rescale_in_trial
+    total = sum(land.weights.values())
+
+    def trial(params: Mapping[str, Any]) -> Evaluation:
+        if rescale:
+            params = rescaled(params, parameters, land.weights, land.target)
+        method, layers = layer_sparsities(params)
+        achieved = sum(land.weights[name] * s for name, s in layers.items()) / total
+        return Evaluation(land.evaluate(params), achieved, method or "", layers)
+
+    tuner = make_contender(job.tuner, job.seed, land)
+    run = drive(tuner, land.space, trial, budget=job.budget, concurrency=job.concurrency)
+    names = sorted(land.weights)
+    suggestions = [(t.method, [t.layers[name] for name in names]) for t in run.trials]
+    return {
+        **asdict(job),
+        "tuner_seconds": run.tuner_seconds,
+        "trial_seconds": run.trial_seconds,
+        "accuracies": [t.accuracy for t in run.trials],
+        "max_deviation": max(abs(t.sparsity - land.target) for t in run.trials),
+        "repeats": repeats(suggestions),
+    }
+
+
+# -- summary -----------------------------------------------------------------------------------
+
+
+def checkpoints(budget: int) -> list[int]:
+    return [c for c in CHECKPOINTS if c < budget] + [budget]
+
+
+def summarise(runs: Sequence[Mapping[str, Any]], budget: int) -> dict[str, Any]:
+    """Best-so-far mean, sd and worst seed at each checkpoint, over the seeds of one contender."""
+    curves = np.array([best_so_far(run["accuracies"]) for run in runs])
+    at = {
+        str(n): {"mean": float(curves[:, n - 1].mean()), "std": float(curves[:, n - 1].std()),
+                 "worst": float(curves[:, n - 1].min())}
+        for n in checkpoints(budget)
+    }
+    suggestions = len(runs) * budget
+    return {
+        "seeds": len(runs),
+        "budget": budget,
+        "best": at,
+        "repeats": int(sum(run["repeats"] for run in runs)),
+        "repeat_rate": float(sum(run["repeats"] for run in runs) / suggestions),
+        "max_deviation": float(max(run["max_deviation"] for run in runs)),
+        "tuner_seconds": float(np.mean([run["tuner_seconds"] for run in runs])),
+        "curve_mean": curves.mean(axis=0).tolist(),
+        "curve_std": curves.std(axis=0).tolist(),
+    }
+
+
+def row_key(tuner: str, concurrency: int) -> str:
+    return tuner if concurrency == CONCURRENCY else f"{tuner}@{concurrency}"
+
+
+def row_label(key: str) -> str:
+    tuner, _, wide = key.partition("@")
+    label = CONTENDERS[tuner].label
+    return f"{label}, {wide} in flight" if wide else label
+
+
+def noise_floor(name: str, *, repeats: int = NOISE_REPEATS) -> float | None:
+    """The sd of repeated evaluations of one configuration (the LAMP allocation), or None if
+    the landscape is noise-free."""
+    land = landscape(name, noise_seed=12345)
+    if land.noise_sd == 0.0:
+        return None
+    params = {f"{layer}_sparsity": value for layer, value in land.allocations["lamp"].items()}
+    return float(np.std([land.evaluate(params) for _ in range(repeats)], ddof=1))
+
+
+def repeat_lines(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Exact repeats per contender over every landscape it ran on."""
+    counts: dict[str, list[int]] = {}
+    for result in results.values():
+        for key, s in result["summary"].items():
+            count = counts.setdefault(key, [0, 0])
+            count[0] += s["repeats"]
+            count[1] += s["seeds"] * s["budget"]
+    return [f"- {row_label(key)}: {n} of {total} ({100 * n / total:.1f}%)"
+            for key, (n, total) in counts.items()]
+
+
+# -- targets -----------------------------------------------------------------------------------
+
+
+def _best_heuristic(info: Mapping[str, Any]) -> tuple[str, float]:
+    name = max(info["heuristics"], key=info["heuristics"].get)
+    return name, float(info["heuristics"][name])
+
+
+def targets(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Issue 11's benchmark targets, checked on what ran (PruneTPE's default at 60 trials)."""
+    lines = []
+    for name, result in results.items():
+        rows = result["summary"]
+        if "prunetpe" not in rows or "60" not in rows["prunetpe"]["best"]:
+            continue
+        ours = rows["prunetpe"]["best"]["60"]
+        heuristic, level = _best_heuristic(result)
+        if name in NETWORK_LANDSCAPES and result["target"] < 0.925:
+            met = ours["mean"] >= level + MARGIN
+            lines.append(
+                f"- {name}: PruneTPE best@60 {100 * ours['mean']:.2f} ≥ best heuristic "
+                f"({heuristic}) {100 * level:.2f} + {100 * MARGIN:.0f} points: "
+                f"{'MET' if met else 'NOT MET'}"
+            )
+            met = ours["worst"] >= level
+            lines.append(
+                f"- {name}: PruneTPE worst seed@60 {100 * ours['worst']:.2f} ≥ best heuristic "
+                f"{100 * level:.2f}: {'MET' if met else 'NOT MET'}"
+            )
+        elif name in NETWORK_LANDSCAPES:
+            met = ours["mean"] > level
+            lines.append(
+                f"- {name}: PruneTPE best@60 {100 * ours['mean']:.2f} > best heuristic "
+                f"({heuristic}) {100 * level:.2f}: {'MET' if met else 'NOT MET'}"
+            )
+        if "tpe" in rows:
+            theirs = rows["tpe"]["best"][str(rows["tpe"]["budget"])]["mean"]
+            met = ours["mean"] >= theirs
+            lines.append(
+                f"- {name}: PruneTPE best@60 {100 * ours['mean']:.2f} ≥ NNI TPE best@"
+                f"{rows['tpe']['budget']} {100 * theirs:.2f}: {'MET' if met else 'NOT MET'}"
+            )
+    return lines
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def _cell(stat: Mapping[str, float]) -> str:
+    return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f} ({100 * stat['worst']:.2f})"
+
+
+def table(name: str, result: Mapping[str, Any]) -> str:
+    """Best accuracy (%) after n trials: mean ± sd over seeds (worst seed); heuristics alone."""
+    summaries = result["summary"]
+    first = next(iter(summaries.values()))
+    marks = checkpoints(first["budget"])
+    lines = [
+        f"**{name}** (target {result['target']}, {len(result['layers'])} layers) — best accuracy "
+        f"(%) after n trials, mean ± sd over {first['seeds']} seeds (worst seed)",
+        "",
+        "| contender | " + " | ".join(f"n={n}" for n in marks) + " | exact repeats | tuner s/run |",
+        "|---|" + "---:|" * (len(marks) + 2),
+    ]
+    for key, s in summaries.items():
+        cells = [_cell(s["best"][str(n)]) for n in marks]
+        lines.append(f"| {row_label(key)} | " + " | ".join(cells)
+                     + f" | {100 * s['repeat_rate']:.1f}% | {s['tuner_seconds']:.1f} |")
+    for heuristic, value in result["heuristics"].items():
+        lines.append(f"| {heuristic} alone | " + " | ".join([f"{100 * value:.2f}"] * len(marks))
+                     + " | | |")
+    if result["optimum"] is not None:
+        label = OPTIMUM_LABELS[result["optimum_kind"]]
+        lines.append(f"| {label} | " + " | ".join([f"{100 * result['optimum']:.2f}"] * len(marks))
+                     + " | | |")
+    return "\n".join(lines)
+
+
+def plot(results: Mapping[str, Mapping[str, Any]], path: Path) -> None:
+    """Best-so-far mean per contender, one panel per landscape; heuristics as dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(4, len(results))
+    rows = -(-len(results) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.9 * rows), squeeze=False)
+    for ax, (name, result) in zip(axes.flat, results.items(), strict=False):
+        low, high = np.inf, -np.inf
+        for key, s in result["summary"].items():
+            mean = 100 * np.array(s["curve_mean"])
+            x = np.arange(1, len(mean) + 1)
+            tuner, _, wide = key.partition("@")
+            colour = f"C{list(CONTENDERS).index(tuner)}"
+            ax.plot(x, mean, color=colour, lw=1.5, ls=":" if wide else "-", label=row_label(key))
+            low = min(low, float(mean[min(len(mean), 20) - 1]))
+            high = max(high, float(mean[-1]))
+        for index, (heuristic, value) in enumerate(result["heuristics"].items()):
+            ax.axhline(100 * value, color=f"C{5 + index}", ls="--", lw=1.0,
+                       label=f"{heuristic} alone")
+        level = 100 * max(result["heuristics"].values())
+        low, high = min(low, level), max(high, level)
+        if result["optimum"] is not None:
+            ax.axhline(100 * result["optimum"], color="black", ls="-.", lw=0.8,
+                       label="optimum (or best known)")
+            high = max(high, 100 * result["optimum"])
+        pad = max(0.5, 0.08 * (high - low))
+        ax.set_ylim(low - pad, high + pad)
+        ax.set_xscale("log")
+        ax.set(title=f"{name} (target {result['target']})", xlabel="trials (log scale)",
+               ylabel="best accuracy so far (%)")
+        ax.grid(alpha=0.3, which="both")
+    for ax in axes.flat[len(results):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.06 if rows > 1 else 0.12, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+
+
+def _names(text: str, known: Sequence[str], option: str, parser: argparse.ArgumentParser) -> list[str]:
+    names = [name for name in text.split(",") if name]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        parser.error(f"{option}: unknown {unknown}; choose from {','.join(known)}")
+    return names
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.allocation",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--landscapes", default=",".join(ALL_LANDSCAPES),
+                        help=f"comma list from {','.join(ALL_LANDSCAPES)}")
+    parser.add_argument("--tuners", default=",".join(CONTENDERS),
+                        help=f"comma list from {','.join(CONTENDERS)}")
+    parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="runs per contender "
+                        "(seeds 0..N-1)")
+    parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="trials per run")
+    parser.add_argument("--wide", choices=("on", "off"), default="on",
+                        help=f"also run {','.join(WIDE_TUNERS)} with {WIDE_CONCURRENCY} in flight "
+                        f"on {','.join(WIDE_LANDSCAPES)} (where selected)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                        help="processes running (landscape, contender, seed) jobs")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUTPUT)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    names = _names(args.landscapes, ALL_LANDSCAPES, "--landscapes", parser)
+    tuners = _names(args.tuners, list(CONTENDERS), "--tuners", parser)
+    if args.seeds < 1 or args.budget < 1 or args.workers < 1:
+        parser.error("--seeds, --budget and --workers must be >= 1")
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _quiet()
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    lands = {name: landscape(name) for name in names}  # trains the networks once, up front
+    jobs = [Job(name, tuner, seed, args.budget, CONCURRENCY)
+            for name in names for tuner in tuners for seed in range(args.seeds)]
+    if args.wide == "on":
+        jobs += [Job(name, tuner, seed, args.budget, WIDE_CONCURRENCY)
+                 for name in names if name in WIDE_LANDSCAPES
+                 for tuner in tuners if tuner in WIDE_TUNERS for seed in range(args.seeds)]
+    # the slow PruneTPE runs first, so the pool's workers finish together
+    jobs.sort(key=lambda job: not job.tuner.startswith("prunetpe"))
+    runs = run_jobs(jobs, workers=args.workers, run=run_job)
+    wall = time.perf_counter() - started
+
+    results: dict[str, dict[str, Any]] = {}
+    for name, land in lands.items():
+        keys = sorted({(r["tuner"], r["concurrency"]) for r in runs if r["objective"] == name},
+                      key=lambda k: (k[1], list(CONTENDERS).index(k[0])))
+        results[name] = {
+            "target": land.target,
+            "layers": sorted(land.weights),
+            "heuristics": land.heuristics,
+            "optimum": land.optimum,
+            "optimum_kind": land.optimum_kind,
+            "noise_floor": noise_floor(name),
+            "summary": {
+                row_key(tuner, concurrency): summarise(
+                    [r for r in runs if r["objective"] == name and r["tuner"] == tuner
+                     and r["concurrency"] == concurrency], args.budget)
+                for tuner, concurrency in keys
+            },
+        }
+    command = "python -m benchmarks.allocation" + "".join(
+        f" {shlex.quote(a)}" for a in (sys.argv[1:] if argv is None else argv)
+    )
+    sections = [f"`{command}` — {wall / 60:.1f} min wall on {args.workers} worker(s), "
+                f"{CONCURRENCY} trials in flight unless noted"]
+    sections += [table(name, result) for name, result in results.items()]
+    floors = [f"- {name}: sd of {NOISE_REPEATS} evaluations of one configuration "
+              f"{100 * r['noise_floor']:.3f} points" for name, r in results.items()
+              if r["noise_floor"] is not None]
+    if floors:
+        sections.append("Noise floor:\n" + "\n".join(floors))
+    sections.append("Exact repeats (suggestions equal within 1e-6 per value, after rescaling, to "
+                    "a finished or running one):\n" + "\n".join(repeat_lines(results)))
+    goal_lines = targets(results)
+    if goal_lines:
+        sections.append("Issue 11 targets (PruneTPE default):\n" + "\n".join(goal_lines))
+    markdown = "\n\n".join(sections) + "\n"
+    payload = {
+        "format": 1,
+        "command": command,
+        "wall_seconds": wall,
+        "seeds": args.seeds,
+        "budget": args.budget,
+        "heuristics": list(HEURISTICS),
+        "contenders": {name: asdict(CONTENDERS[name]) for name in tuners},
+        "landscapes": results,
+        "runs": runs,
+    }
+    (args.out / "allocation.json").write_text(json.dumps(payload) + "\n")
+    (args.out / "allocation.md").write_text(markdown)
+    plot(results, args.out / "allocation.png")
+    print(markdown)
+    print(f"wrote {args.out / 'allocation.json'}, {args.out / 'allocation.md'}, "
+          f"{args.out / 'allocation.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,8 +6,11 @@
    with :class:`~trials.masking.WeightMasker` masks vs the same dense step; the reparametrised
    ``torch.nn.utils.prune`` step is timed alongside for context. Target: masked/dense < 1.15.
 3. One in-process digits trial (Level, 3 epochs) once the dense cache exists.
+4. Step 2 for every other model of the zoo (:data:`trials.models.ZOO`, batch 64 of its data),
+   from its cached dense weights (trained first if missing: minutes on CPU).
 
     python -m benchmarks.masking [--numel 10000000] [--sparsity 0.9] [--repeats 7] [--device cpu]
+                                 [--zoo resnet_digits,mobilenet_digits,vit_digits,mlp_digits]
 
 Writes ``results/masking/masking.json`` and ``results/masking/masking.png`` and prints a table.
 """
@@ -30,10 +33,18 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import prune
 
-from trials.data import digits_split
+from trials.data import load_split
 from trials.masking import WeightMasker, layer_weight, level_mask, prunable_layers
-from trials.models import digits_cnn
-from trials.prune_trial import dense_state_dict, run_trial, select_device, torch_threads
+from trials.models import ZOO
+from trials.prune_trial import (
+    DEFAULT_MODEL,
+    build_model,
+    data_variant,
+    dense_state_dict,
+    run_trial,
+    select_device,
+    torch_threads,
+)
 
 _logger = logging.getLogger(__name__)
 RESULTS = Path("results") / "masking"
@@ -77,10 +88,13 @@ def bench_mask(numel: int, sparsity: float, repeats: int, device: torch.device) 
             "l1_unstructured_s": t_torch, "ratio": t_ours / t_torch}
 
 
-def _step_fn(mode: str, sparsity: float, device: torch.device) -> Callable[[], None]:
-    """A closure doing one SGD step on a fresh digits CNN in ``mode`` (dense, masked, reparam)."""
-    model = digits_cnn()
-    model.load_state_dict(dense_state_dict())
+def _step_fn(
+    mode: str, sparsity: float, device: torch.device, spec: str = DEFAULT_MODEL
+) -> Callable[[], None]:
+    """A closure doing one SGD step on a fresh dense ``spec`` in ``mode`` (dense, masked, reparam)."""
+    model = build_model(spec)
+    variant = data_variant(model)
+    model.load_state_dict(dense_state_dict(model=spec, data=variant))
     model.to(device)
     layers = prunable_layers(model)
     masks = {name: level_mask(layer_weight(m), sparsity) for name, m in layers.items()}
@@ -93,7 +107,7 @@ def _step_fn(mode: str, sparsity: float, device: torch.device) -> Callable[[], N
         masker.attach(optimizer)
         for name, mask in masks.items():
             masker.apply(name, mask)
-    data = digits_split().to(device)
+    data = load_split(variant).to(device)
     x, y = data.x_train[:64], data.y_train[:64]
     model.train()
 
@@ -106,14 +120,16 @@ def _step_fn(mode: str, sparsity: float, device: torch.device) -> Callable[[], N
     return step
 
 
-def bench_steps(sparsity: float, repeats: int, device: torch.device) -> dict[str, Any]:
-    """Best per-step time (mean of 20 steps) of dense, masked and reparametrised steps.
+def bench_steps(
+    sparsity: float, repeats: int, device: torch.device, spec: str = DEFAULT_MODEL
+) -> dict[str, Any]:
+    """Best per-step time (mean of 20 steps) of dense, masked and reparametrised steps of ``spec``.
 
     The modes are interleaved and rotated so that they share the machine's noise evenly.
     """
-    steps = {mode: _step_fn(mode, sparsity, device) for mode in ("dense", "masked", "reparam")}
+    steps = {mode: _step_fn(mode, sparsity, device, spec) for mode in ("dense", "masked", "reparam")}
     # all-ones masks isolate the cost of the hooks from any effect of zeros on the kernels
-    steps["masked_ones"] = _step_fn("masked", 0.0, device)
+    steps["masked_ones"] = _step_fn("masked", 0.0, device, spec)
     times: dict[str, list[float]] = {mode: [] for mode in steps}
     inner = 20
     modes = list(steps)
@@ -144,7 +160,9 @@ def bench_trial(repeats: int, device: torch.device) -> dict[str, Any]:
 
 
 def _plot(result: dict[str, Any], path: Path) -> None:
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9, 3.5))
+    zoo = result.get("zoo_steps", {})
+    fig, axes = plt.subplots(1, 3 if zoo else 2, figsize=(13.5 if zoo else 9, 3.5))
+    ax0, ax1 = axes[0], axes[1]
     mask = result["mask"]
     ax0.bar(["level_mask", "l1_unstructured"],
             [mask["level_mask_s"] * 1e3, mask["l1_unstructured_s"] * 1e3])
@@ -156,6 +174,15 @@ def _plot(result: dict[str, Any], path: Path) -> None:
              steps["reparam_step_s"] * 1e3])
     ax1.set_ylabel("ms per SGD step")
     ax1.set_title("digits CNN, batch 64")
+    if zoo:
+        names = ["digits_cnn", *zoo]
+        ratios = [steps["masked_over_dense"]] + [z["masked_over_dense"] for z in zoo.values()]
+        axes[2].bar(names, ratios)
+        axes[2].axhline(1.15, color="red", linestyle="--", label="1.15x target")
+        axes[2].set_ylabel("masked / dense step time")
+        axes[2].set_title("zoo, batch 64")
+        axes[2].tick_params(axis="x", labelrotation=30, labelsize=7)
+        axes[2].legend(fontsize=8)
     fig.suptitle(f"masking benchmark ({result['device']})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -178,6 +205,13 @@ def _table(result: dict[str, Any]) -> str:
         f"{steps['dense_step_s'] * 1e3:.3f} ms | {steps['reparam_over_dense']:.3f}x |",
         f"| digits trial, Level, 3 epochs, in-process | {trial['seconds']:.3f} s | | |",
     ]
+    for name, zoo in result.get("zoo_steps", {}).items():
+        rows.append(
+            f"| masked SGD step, {name} (vs dense step) | {zoo['masked_step_s'] * 1e3:.3f} ms | "
+            f"{zoo['dense_step_s'] * 1e3:.3f} ms | {zoo['masked_over_dense']:.3f}x |")
+        rows.append(
+            f"| torch prune reparam step, {name} (vs dense) | {zoo['reparam_step_s'] * 1e3:.3f} ms"
+            f" | {zoo['dense_step_s'] * 1e3:.3f} ms | {zoo['reparam_over_dense']:.3f}x |")
     return "\n".join(rows)
 
 
@@ -189,8 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--step-threads", type=int, default=1,
                         help="torch threads for the digits steps and trial (as the trial uses)")
+    parser.add_argument("--zoo", default=",".join(n for n in ZOO if n != "digits_cnn"),
+                        help="comma list of zoo models whose steps are also timed ('' for none)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    zoo = [n for n in args.zoo.split(",") if n]
+    if set(zoo) - set(ZOO):
+        parser.error(f"--zoo names unknown models {sorted(set(zoo) - set(ZOO))}; zoo: {list(ZOO)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.numel < 1 or args.repeats < 1 or not 0.0 <= args.sparsity < 1.0:
         parser.error("need --numel >= 1, --repeats >= 1 and 0 <= --sparsity < 1")
@@ -202,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with torch_threads(args.step_threads):
         result["steps"] = bench_steps(args.sparsity, args.repeats, device)
         result["trial"] = bench_trial(args.repeats, device)
+        result["zoo_steps"] = {name: bench_steps(args.sparsity, args.repeats, device,
+                                                 f"trials.models:{name}") for name in zoo}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "masking.json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(result, args.out / "masking.png")

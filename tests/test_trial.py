@@ -16,12 +16,21 @@ import torch
 
 from trials import prune_trial
 from trials.masking import AgpSchedule, agp_sparsity, num_pruned
-from trials.prune_trial import TrialResult, dense_state_dict, parse_params, run_trial
+from trials.prune_trial import (
+    DEFAULT_MODEL,
+    TrialResult,
+    dense_cache_path,
+    dense_state_dict,
+    parse_params,
+    run_trial,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ["conv0", "conv1", "fc"]
 SIZES = {"conv0": 144, "conv1": 4608, "fc": 1280}
 SEED_PARAMS = {"level": 0.62, "agp": 0.93}
+#: The cheapest zoo model (dense training takes seconds) stands for the zoo in the fast tests.
+ZOO_MODEL = "trials.models:mlp_digits"
 
 
 def _params(method: str, **sparsities: float) -> dict[str, Any]:
@@ -38,6 +47,13 @@ def _target(sparsities: dict[str, float]) -> float:
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("dense_cache")
     dense_state_dict(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def zoo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("zoo_cache")
+    dense_state_dict(path, model=ZOO_MODEL)
     return path
 
 
@@ -261,3 +277,98 @@ def test_standalone_cli_end_to_end(
     assert abs(final["sparsity"] - _target({"conv0": 0.62, "conv1": 0.93})) < 1e-3
     state = torch.load(save, weights_only=True)
     assert int((state["conv0.weight"] == 0).sum()) == 89
+
+
+def test_zoo_model_trial_runs_on_the_hard_digits(zoo_cache: Path) -> None:
+    reports: list[dict[str, Any]] = []
+    result = run_trial(_params("level", fc1=0.9, fc2=0.5), epochs=2, model=ZOO_MODEL,
+                       cache_dir=zoo_cache, report=reports.append)
+    assert result.layer_sparsity == {"fc1": num_pruned(76800, 0.9) / 76800,
+                                     "fc2": num_pruned(30000, 0.5) / 30000}
+    assert [r["epoch"] for r in reports] == [0, 1] and all(r["pruned"] for r in reports)
+    assert 0.5 < result.dense_accuracy < 0.95  # the hard data: clearly below 100%, above chance
+    assert int((result.state_dict["fc3.weight"] == 0).sum()) == 0
+    cached = sorted(p.name for p in zoo_cache.iterdir() if p.suffix == ".pt")
+    assert cached == ["mlp_digits_digits_hard_dense_v1.pt"]
+
+
+def test_dense_cache_is_per_model_and_data(tmp_path: Path) -> None:
+    assert dense_cache_path(tmp_path) == tmp_path / "digits_cnn_dense_v1.pt"
+    assert dense_cache_path(tmp_path, model=DEFAULT_MODEL, data="digits_hard") == (
+        tmp_path / "digits_cnn_digits_hard_dense_v1.pt")
+    assert dense_cache_path(tmp_path, model="trials.models:vit_digits", data="digits_hard") == (
+        tmp_path / "vit_digits_digits_hard_dense_v1.pt")
+    assert dense_cache_path(tmp_path, model="mypkg.nets:big", data="digits") == (
+        tmp_path / "mypkg.nets.big_dense_v1.pt")
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "message"),
+    [
+        ("trials.models:nope", None, "'nope' in 'trials.models' is not a callable factory"),
+        ("trials.no_such_module:f", None, "cannot import 'trials.no_such_module'"),
+        ("digits_cnn", None, "must look like 'package.module:factory'"),
+        ("trials.data:digits_split", None, "returned DigitsSplit, not a torch.nn.Module"),
+        (ZOO_MODEL, "digits", r"shape \(1, 8, 8\)"),
+        (ZOO_MODEL, "mnist", "unknown data variant 'mnist'"),
+    ],
+)
+def test_bad_model_or_data_fails_before_training(
+    tmp_path: Path, model: str, data: str | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        run_trial(_params("level", fc3=0.5), model=model, data=data, cache_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_digits_cnn_on_the_hard_data_is_a_shape_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"input_shape is \(1, 8, 8\)"):
+        run_trial(_params("level", fc=0.5), data="digits_hard", cache_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_zoo_layer_names_are_checked_before_training(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown layer 'conv0'.*'fc1', 'fc2', 'fc3'"):
+        run_trial(_params("level", conv0=0.5), model=ZOO_MODEL, cache_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_main_runs_a_zoo_model_standalone_and_under_nni(
+    zoo_cache: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = _params("agp", fc1=0.8, fc2=0.8)
+    argv = ["--model", ZOO_MODEL, "--params", json.dumps(params), "--cache-dir", str(zoo_cache)]
+    assert prune_trial.main(argv) == 0
+    final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert final["method"] == "agp" and abs(final["sparsity"] - 0.8) < 1e-3
+
+    import nni
+
+    calls: list[tuple[str, Any]] = []
+    monkeypatch.setattr(nni, "get_next_parameter", lambda: params)
+    monkeypatch.setattr(nni, "report_intermediate_result", lambda m: calls.append(("mid", m)))
+    monkeypatch.setattr(nni, "report_final_result", lambda m: calls.append(("final", m)))
+    assert prune_trial.main(["--model", ZOO_MODEL, "--cache-dir", str(zoo_cache)]) == 0
+    assert [kind for kind, _ in calls] == ["mid"] * 5 + ["final"]
+    assert calls[-1][1]["default"] == final["default"]  # same parameters, seed and data
+
+
+@pytest.mark.slow
+def test_standalone_cli_prunes_the_vit_by_dotted_names(tmp_path: Path) -> None:
+    layers = ["blocks.0.attn.q", "blocks.1.mlp.fc1", "head"]
+    params = json.dumps(_params("level", **dict.fromkeys(layers, 0.9)))
+    save = tmp_path / "vit.pt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "trials.prune_trial", "--model", "trials.models:vit_digits",
+         "--params", params, "--epochs", "1", "--cache-dir", str(tmp_path), "--save", str(save)],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    final = json.loads(proc.stdout)
+    assert final["method"] == "level" and abs(final["sparsity"] - 0.9) < 1e-3
+    assert 0.5 < final["dense_acc"] < 0.97
+    state = torch.load(save, weights_only=True)
+    for layer in layers:
+        weight = state[f"{layer}.weight"]
+        assert int((weight == 0).sum()) == num_pruned(weight.numel(), 0.9)
+    assert int((state["blocks.2.attn.v.weight"] == 0).sum()) == 0

@@ -1,0 +1,194 @@
+"""The allocation-search benchmark: landscapes are seeded, optima are right, the harness runs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import allocation
+from benchmarks.landscapes import (
+    LANDSCAPES,
+    NETWORK_LANDSCAPES,
+    SYNTHETIC,
+    heuristic_allocation,
+    landscape,
+    layer_sparsities,
+    separable_optimum,
+    softplus_excess,
+)
+from nni_prune_tuners.sparsity import global_sparsity
+from nni_prune_tuners.tuner import HEURISTICS, PruneTPETuner
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _params(allocation_: dict[str, float]) -> dict[str, float]:
+    return {f"{layer}_sparsity": value for layer, value in allocation_.items()}
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_synthetic_landscape_is_deterministic_for_a_seed(name: str) -> None:
+    params = _params(landscape(name).allocations["lamp"])
+    first = [landscape(name, noise_seed=3).evaluate(params) for _ in range(2)]
+    land = landscape(name, noise_seed=3)
+    sequence = [land.evaluate(params) for _ in range(3)]
+    again = landscape(name, noise_seed=3)
+    assert [again.evaluate(params) for _ in range(3)] == sequence
+    assert first[0] == first[1] == sequence[0]
+    other = landscape(name, noise_seed=4).evaluate(params)
+    if name.startswith("interact"):
+        assert len(set(sequence)) == 3 and other != sequence[0]
+    else:
+        assert len(set(sequence)) == 1 and other == sequence[0]
+
+
+@pytest.mark.parametrize("name", ("analytic", *SYNTHETIC))
+def test_optimum_beats_every_heuristic_and_meets_the_target(name: str) -> None:
+    land = landscape(name)
+    assert land.optimum is not None
+    assert set(land.heuristics) == ({"uniform"} if name == "analytic" else set(HEURISTICS))
+    assert all(land.optimum >= value for value in land.heuristics.values())
+    assert land.optimum > max(land.heuristics.values()) + 0.05  # room for the search
+    weights = list(land.weights.values())
+    for allocation_ in land.allocations.values():
+        values = [allocation_[layer] for layer in land.weights]
+        assert global_sparsity(values, weights) == pytest.approx(land.target, abs=1e-9)
+
+
+def test_separable_optimum_matches_brute_force_on_three_layers() -> None:
+    weights = np.array([1000.0, 300.0, 50.0])
+    knee = np.array([0.85, 0.7, 0.5])
+    sensitivity = np.array([0.5, 2.0, 4.0])
+    lo, hi, target = np.full(3, 0.05), np.full(3, 0.99), 0.8
+
+    def damage(s: np.ndarray) -> np.ndarray:
+        excess = softplus_excess(s, knee)
+        return sensitivity * (excess + 4.0 * excess**2)
+
+    best = separable_optimum(damage, weights, lo, hi, target)
+    assert global_sparsity(best, weights) == pytest.approx(target, abs=1e-9)
+    assert np.all((best >= lo) & (best <= hi))
+    brute = np.inf
+    grid = np.linspace(0.05, 0.99, 801)
+    for a, b in itertools.product(grid, grid):
+        first = (target * weights.sum() - weights[1] * a - weights[2] * b) / weights[0]
+        if 0.05 <= first <= 0.99:
+            brute = min(brute, float(damage(np.array([first, a, b])).sum()))
+    found = float(damage(best).sum())
+    assert found <= brute + 1e-12
+    assert found == pytest.approx(brute, abs=2e-4)
+
+
+@pytest.mark.parametrize("heuristic", HEURISTICS)
+def test_heuristic_allocations_are_prunetpes_warm_starts(heuristic: str) -> None:
+    land = landscape("additive-1")
+    tuner = PruneTPETuner(optimize_mode="maximize", seed=0, target_sparsity=land.target,
+                          warm_start=[heuristic], **land.constraint)
+    tuner.update_search_space(land.space)
+    _, suggested = layer_sparsities(tuner.generate_parameters(0))
+    expected = land.allocations[heuristic]
+    assert suggested.keys() == expected.keys()
+    assert all(suggested[k] == pytest.approx(expected[k], abs=1e-12) for k in expected)
+    assert land.heuristics[heuristic] == pytest.approx(land.evaluate(_params(expected)))
+
+
+def test_heuristic_allocation_without_a_profile_names_what_is_missing() -> None:
+    bounds = np.full(2, 0.0), np.full(2, 0.99)
+    with pytest.raises(ValueError, match="lamp"):
+        heuristic_allocation("lamp", {"a": 10, "b": 20}, ["a", "b"], *bounds, 0.5)
+
+
+def test_unknown_landscape_is_named() -> None:
+    with pytest.raises(ValueError, match="'nope'"):
+        landscape("nope")
+    assert set(SYNTHETIC) | set(NETWORK_LANDSCAPES) | {"analytic"} == set(LANDSCAPES)
+
+
+def test_synthetic_landscapes_do_not_import_torch() -> None:
+    code = ("import sys; from benchmarks.landscapes import landscape; "
+            "[landscape(n) for n in ('analytic', 'additive-0', 'interact-0')]; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_repeats_counts_suggestions_equal_to_an_earlier_one() -> None:
+    suggestions = [
+        ("agp", [0.5, 0.9]),
+        ("agp", [0.5 + 5e-7, 0.9]),  # within 1e-6: a repeat
+        ("level", [0.5, 0.9]),  # another branch: new
+        ("agp", [0.5, 0.9 + 2e-6]),  # beyond 1e-6: new
+        ("level", [0.5, 0.9]),  # a repeat
+    ]
+    assert allocation.repeats(suggestions) == 2
+
+
+def _result(name: str, target: float, ours: list[float], theirs: float) -> dict[str, object]:
+    stats = {"mean": float(np.mean(ours)), "std": 0.0, "worst": min(ours)}
+    return {
+        "target": target,
+        "heuristics": {"uniform": 0.30, "lamp": 0.40},
+        "summary": {
+            "prunetpe": {"best": {"60": stats}, "budget": 180},
+            "tpe": {"best": {"180": {"mean": theirs, "std": 0.0, "worst": theirs}},
+                    "budget": 180},
+        },
+    }
+
+
+def test_targets_are_checked_as_the_issue_states_them() -> None:
+    lines = allocation.targets({
+        "mlp-0.90": _result("mlp-0.90", 0.9, [0.45, 0.42], 0.41),  # +3.5 points, worst above
+        "mlp-0.95": _result("mlp-0.95", 0.95, [0.40, 0.40], 0.45),  # not above; below TPE
+        "additive-0": _result("additive-0", 0.9, [0.2, 0.2], 0.1),  # only the TPE target
+    })
+    verdicts = [line.rsplit(": ", 1)[1] for line in lines]
+    assert verdicts == ["MET", "MET", "MET", "NOT MET", "NOT MET", "MET"]
+    assert any("worst seed@60 42.00" in line for line in lines)
+
+
+def test_main_runs_end_to_end_and_writes_its_files(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    code = allocation.main(["--landscapes", "additive-0,interact-1", "--tuners",
+                            "prunetpe,prunetpe-tpe,random", "--seeds", "2", "--budget", "12",
+                            "--workers", "1", "--out", str(tmp_path)])
+    assert code == 0
+    payload = json.loads((tmp_path / "allocation.json").read_text())
+    assert set(payload["landscapes"]) == {"additive-0", "interact-1"}
+    summary = payload["landscapes"]["additive-0"]["summary"]
+    assert set(summary) == {"prunetpe", "prunetpe-tpe", "random"}
+    assert len(payload["runs"]) == 2 * 3 * 2
+    for run in payload["runs"]:
+        assert len(run["accuracies"]) == 12
+        assert run["max_deviation"] < 1e-9
+    # every PruneTPE run starts from its warm starts, so by n=4 it has the best heuristic
+    best = max(payload["landscapes"]["additive-0"]["heuristics"].values())
+    assert summary["prunetpe"]["curve_mean"][3] >= best - 1e-12
+    assert payload["landscapes"]["interact-1"]["noise_floor"] == pytest.approx(0.003, rel=0.2)
+    markdown = (tmp_path / "allocation.md").read_text()
+    assert "**additive-0**" in markdown and "lamp alone" in markdown
+    assert (tmp_path / "allocation.png").stat().st_size > 0
+    assert markdown.strip() in capsys.readouterr().out
+
+
+def test_main_rejects_an_unknown_landscape(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        allocation.main(["--landscapes", "additive-9", "--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_network_landscape_is_deterministic_and_unchanged_by_evaluations() -> None:
+    first = landscape("mlp-0.90")
+    params = _params(first.allocations["lamp"])
+    scores = [first.evaluate(params) for _ in range(2)]
+    first.evaluate(_params({layer: 0.99 for layer in first.weights}))  # prunes the shared model
+    second = landscape("mlp-0.90")
+    assert second.heuristics == first.heuristics
+    assert second.evaluate(params) == scores[0] == scores[1] == first.heuristics["lamp"]
+    assert first.optimum is not None and first.optimum >= max(first.heuristics.values())
+    assert 0.1 < first.heuristics["lamp"] < 1.0

@@ -86,6 +86,7 @@ class AllocationSampler(BaseSampler):
         self._proposed: dict[int, dict[str, float]] = {}
         self._proposals = [0] * len(self._blocks)
         self._variances: dict[int, tuple[int, tuple[float, float]]] = {}
+        self._finished: dict[int, dict[int, tuple[list[float] | None, TrialState, float | None]]] = {}
         self.repeats_rejected = 0
 
     def infer_relative_search_space(
@@ -212,18 +213,24 @@ class AllocationSampler(BaseSampler):
         pruned: list[list[float]] = []
         running: list[list[float]] = []
         states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        finished = self._finished.setdefault(id(block), {})
         for other in study.get_trials(deepcopy=False, states=states):
-            if other.number == trial.number or not block.selected_by(other.params):
+            if other.number == trial.number:
                 continue
-            if not all(name in other.params for name in block.names):
+            entry = finished.get(other.number)
+            if entry is None:
+                entry = self._row(other, block)
+                if other.state != TrialState.RUNNING:  # finished trials never change
+                    finished[other.number] = entry
+            row, state, value = entry
+            if row is None:
                 continue
-            row = [float(other.params[name]) for name in block.names]
-            if other.state == TrialState.COMPLETE and other.value is not None:
+            if state == TrialState.COMPLETE and value is not None:
                 done.append(row)
-                scores.append(sign * float(other.value))
-            elif other.state == TrialState.PRUNED:
+                scores.append(sign * value)
+            elif state == TrialState.PRUNED:
                 pruned.append(row)
-            elif other.state == TrialState.RUNNING:
+            elif state == TrialState.RUNNING:
                 running.append(row)
         width = len(block.names)
         if scores and pruned:
@@ -233,6 +240,18 @@ class AllocationSampler(BaseSampler):
             running.extend(pruned)
         return (np.array(done).reshape(-1, width), np.array(scores),
                 np.array(running).reshape(-1, width))
+
+
+    @staticmethod
+    def _row(
+        trial: FrozenTrial, block: SparsityBlock
+    ) -> tuple[list[float] | None, TrialState, float | None]:
+        """The block's sparsities of ``trial`` (None if it took another branch), state, value."""
+        params = trial.params
+        if not block.selected_by(params) or not all(name in params for name in block.names):
+            return None, trial.state, None
+        value = None if trial.value is None else float(trial.value)
+        return [float(params[name]) for name in block.names], trial.state, value
 
 
 def blocks_for(groups: Sequence[Any], target: float) -> list[SparsityBlock]:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from trials import profile_model as pm
+from trials.models import digits_cnn
 from trials.prune_trial import dense_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,3 +179,21 @@ def test_committed_search_spaces(tmp_path: Path) -> None:
         {"_name": "level", "conv0_sparsity": uniform,
          "conv1_sparsity": {"_type": "uniform", "_value": [0.01, 0.9]}},
     ]}}
+
+
+def test_digits_sensitivity_via_cli(tmp_path: Path) -> None:
+    """The checkout's eval function scores the zoo on its validation split, dense point first."""
+    out = tmp_path / "profile.json"
+    argv = ["--model", "trials.models:digits_cnn", "--out", str(out), "--cache-dir", str(tmp_path),
+            "--sensitivity", "--eval", "trials.profile_model:val_accuracy",
+            "--sensitivity-sparsities", "0.5,0.99"]
+    assert pm.main(argv) == 0
+    layers = json.loads(out.read_text())["layers"]
+    model = digits_cnn()
+    model.load_state_dict(dense_state_dict(tmp_path))
+    dense = pm.val_accuracy(model)
+    assert dense > 0.9
+    for layer in layers:
+        curve = layer["sensitivity"]
+        assert curve["sparsities"] == [0.0, 0.5, 0.99] and curve["accuracy"][0] == dense
+        assert curve["accuracy"][2] < dense  # 99% of one layer gone costs accuracy

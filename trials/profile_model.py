@@ -4,7 +4,8 @@
 ``python -m nni_prune_tuners.trial.profile`` does (all options, FLOPs optional, sensitivity
 curves), and profiles the models of ``trials.models`` on their cached dense weights
 (``--cache-dir``, trained on first use with the trial's recipe) unless ``--state-dict`` names
-others. The profiling logic lives in the installed
+others. ``--sensitivity --eval trials.profile_model:val_accuracy`` scores the zoo on the
+validation split of each model's own data variant. The profiling logic lives in the installed
 package so that users profile their own models without this checkout.
 """
 
@@ -34,7 +35,8 @@ from nni_prune_tuners.trial.profile import (
     sensitivity_curves,
     to_json,
 )
-from trials.prune_trial import RECIPES, dense_state_dict
+from trials.data import DigitsSplit, load_split
+from trials.prune_trial import RECIPES, accuracy, data_variant, dense_state_dict
 
 _logger = logging.getLogger(__name__)
 
@@ -51,7 +53,23 @@ __all__ = [
     "search_space",
     "sensitivity_curves",
     "to_json",
+    "val_accuracy",
 ]
+
+_splits: dict[str, DigitsSplit] = {}
+
+
+def val_accuracy(model: nn.Module) -> float:
+    """Validation accuracy of a zoo model on its own data variant, on the model's device.
+
+    The ``--eval`` function of the sensitivity analysis in the checkout (``fn(model) -> float``).
+    """
+    variant = data_variant(model)
+    if variant not in _splits:
+        _splits[variant] = load_split(variant)
+    param = next(model.parameters())
+    split = _splits[variant].to(param.device)
+    return accuracy(model, split.x_val, split.y_val)
 
 
 def _build_parser() -> argparse.ArgumentParser:

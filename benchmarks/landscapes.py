@@ -347,46 +347,55 @@ def _synthetic_profile_path(draw: int) -> Path:
     return path
 
 
-def _synthetic(name: str, noise_seed: int) -> Landscape:
-    family, _, suffix = name.partition("-")
-    draw = int(suffix)
+def synthetic_accuracy(draw: int, interact: bool, s: np.ndarray) -> float:
+    """Noise-free accuracy of the synthetic layers ``draw`` at layer sparsities ``s``."""
+    layers = synthetic_layers(draw)
+    loss = float(layers.damage(s).sum())
+    if interact:
+        loss += layers.interaction(s)
+    return DENSE_ACCURACY - loss
+
+
+@functools.cache
+def _synthetic_reference(draw: int, interact: bool) -> tuple[dict[str, np.ndarray], float]:
+    """The heuristic allocations and the optimum: computed once per process."""
     layers = synthetic_layers(draw)
     profile = _synthetic_profile_path(draw)
-    interact = family == "interact"
     lo = np.full(len(layers.names), SYNTHETIC_BOUNDS[0])
     hi = np.full(len(layers.names), SYNTHETIC_BOUNDS[1])
-
-    def truth(s: np.ndarray) -> float:
-        loss = float(layers.damage(s).sum())
-        if interact:
-            loss += layers.interaction(s)
-        return DENSE_ACCURACY - loss
-
-    def vector(params: Mapping[str, Any]) -> np.ndarray:
-        _, values = layer_sparsities(params)
-        if set(values) != set(layers.names):
-            raise ValueError(f"{name} needs every layer of {list(layers.names)}, got {sorted(values)}")
-        return np.array([values[n] for n in layers.names])
-
-    noise = np.random.RandomState(noise_seed)
-
-    def evaluate(params: Mapping[str, Any]) -> float:
-        value = truth(vector(params))
-        return value + float(noise.normal(0.0, NOISE_SD)) if interact else value
-
     allocations = {
         h: heuristic_allocation(h, profile, layers.names, lo, hi, SYNTHETIC_TARGET)
         for h in HEURISTICS
     }
     best = separable_optimum(layers.damage, layers.params, lo, hi, SYNTHETIC_TARGET)
-    optimum = truth(best) if not interact else interacting_optimum(truth, best, layers.params, lo, hi)
+    if not interact:
+        return allocations, synthetic_accuracy(draw, False, best)
+    truth = functools.partial(synthetic_accuracy, draw, True)
+    return allocations, interacting_optimum(truth, best, layers.params, lo, hi)
+
+
+def _synthetic(name: str, noise_seed: int) -> Landscape:
+    family, _, suffix = name.partition("-")
+    draw = int(suffix)
+    interact = family == "interact"
+    layers = synthetic_layers(draw)
+    allocations, optimum = _synthetic_reference(draw, interact)
+    noise = np.random.RandomState(noise_seed)
+
+    def evaluate(params: Mapping[str, Any]) -> float:
+        _, values = layer_sparsities(params)
+        if set(values) != set(layers.names):
+            raise ValueError(f"{name} needs every layer of {list(layers.names)}, got {sorted(values)}")
+        value = synthetic_accuracy(draw, interact, np.array([values[n] for n in layers.names]))
+        return value + float(noise.normal(0.0, NOISE_SD)) if interact else value
+
     return Landscape(
         name=name,
         space=flat_space(layers.names, SYNTHETIC_BOUNDS),
         target=SYNTHETIC_TARGET,
-        constraint={"profile": str(profile)},
+        constraint={"profile": str(_synthetic_profile_path(draw))},
         evaluate=evaluate,
-        heuristics={h: truth(a) for h, a in allocations.items()},
+        heuristics={h: synthetic_accuracy(draw, interact, a) for h, a in allocations.items()},
         optimum=optimum,
         weights={n: float(p) for n, p in zip(layers.names, layers.params, strict=True)},
         noise_sd=NOISE_SD if interact else 0.0,

@@ -4,7 +4,13 @@ Both tuners get the same nested search space (the analytic layers, two pruning m
 same analytic results; after 10, 100 and 500 completed trials we time a batch of further
 suggestions (two in flight, as with ``trialConcurrency: 2``) and report p50/p95 and the ratio.
 
+A second point (issue 11) times PruneTPE alone on a wide space: one branch of 100 layer
+sparsities (uniform, sizes log-uniform in 500..500k) at the same target, after 500 finished
+trials of an additive knee objective, for the default allocation engine and ``allocation: tpe``;
+the issue's target is a p50 of at most 100 ms for the default.
+
     python -m benchmarks.tuner_latency [--checkpoints 10,100,500] [--samples 30] [--seed 0]
+        [--wide-layers 100] [--wide-checkpoint 500]
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +30,54 @@ import optuna
 from nni.algorithms.hpo.tpe_tuner import TpeTuner
 from nni.tuner import Tuner
 
+from benchmarks.landscapes import softplus_excess
 from nni_prune_tuners.tuner import PruneTPETuner
 from trials import analytic_trial
 
 _logger = logging.getLogger(__name__)
 TARGET = 0.9
+#: Issue 11: p50 suggestion latency of PruneTPE's default at the wide point.
+WIDE_LIMIT_MS = 100.0
 
 
 def _objective(params: dict[str, Any]) -> float:
     method, sparsities = analytic_trial.parse_parameters(params)
     return analytic_trial.final_accuracy(method, sparsities)
+
+
+@dataclass(frozen=True)
+class WideSpace:
+    """One branch of ``n`` layer sparsities with sizes, knees and an additive objective."""
+
+    space: dict[str, Any]
+    layer_params: dict[str, int]
+    knee: np.ndarray
+    sensitivity: np.ndarray
+
+    def objective(self, params: dict[str, Any]) -> float:
+        values = np.array([params[f"{name}_sparsity"] for name in self.layer_params])
+        return 0.98 - float(np.sum(self.sensitivity * softplus_excess(values, self.knee)))
+
+
+def wide_space(layers: int, seed: int) -> WideSpace:
+    """Seeded: sizes log-uniform in 500..500k, knees in 0.7..0.97, so the budget binds."""
+    rng = np.random.RandomState(seed)
+    names = [f"layer{i:03d}" for i in range(layers)]
+    counts = np.exp(rng.uniform(np.log(500), np.log(500_000), layers)).astype(int)
+    space = {f"{name}_sparsity": {"_type": "uniform", "_value": [0.05, 0.99]} for name in names}
+    return WideSpace(space, {n: int(c) for n, c in zip(names, counts, strict=True)},
+                     rng.uniform(0.7, 0.97, layers), rng.uniform(0.1, 2.0, layers))
+
+
+def wide_factories(wide: WideSpace, seed: int) -> dict[str, Callable[[], Tuner]]:
+    return {
+        "PruneTPE (default)": lambda: PruneTPETuner(
+            target_sparsity=TARGET, layer_params=wide.layer_params, seed=seed
+        ),
+        "PruneTPE (allocation: tpe)": lambda: PruneTPETuner(
+            target_sparsity=TARGET, layer_params=wide.layer_params, seed=seed, allocation="tpe"
+        ),
+    }
 
 
 def tuner_factories(seed: int) -> dict[str, Callable[[], Tuner]]:
@@ -44,10 +89,18 @@ def tuner_factories(seed: int) -> dict[str, Callable[[], Tuner]]:
     }
 
 
-def measure(make: Callable[[], Tuner], checkpoints: Sequence[int], samples: int) -> dict[int, list[float]]:
-    """Seconds per ``generate_parameters`` call, timed at each history size in ``checkpoints``."""
+def measure(
+    make: Callable[[], Tuner],
+    checkpoints: Sequence[int],
+    samples: int,
+    *,
+    space: dict[str, Any] | None = None,
+    objective: Callable[[dict[str, Any]], float] = _objective,
+) -> dict[int, list[float]]:
+    """Seconds per ``generate_parameters`` call, timed at each history size in ``checkpoints``
+    (on the analytic space and objective unless ``space`` and ``objective`` are given)."""
     tuner = make()
-    tuner.update_search_space(analytic_trial.search_space())
+    tuner.update_search_space(analytic_trial.search_space() if space is None else space)
     timings: dict[int, list[float]] = {}
     next_id = 0
     completed = 0
@@ -65,7 +118,7 @@ def measure(make: Callable[[], Tuner], checkpoints: Sequence[int], samples: int)
     def finish() -> None:
         nonlocal completed
         parameter_id, params = in_flight.pop(0)
-        tuner.receive_trial_result(parameter_id, params, _objective(params))
+        tuner.receive_trial_result(parameter_id, params, objective(params))
         tuner.trial_end(parameter_id, True)
         completed += 1
 
@@ -93,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/latency"))
+    parser.add_argument("--wide-layers", type=int, default=100,
+                        help="layers of the wide one-branch space (0: skip that point)")
+    parser.add_argument("--wide-checkpoint", type=int, default=500,
+                        help="finished trials before the wide point is timed")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     checkpoints = [int(x) for x in args.checkpoints.split(",")]
@@ -121,16 +178,53 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{row['NNI TPE p50']:.1f} | {row['NNI TPE p95']:.1f} | {ratio:.2f}x |"
         )
     table = "\n".join(lines)
+    wide_rows: list[dict[str, Any]] = []
+    if args.wide_layers > 0:
+        wide_rows = measure_wide(args.wide_layers, args.wide_checkpoint, args.samples, args.seed)
+        table += "\n\n" + wide_table(wide_rows, args.wide_layers, args.wide_checkpoint)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tuner_latency.json").write_text(
         json.dumps({"summary": summary, "samples": args.samples, "seed": args.seed,
                     "median_seconds": {n: {c: statistics.median(v) for c, v in r.items()}
-                                       for n, r in results.items()}}, indent=2)
+                                       for n, r in results.items()},
+                    "wide": {"layers": args.wide_layers, "completed": args.wide_checkpoint,
+                             "rows": wide_rows}}, indent=2)
     )
     (args.out / "tuner_latency.md").write_text(table + "\n")
     plot(summary, list(results), args.out / "tuner_latency.png")
     return 0
+
+
+def measure_wide(layers: int, checkpoint: int, samples: int, seed: int) -> list[dict[str, Any]]:
+    """p50/p95 (ms) of PruneTPE's engines after ``checkpoint`` finished trials on the wide space."""
+    wide = wide_space(layers, seed)
+    rows = []
+    for name, make in wide_factories(wide, seed).items():
+        start = time.perf_counter()
+        timings = measure(make, [checkpoint], samples, space=wide.space,
+                          objective=wide.objective)[checkpoint]
+        print(f"{name}, {layers} layers: measured in {time.perf_counter() - start:.1f} s",
+              flush=True)
+        rows.append({"tuner": name, "p50": 1000 * percentile(timings, 50),
+                     "p95": 1000 * percentile(timings, 95)})
+    return rows
+
+
+def wide_table(rows: Sequence[dict[str, Any]], layers: int, checkpoint: int) -> str:
+    """The wide point as markdown, with issue 11's target checked for the default engine."""
+    lines = [
+        f"{layers}-layer space (one branch, target {TARGET}), {checkpoint} finished trials:",
+        "",
+        "| tuner | p50 (ms) | p95 (ms) |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {row['tuner']} | {row['p50']:.1f} | {row['p95']:.1f} |" for row in rows]
+    default = next(row for row in rows if row["tuner"] == "PruneTPE (default)")
+    verdict = "MET" if default["p50"] <= WIDE_LIMIT_MS else "NOT MET"
+    lines += ["", f"Target: PruneTPE (default) p50 {default['p50']:.1f} ms ≤ {WIDE_LIMIT_MS:.0f} ms: "
+              f"{verdict}"]
+    return "\n".join(lines)
 
 
 def plot(summary: list[dict[str, float]], names: list[str], path: Path) -> None:

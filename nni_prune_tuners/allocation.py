@@ -180,8 +180,9 @@ def solve_budget(
     """Maximise ``sum_i values[i, g_i]`` subject to ``sum_i weights[i] * grids[i, g_i] >= budget``.
 
     A multiple-choice knapsack, solved exactly by dynamic programming over the budget measured in
-    ``units`` steps (costs are rounded to the nearest step; the pruned-weight total saturates at the
-    budget, so any over-pruning costs no state). Entries of ``values`` that are ``-inf`` are
+    ``units`` steps of the slack above the least that the allowed choices prune (costs are
+    rounded to the nearest step; the pruned-weight total saturates at the budget, so any
+    over-pruning costs no state). Entries of ``values`` that are ``-inf`` are
     forbidden, which is how a trust region is imposed.
 
     Returns:
@@ -191,10 +192,17 @@ def solve_budget(
         ValueError: if no allowed choice reaches the budget.
     """
     layers = values.shape[0]
-    if budget <= 0:
+    # what every choice prunes anyway is not budget: the units then resolve the slack left,
+    # however narrow the grids (a small trust region) are
+    floor = np.min(np.where(np.isfinite(values), weights[:, None] * grids, np.inf), axis=1)
+    if not np.all(np.isfinite(floor)):
+        raise ValueError("every layer needs an allowed choice")
+    slack = budget - float(floor.sum())
+    if slack <= 0:
         return np.asarray(grids[np.arange(layers), np.argmax(values, axis=1)])
-    unit = budget / units
-    costs = np.minimum(np.rint(weights[:, None] * grids / unit).astype(np.int64), units)
+    unit = slack / units
+    excess = np.maximum(weights[:, None] * grids - floor[:, None], 0.0)
+    costs = np.minimum(np.rint(excess / unit).astype(np.int64), units)
     states = np.arange(units + 1)
     tables = np.full((layers + 1, units + 1), -np.inf)
     tables[0, 0] = 0.0
@@ -260,22 +268,54 @@ def propose(
             region around the best configuration, for a local move).
         radius: half-width of the trust region in log-density (0.35: about 30% density change).
     """
-    grids = layer_grids(block.lo, block.hi)
     if posterior is None:
         prior_var = prior_variances(len(block.lo), _LAYER[-1])
         coefficients = rng.standard_normal(len(prior_var)) * np.sqrt(prior_var)
     else:
         coefficients = posterior.draw(rng)
-    response = curves(coefficients, grids)
     budget = block.target * block.total
     if incumbent is not None:
-        near = np.abs(log_density(grids) - log_density(incumbent)[:, None]) <= radius
+        # a dense grid inside the trust region, so that a small region still has choices
+        x = log_density(incumbent)
+        lo = np.maximum(block.lo, 1.0 - np.exp(-(x - radius)))
+        hi = np.minimum(block.hi, 1.0 - np.exp(-(x + radius)))
+        grids = layer_grids(lo, hi)
         try:
-            return block.rescale(solve_budget(np.where(near, response, -np.inf), grids,
-                                              block.weights, budget))
+            return block.rescale(solve_budget(curves(coefficients, grids), grids, block.weights,
+                                              budget))
         except ValueError:
             _logger.debug("trust region cannot meet the budget; searching globally")
-    return block.rescale(solve_budget(response, grids, block.weights, budget))
+    grids = layer_grids(block.lo, block.hi)
+    return block.rescale(solve_budget(curves(coefficients, grids), grids, block.weights, budget))
+
+
+@dataclass
+class TrustRegion:
+    """The radius of local moves, shrunk while they stop paying off (as in TuRBO).
+
+    The radius halves after ``patience`` proposals in a row that did not improve the best value,
+    and starts wide again once it is below ``smallest``: a local search that refines what it
+    found, then looks around again.
+    """
+
+    initial: float = 0.35
+    smallest: float = 0.02
+    patience: int = 4
+    radius: float = 0.35
+    best: float = -math.inf
+    stalls: int = 0
+
+    def update(self, best: float) -> float:
+        """Record the best value seen before a proposal; the radius to use for it."""
+        if best > self.best:
+            self.best, self.stalls = best, 0
+            return self.radius
+        self.stalls += 1
+        if self.stalls >= self.patience:
+            self.radius, self.stalls = self.radius / 2, 0
+            if self.radius < self.smallest:
+                self.radius = self.initial
+        return self.radius
 
 
 def is_repeat(candidate: FloatArray, others: FloatArray, *, tolerance: float = 1e-6) -> bool:

@@ -85,6 +85,7 @@ class AllocationSampler(BaseSampler):
         self._rng = np.random.RandomState(seed)
         self._proposed: dict[int, dict[str, float]] = {}
         self._proposals = [0] * len(self._blocks)
+        self._regions = [allocation.TrustRegion() for _ in self._blocks]
         self._variances: dict[int, tuple[int, tuple[float, float]]] = {}
         self._finished: dict[int, dict[int, tuple[list[float] | None, TrialState, float | None]]] = {}
         self.repeats_rejected = 0
@@ -173,10 +174,14 @@ class AllocationSampler(BaseSampler):
             lie = np.full(len(pending), scores.mean())
             posterior = self._fit(index, samples, np.concatenate([scores, lie]))
         incumbent = None
+        radius = self._regions[index].radius
         self._proposals[index] += 1
-        if len(scores) and self._proposals[index] % 2 == 0:
-            incumbent = finished[int(np.argmax(scores))]
-        candidate = allocation.propose(block.budget, posterior, self._rng, incumbent=incumbent)
+        if len(scores):
+            radius = self._regions[index].update(float(scores.max()))
+            if self._proposals[index] % 2 == 0:
+                incumbent = finished[int(np.argmax(scores))]
+        candidate = allocation.propose(block.budget, posterior, self._rng, incumbent=incumbent,
+                                       radius=radius)
         rejected = 0
         while allocation.is_repeat(candidate, samples):
             rejected += 1

@@ -37,7 +37,9 @@ def test_solve_budget_matches_brute_force(seed: int, layers: int, points: int) -
     weights = rng.randint(1, 5, layers).astype(float)
     values = rng.normal(size=(layers, points))
     budget = rng.randint(1, int(20 * np.dot(weights, grids.max(axis=1))) + 1) / 20
-    chosen = allocation.solve_budget(values, grids, weights, budget, units=round(20 * budget))
+    slack = budget - float(np.dot(weights, grids.min(axis=1)))
+    units = max(1, round(20 * slack))  # costs above the least each layer prunes: whole units
+    chosen = allocation.solve_budget(values, grids, weights, budget, units=units)
     assert np.dot(weights, chosen) >= budget - 1e-9
     got = sum(values[i, list(grids[i]).index(chosen[i])] for i in range(layers))
     assert got == pytest.approx(brute_force(values, grids, weights, budget), abs=1e-9)

@@ -238,3 +238,12 @@ def test_nni_level_pruner_floors_the_count() -> None:
     theirs = _nni_level_masks(model, {"0": 0.36})["0"]
     assert int((ours == 0).sum()) == 4 and int((theirs == 0).sum()) == 3
     assert torch.all(ours <= theirs)  # the same order: ours prunes one more
+
+
+def test_trials_masking_re_exports_the_installed_subpackage() -> None:
+    """One implementation: the checkout's names are the installable package's objects."""
+    from nni_prune_tuners.trial import masking as installed
+    from trials import masking as checkout
+
+    for name in checkout.__all__:
+        assert getattr(checkout, name) is getattr(installed, name), name

@@ -312,7 +312,7 @@ def plot(results: Mapping[str, Mapping[str, Any]], path: Path) -> None:
             tuner, _, wide = key.partition("@")
             colour = f"C{list(CONTENDERS).index(tuner)}"
             ax.plot(x, mean, color=colour, lw=1.5, ls=":" if wide else "-", label=row_label(key))
-            low = min(low, float(mean[min(len(mean), 20) - 1]))
+            low = min(low, float(mean[-1]))  # from where the worst contender ends up
             high = max(high, float(mean[-1]))
         for index, (heuristic, value) in enumerate(result["heuristics"].items()):
             ax.axhline(100 * value, color=f"C{5 + index}", ls="--", lw=1.0,
@@ -331,8 +331,12 @@ def plot(results: Mapping[str, Mapping[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3, which="both")
     for ax in axes.flat[len(results):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8)
+    legend: dict[str, Any] = {}
+    for ax in axes.flat[: len(results)]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="lower center",
+               ncol=min(6, len(legend)), fontsize=8)
     fig.tight_layout(rect=(0, 0.06 if rows > 1 else 0.12, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -349,6 +353,17 @@ def _names(text: str, known: Sequence[str], option: str, parser: argparse.Argume
     return names
 
 
+def _caps(text: str, parser: argparse.ArgumentParser) -> dict[str, int]:
+    caps = {}
+    for item in (part for part in text.split(",") if part):
+        tuner, _, count = item.partition("=")
+        if tuner not in CONTENDERS or not count.isdigit() or int(count) < 1:
+            parser.error(f"--cap: expected contender=seeds (seeds >= 1) with a contender from "
+                         f"{','.join(CONTENDERS)}, got {item!r}")
+        caps[tuner] = int(count)
+    return caps
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.allocation",
                                      description=__doc__.splitlines()[0])
@@ -359,6 +374,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="runs per contender "
                         "(seeds 0..N-1)")
     parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="trials per run")
+    parser.add_argument("--cap", default="", help="fewer seeds for some contenders, to bound the "
+                        "wall time: e.g. prunetpe-tpe=5,anneal=5")
     parser.add_argument("--wide", choices=("on", "off"), default="on",
                         help=f"also run {','.join(WIDE_TUNERS)} with {WIDE_CONCURRENCY} in flight "
                         f"on {','.join(WIDE_LANDSCAPES)} (where selected)")
@@ -375,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tuners = _names(args.tuners, list(CONTENDERS), "--tuners", parser)
     if args.seeds < 1 or args.budget < 1 or args.workers < 1:
         parser.error("--seeds, --budget and --workers must be >= 1")
+    caps = _caps(args.cap, parser)
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _quiet()
@@ -382,11 +400,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     lands = {name: landscape(name) for name in names}  # trains the networks once, up front
     jobs = [Job(name, tuner, seed, args.budget, CONCURRENCY)
-            for name in names for tuner in tuners for seed in range(args.seeds)]
+            for name in names for tuner in tuners
+            for seed in range(min(args.seeds, caps.get(tuner, args.seeds)))]
     if args.wide == "on":
         jobs += [Job(name, tuner, seed, args.budget, WIDE_CONCURRENCY)
                  for name in names if name in WIDE_LANDSCAPES
-                 for tuner in tuners if tuner in WIDE_TUNERS for seed in range(args.seeds)]
+                 for tuner in tuners if tuner in WIDE_TUNERS
+                 for seed in range(min(args.seeds, caps.get(tuner, args.seeds)))]
     # the slow PruneTPE runs first, so the pool's workers finish together
     jobs.sort(key=lambda job: not job.tuner.startswith("prunetpe"))
     runs = run_jobs(jobs, workers=args.workers, run=run_job)

@@ -153,14 +153,15 @@ def test_targets_are_checked_as_the_issue_states_them() -> None:
 def test_main_runs_end_to_end_and_writes_its_files(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     code = allocation.main(["--landscapes", "additive-0,interact-1", "--tuners",
-                            "prunetpe,prunetpe-tpe,random", "--seeds", "2", "--budget", "12",
-                            "--workers", "1", "--out", str(tmp_path)])
+                            "prunetpe,prunetpe-tpe,random", "--seeds", "2", "--cap", "random=1",
+                            "--budget", "12", "--workers", "1", "--out", str(tmp_path)])
     assert code == 0
     payload = json.loads((tmp_path / "allocation.json").read_text())
     assert set(payload["landscapes"]) == {"additive-0", "interact-1"}
     summary = payload["landscapes"]["additive-0"]["summary"]
     assert set(summary) == {"prunetpe", "prunetpe-tpe", "random"}
-    assert len(payload["runs"]) == 2 * 3 * 2
+    assert len(payload["runs"]) == 2 * (2 + 2 + 1)
+    assert summary["random"]["seeds"] == 1
     for run in payload["runs"]:
         assert len(run["accuracies"]) == 12
         assert run["max_deviation"] < 1e-9
@@ -174,9 +175,13 @@ def test_main_runs_end_to_end_and_writes_its_files(tmp_path: Path,
     assert markdown.strip() in capsys.readouterr().out
 
 
-def test_main_rejects_an_unknown_landscape(tmp_path: Path) -> None:
+@pytest.mark.parametrize("argv", (["--landscapes", "additive-9"], ["--cap", "tpe=0"],
+                                  ["--cap", "nope=3"]))
+def test_main_rejects_bad_options(tmp_path: Path, argv: list[str],
+                                  capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        allocation.main(["--landscapes", "additive-9", "--out", str(tmp_path)])
+        allocation.main([*argv, "--out", str(tmp_path)])
+    assert argv[1] in capsys.readouterr().err
 
 
 @pytest.mark.slow

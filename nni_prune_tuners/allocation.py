@@ -35,6 +35,8 @@ _LAYER = (0.05, 0.25, 1.0)
 _SHARED = 1.0
 #: Prior variance of the intercept (standardised units).
 _INTERCEPT = 1.0
+#: Prior variance of the sensitivity curves' coefficient around 1 (the curves taken at face value).
+_PRIOR_CURVE = 0.5
 #: Grid points per layer and budget units of the knapsack.
 GRID = 48
 BUDGET_UNITS = 800
@@ -51,17 +53,46 @@ def basis(s: FloatArray | Sequence[float]) -> FloatArray:
     return np.maximum(x[..., None] - KNOTS, 0.0)
 
 
-def design(samples: FloatArray) -> FloatArray:
-    """Design matrix of ``(n, L)`` sparsities: intercept, shared features, per-layer features."""
+@dataclass(frozen=True)
+class Prior:
+    """Predicted drop of the metric per layer (one-shot sensitivity curves of the profile).
+
+    Attributes:
+        sparsities: per layer, the increasing grid of its curve.
+        drops: per layer, the metric lost with that layer alone pruned to each grid point.
+    """
+
+    sparsities: tuple[FloatArray, ...]
+    drops: tuple[FloatArray, ...]
+
+    def drop(self, s: FloatArray) -> FloatArray:
+        """Per-layer predicted drops of sparsities ``s`` (``(..., L)``), linear in between."""
+        s = np.asarray(s, dtype=np.float64)
+        out = np.empty_like(s)
+        for i in range(s.shape[-1]):
+            out[..., i] = np.interp(s[..., i], self.sparsities[i], self.drops[i])
+        return out
+
+
+def design(samples: FloatArray, prior: Prior | None = None, prior_scale: float = 1.0) -> FloatArray:
+    """Design matrix of ``(n, L)`` sparsities.
+
+    Columns: intercept, shared curve, per-layer curves, and with a ``prior`` the summed predicted
+    drop (negated, times ``prior_scale``), whose coefficient the data can confirm or discount.
+    """
     phi = basis(samples)  # (n, L, K)
     n = samples.shape[0]
-    return np.concatenate([np.ones((n, 1)), phi.sum(axis=1), phi.reshape(n, -1)], axis=1)
+    columns = [np.ones((n, 1)), phi.sum(axis=1), phi.reshape(n, -1)]
+    if prior is not None:
+        columns.append(-prior_scale * prior.drop(samples).sum(axis=1, keepdims=True))
+    return np.concatenate(columns, axis=1)
 
 
-def prior_variances(layers: int, layer_var: float) -> FloatArray:
-    """Prior variance of each coefficient: intercept, shared curve (split over layers), layers."""
+def prior_variances(layers: int, layer_var: float, *, with_prior: bool = False) -> FloatArray:
+    """Prior variance of each coefficient, in :func:`design`'s column order."""
     k = len(KNOTS)
-    return np.concatenate([[_INTERCEPT], np.full(k, _SHARED / layers), np.full(layers * k, layer_var)])
+    return np.concatenate([[_INTERCEPT], np.full(k, _SHARED / layers), np.full(layers * k, layer_var),
+                           [_PRIOR_CURVE] if with_prior else []])
 
 
 @dataclass(frozen=True)
@@ -76,6 +107,7 @@ class Posterior:
         cholesky: lower Cholesky factor of ``features @ diag(prior_var) @ features.T + noise I``.
         target: standardised metric.
         mean, scale: the standardisation, to map draws back.
+        prior: the sensitivity curves, if the block has them (the last feature).
     """
 
     features: FloatArray
@@ -86,6 +118,15 @@ class Posterior:
     target: FloatArray
     mean: float
     scale: float
+    prior: Prior | None = None
+
+    @property
+    def offset(self) -> FloatArray:
+        """Prior mean of the coefficients: 1 for the sensitivity curves, 0 elsewhere."""
+        mean = np.zeros(len(self.prior_var))
+        if self.prior is not None:
+            mean[-1] = 1.0
+        return mean
 
     @property
     def variances(self) -> tuple[float, float]:
@@ -96,14 +137,15 @@ class Posterior:
     def coefficients(self) -> FloatArray:
         """Posterior mean of the coefficients."""
         alpha = _cho_solve(self.cholesky, self.target)
-        return self.prior_var * (self.features.T @ alpha)
+        return self.offset + self.prior_var * (self.features.T @ alpha)
 
     def draw(self, rng: np.random.RandomState) -> FloatArray:
         """One posterior sample of the coefficients (Matheron's rule: O(n^2 + np), no p x p work)."""
         prior = rng.standard_normal(len(self.prior_var)) * np.sqrt(self.prior_var)
         noise = rng.standard_normal(len(self.target)) * math.sqrt(self.noise)
         residual = self.target - self.features @ prior - noise
-        return prior + self.prior_var * (self.features.T @ _cho_solve(self.cholesky, residual))
+        correction = self.prior_var * (self.features.T @ _cho_solve(self.cholesky, residual))
+        return self.offset + prior + correction
 
 
 def _cho_solve(lower: FloatArray, b: FloatArray) -> FloatArray:
@@ -113,13 +155,18 @@ def _cho_solve(lower: FloatArray, b: FloatArray) -> FloatArray:
 
 
 def fit(
-    samples: FloatArray, values: FloatArray, *, variances: tuple[float, float] | None = None
+    samples: FloatArray,
+    values: FloatArray,
+    *,
+    variances: tuple[float, float] | None = None,
+    prior: Prior | None = None,
 ) -> Posterior:
     """Fit the additive model to ``(n, L)`` sparsities and their metric (larger is better).
 
     The noise and per-layer variances are chosen by marginal likelihood over a small grid, so a
     noisy metric gets a smooth model and a clean one a sharp model, with nothing for the user to
-    tune; pass the ``variances`` of an earlier fit to skip that search.
+    tune; pass the ``variances`` of an earlier fit to skip that search. With a ``prior``, the
+    summed predicted drop enters in standardised units with a coefficient centred on 1.
     """
     samples = np.asarray(samples, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
@@ -128,11 +175,16 @@ def fit(
     scale = float(values.std()) if n > 1 else 0.0
     scale = scale if scale > 1e-12 else 1.0
     target = (values - mean) / scale
-    features = design(samples)
+    features = design(samples, prior, 1.0 / scale)
+    if prior is not None:
+        target = target - features[:, -1]  # the prior mean's prediction; the fit learns the rest
     k = len(KNOTS)
-    shared, own = features[:, 1 : k + 1], features[:, k + 1 :]
+    separable = 1 + k + layers * k
+    shared, own = features[:, 1 : k + 1], features[:, k + 1 : separable]
     # the Gram matrix is linear in the variances: two products serve every candidate
     shared_gram = _INTERCEPT + shared @ shared.T * (_SHARED / layers)
+    if prior is not None:
+        shared_gram = shared_gram + _PRIOR_CURVE * np.outer(features[:, -1], features[:, -1])
     own_gram = own @ own.T
     candidates = [variances] if variances is not None else [
         (noise, layer) for noise in _NOISE for layer in _LAYER
@@ -146,20 +198,26 @@ def fit(
         alpha = _cho_solve(lower, target)
         evidence = -0.5 * float(target @ alpha) - float(np.log(np.diag(lower)).sum())
         if best is None or evidence > best[0]:
-            best = (evidence, Posterior(features, prior_variances(layers, layer), noise, layer, lower,
-                                        target, mean, scale))
+            prior_var = prior_variances(layers, layer, with_prior=prior is not None)
+            best = (evidence, Posterior(features, prior_var, noise, layer, lower, target, mean,
+                                        scale, prior))
     if best is None:
         raise ValueError(f"the additive model cannot be fitted to {n} points")
     return best[1]
 
 
-def curves(coefficients: FloatArray, grids: FloatArray) -> FloatArray:
+def curves(
+    coefficients: FloatArray, grids: FloatArray, prior: Prior | None = None, prior_scale: float = 1.0
+) -> FloatArray:
     """Per-layer response ``f_i`` on each layer's grid: ``(L, G)`` from coefficients of the model."""
     layers = grids.shape[0]
     k = len(KNOTS)
     shared = coefficients[1 : k + 1]
-    own = coefficients[k + 1 :].reshape(layers, k)
-    return np.einsum("lgk,lk->lg", basis(grids), own + shared)
+    own = coefficients[k + 1 : k + 1 + layers * k].reshape(layers, k)
+    response = np.einsum("lgk,lk->lg", basis(grids), own + shared)
+    if prior is not None:
+        response -= coefficients[-1] * prior_scale * prior.drop(grids.T).T
+    return response
 
 
 def layer_grids(lo: FloatArray, hi: FloatArray, points: int = GRID) -> FloatArray:
@@ -242,6 +300,7 @@ class Block:
     hi: FloatArray
     total: float
     target: float
+    prior: Prior | None = None
 
     def rescale(self, raw: FloatArray) -> FloatArray:
         """``raw`` scaled to meet the target exactly inside the bounds."""
@@ -268,11 +327,21 @@ def propose(
             region around the best configuration, for a local move).
         radius: half-width of the trust region in log-density (0.35: about 30% density change).
     """
+    prior_scale = 1.0
     if posterior is None:
-        prior_var = prior_variances(len(block.lo), _LAYER[-1])
+        prior_var = prior_variances(len(block.lo), _LAYER[-1], with_prior=block.prior is not None)
         coefficients = rng.standard_normal(len(prior_var)) * np.sqrt(prior_var)
+        if block.prior is not None:
+            # no data yet: the curves' own optimum, perturbed by the other terms' prior
+            coefficients *= 0.1
+            coefficients[-1] = 1.0
     else:
         coefficients = posterior.draw(rng)
+        prior_scale = 1.0 / posterior.scale
+
+    def response(grids: FloatArray) -> FloatArray:
+        return curves(coefficients, grids, block.prior, prior_scale)
+
     budget = block.target * block.total
     if incumbent is not None:
         # a dense grid inside the trust region, so that a small region still has choices
@@ -281,12 +350,11 @@ def propose(
         hi = np.minimum(block.hi, 1.0 - np.exp(-(x + radius)))
         grids = layer_grids(lo, hi)
         try:
-            return block.rescale(solve_budget(curves(coefficients, grids), grids, block.weights,
-                                              budget))
+            return block.rescale(solve_budget(response(grids), grids, block.weights, budget))
         except ValueError:
             _logger.debug("trust region cannot meet the budget; searching globally")
     grids = layer_grids(block.lo, block.hi)
-    return block.rescale(solve_budget(curves(coefficients, grids), grids, block.weights, budget))
+    return block.rescale(solve_budget(response(grids), grids, block.weights, budget))
 
 
 @dataclass
@@ -331,3 +399,14 @@ def perturb(
     """A random nearby allocation at the target: jitter each layer's log-density, rescale."""
     x = log_density(allocation) * np.exp(rng.normal(0.0, scale, len(allocation)))
     return block.rescale(np.clip(1.0 - np.exp(-x), block.lo, block.hi))
+
+
+def sensitivity_allocation(block: Block, *, points: int = 200) -> FloatArray:
+    """The allocation that minimises the summed predicted drop under the budget (the
+    ``sensitivity`` warm start): exact on a grid of ``points`` per layer, then rescaled."""
+    if block.prior is None:
+        raise ValueError("the sensitivity allocation needs sensitivity curves")
+    grids = layer_grids(block.lo, block.hi, points)
+    drops = block.prior.drop(grids.T).T
+    return block.rescale(solve_budget(-drops, grids, block.weights, block.target * block.total,
+                                      units=4 * BUDGET_UNITS))

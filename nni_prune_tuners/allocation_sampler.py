@@ -172,7 +172,7 @@ class AllocationSampler(BaseSampler):
         samples = np.vstack([finished, pending]) if len(pending) else finished
         if len(scores):
             lie = np.full(len(pending), scores.mean())
-            posterior = self._fit(index, samples, np.concatenate([scores, lie]))
+            posterior = self._fit(index, samples, np.concatenate([scores, lie]), block.budget.prior)
         incumbent = None
         radius = self._regions[index].radius
         self._proposals[index] += 1
@@ -195,12 +195,14 @@ class AllocationSampler(BaseSampler):
                          trial.number, rejected, self.repeats_rejected)
         return dict(zip(block.names, (float(v) for v in candidate), strict=True))
 
-    def _fit(self, index: int, samples: np.ndarray, values: np.ndarray) -> allocation.Posterior:
+    def _fit(
+        self, index: int, samples: np.ndarray, values: np.ndarray, prior: allocation.Prior | None
+    ) -> allocation.Posterior:
         """Fit, re-selecting the variances only when the data grew by a tenth since they were."""
         cached = self._variances.get(index)
         if cached is not None and len(values) <= 1.1 * cached[0] + 1:
-            return allocation.fit(samples, values, variances=cached[1])
-        posterior = allocation.fit(samples, values)
+            return allocation.fit(samples, values, variances=cached[1], prior=prior)
+        posterior = allocation.fit(samples, values, prior=prior)
         self._variances[index] = (len(values), posterior.variances)
         return posterior
 
@@ -259,14 +261,10 @@ class AllocationSampler(BaseSampler):
         return [float(params[name]) for name in block.names], trial.state, value
 
 
-def blocks_for(groups: Sequence[Any], target: float) -> list[SparsityBlock]:
-    """Sampler blocks from the tuner's sparsity groups (choices, parameters, weights, bounds)."""
+def blocks_for(groups: Sequence[Any]) -> list[SparsityBlock]:
+    """Sampler blocks from the tuner's sparsity groups (choices, parameters, budget)."""
     return [
-        SparsityBlock(
-            choices=dict(group.choices),
-            names=tuple(p.name for p in group.parameters),
-            budget=allocation.Block(group.weights, group.lo, group.hi, group.total, target),
-        )
+        SparsityBlock(dict(group.choices), tuple(p.name for p in group.parameters), group.budget)
         for group in groups
     ]
 

@@ -31,11 +31,11 @@ from nni_prune_tuners import allocation, sparsity
 from nni_prune_tuners import search_space as ss
 from nni_prune_tuners.allocation_sampler import AllocationSampler, blocks_for
 from nni_prune_tuners.dedup import SeenConfigurations
-from nni_prune_tuners.profile import ModelProfile, load_profile
+from nni_prune_tuners.profile import LayerProfile, ModelProfile, load_profile
 
 _logger = logging.getLogger(__name__)
 
-HEURISTICS = ("uniform", "global_magnitude", "lamp", "erk")
+HEURISTICS = ("uniform", "global_magnitude", "lamp", "erk", "sensitivity")
 ALLOCATIONS = ("model", "tpe")
 #: Attempts at a suggestion whose raw sparsities can be rescaled (only zeros can prevent it).
 _MAX_ATTEMPTS = 100
@@ -195,10 +195,7 @@ class _SparsityGroup:
     label: str
     choices: Mapping[str, int]
     parameters: tuple[ss.Parameter, ...]
-    weights: np.ndarray
-    lo: np.ndarray
-    hi: np.ndarray
-    total: float
+    budget: allocation.Block
 
 
 class PruneTPETuner(Tuner):
@@ -273,10 +270,9 @@ class PruneTPETuner(Tuner):
                 group=True,
                 constant_liar=self._options.constant_liar,
             )
-        target = self._options.target_sparsity
-        if self._options.allocation == "tpe" or target is None or not self._groups:
+        if self._options.allocation == "tpe" or not self._groups:  # groups: only with a target
             return tpe
-        return AllocationSampler(tpe, blocks_for(self._groups, target), seed=seed)
+        return AllocationSampler(tpe, blocks_for(self._groups), seed=seed)
 
     def _new_study(self, generation: int) -> optuna.Study:
         sampler = self._sampler(self._seed + generation)
@@ -357,9 +353,9 @@ class PruneTPETuner(Tuner):
                 options.target_sparsity, lo, hi, weights, total=total,
                 where=f"branch {active.label!r}",
             )
-            groups.append(
-                _SparsityGroup(active.label, active.choices, layers, weights, lo, hi, total)
-            )
+            budget = allocation.Block(weights, lo, hi, total, options.target_sparsity,
+                                      _sensitivity_prior([profile.layers[p.layer] for p in layers]))
+            groups.append(_SparsityGroup(active.label, active.choices, layers, budget))
         return groups
 
     def _warm_start(self, group: _SparsityGroup, heuristic: str) -> dict[str, Any]:
@@ -369,8 +365,11 @@ class PruneTPETuner(Tuner):
         layers = [options.profile.layers[p.layer] for p in group.parameters]
         # heuristics prune a share of the *weights*; the rescaling below then meets the target
         # as the constraint defines it (FLOPs weighting, model scope, bounds)
-        share = min(options.target_sparsity * group.total / float(group.weights.sum()), 0.999)
-        if heuristic == "uniform":
+        budget = group.budget
+        share = min(options.target_sparsity * budget.total / float(budget.weights.sum()), 0.999)
+        if heuristic == "sensitivity":
+            raw = allocation.sensitivity_allocation(budget)
+        elif heuristic == "uniform":
             raw = np.full(len(layers), share)
         elif heuristic == "erk":
             raw = sparsity.erk_allocation([layer.shape or (layer.params,) for layer in layers],
@@ -381,10 +380,7 @@ class PruneTPETuner(Tuner):
                 [getattr(layer, field) for layer in layers], [layer.params for layer in layers],
                 share,
             )
-        raw = np.maximum(raw, 1e-6)  # a zero share cannot be scaled; keep it the smallest
-        values = sparsity.rescale_to_target(
-            raw, group.lo, group.hi, group.weights, options.target_sparsity, total=group.total
-        )
+        values = budget.rescale(np.maximum(raw, 1e-6))  # a zero share cannot be scaled
         return {
             **group.choices,
             **{p.name: float(v) for p, v in zip(group.parameters, values, strict=True)},
@@ -476,7 +472,7 @@ class PruneTPETuner(Tuner):
         group = next(g for g in self._groups if {p.name for p in g.parameters} == names)
         position = {p.name: path for p, path in found}
         raw = np.array([_get(params, position[p.name]) for p in group.parameters])
-        budget = allocation.Block(group.weights, group.lo, group.hi, group.total, target)
+        budget = group.budget
         values = allocation.perturb(budget, raw, self._rng) if perturb else budget.rescale(raw)
         for parameter, value in zip(group.parameters, values, strict=True):
             _set(params, position[parameter.name], float(value))
@@ -573,6 +569,17 @@ class PruneTPETuner(Tuner):
             )
         )
         return True
+
+
+def _sensitivity_prior(layers: Sequence[LayerProfile]) -> allocation.Prior | None:
+    """The profile's one-shot sensitivity curves of ``layers``, if every one has them."""
+    curves = [layer.sensitivity for layer in layers]
+    if any(curve is None for curve in curves):
+        return None
+    return allocation.Prior(
+        tuple(np.array(c.sparsities) for c in curves if c is not None),
+        tuple(np.array([c.drop(x) for x in c.sparsities]) for c in curves if c is not None),
+    )
 
 
 def _scalar(value: Any) -> float | None:

@@ -49,7 +49,7 @@ NUMERIC_ARITY = {
 }
 SUPPORTED_TYPES = ("choice", *NUMERIC_ARITY)
 _NORMAL_FAMILY = ("normal", "qnormal", "lognormal", "qlognormal")
-_SPARSITY_TYPES = ("choice", "uniform", "quniform", "loguniform", "qloguniform")
+_SPARSITY_TYPES = ("uniform", "loguniform")
 #: Probability margin of the normal family: clips samples at about 6.1 standard deviations.
 _EPS = 1e-9
 _STANDARD_NORMAL = NormalDist()
@@ -196,8 +196,6 @@ def _parse_parameter(path: str, key: Any, spec: Any) -> Parameter:
         parameter = _parse_choice(path, key, value)
     else:
         parameter = Parameter(path, key, kind, _parse_numbers(path, kind, value))
-    if parameter.is_layer_sparsity:
-        _check_sparsity(parameter)
     return parameter
 
 
@@ -262,20 +260,16 @@ def _parse_numbers(path: str, kind: str, value: Any) -> tuple[float, ...]:
     return tuple(float(x) for x in numbers)
 
 
-def _check_sparsity(parameter: Parameter) -> None:
-    """A layer sparsity must stay in [0, 1) whatever is sampled."""
+def check_layer_sparsity(parameter: Parameter) -> None:
+    """With a sparsity target, a layer sparsity is a ``uniform`` or ``loguniform`` inside [0, 1).
+
+    Without a target a ``*_sparsity`` key is an ordinary hyperparameter (NNI's TPE accepts any
+    type there), so the tuner applies this only when it rescales.
+    """
     if parameter.type not in _SPARSITY_TYPES:
         raise SearchSpaceError(
-            f"search space key {parameter.name!r}: a layer sparsity must be one of "
-            f"{', '.join(_SPARSITY_TYPES)}, got _type {parameter.type!r}"
-        )
-    if parameter.type == "choice" and any(
-        branch is not None or isinstance(option, bool) or not isinstance(option, int | float)
-        for option, branch in zip(parameter.args, parameter.branches, strict=True)
-    ):
-        raise SearchSpaceError(
-            f"search space key {parameter.name!r}: sparsity choices must be numbers, "
-            f"got {list(parameter.args)!r}"
+            f"search space key {parameter.name!r}: with target_sparsity a layer sparsity must be "
+            f"one of {', '.join(_SPARSITY_TYPES)}, got _type {parameter.type!r}"
         )
     low, high = parameter.bounds
     if not 0.0 <= low <= high < 1.0:

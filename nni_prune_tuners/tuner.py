@@ -328,11 +328,7 @@ class PruneTPETuner(Tuner):
                 )
             seen: set[str] = set()
             for parameter in layers:
-                if parameter.type not in ("uniform", "loguniform"):
-                    raise ss.SearchSpaceError(
-                        f"search space key {parameter.name!r}: with target_sparsity a layer "
-                        f"sparsity must be uniform or loguniform, got {parameter.type!r}"
-                    )
+                ss.check_layer_sparsity(parameter)
                 if parameter.layer not in profile.layers:
                     raise ss.SearchSpaceError(
                         f"search space key {parameter.name!r}: layer {parameter.layer!r} is not "

@@ -60,11 +60,6 @@ def test_trailing_commas_rejected_with_line_number(tmp_path: Path) -> None:
         ({"x": {"_type": "quniform", "_value": [0, 1, 0]}}, r"'x': quniform needs q > 0"),
         ({"x": {"_type": "choice", "_value": []}}, r"'x': choice needs a non-empty list"),
         ({"x": {"_value": [0, 1]}}, r"'x' must be an object with '_type'"),
-        ({"conv0_sparsity": {"_type": "uniform", "_value": [0.1, 1.0]}},
-         r"'conv0_sparsity': sparsity bounds \[0.1, 1.0\] must lie inside \[0, 1\)"),
-        ({"conv0_sparsity": {"_type": "uniform", "_value": [-0.1, 0.5]}}, r"inside \[0, 1\)"),
-        ({"conv0_sparsity": {"_type": "normal", "_value": [0.5, 0.1]}},
-         r"'conv0_sparsity': a layer sparsity must be one of"),
         ({"m": {"_type": "choice", "_value": [
             {"_name": "a", "fc_sparsity": {"_type": "uniform", "_value": [0.2, 0.1]}}]}},
          r"'m/a/fc_sparsity': bounds reversed"),
@@ -139,3 +134,42 @@ def test_to_samples_rejects_unknown_and_out_of_range() -> None:
         ss.to_samples({"u": 2.0}, parameters)
     with pytest.raises(ValueError, match="missing parameter"):
         ss.to_samples({}, parameters)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"_type": "uniform", "_value": [0.1, 1.0]},
+         r"'conv0_sparsity': sparsity bounds \[0.1, 1.0\] must lie inside \[0, 1\)"),
+        ({"_type": "uniform", "_value": [-0.1, 0.5]}, r"inside \[0, 1\)"),
+        ({"_type": "normal", "_value": [0.5, 0.1]},
+         r"'conv0_sparsity': with target_sparsity a layer sparsity must be one of uniform, "
+         r"loguniform, got _type 'normal'"),
+        ({"_type": "choice", "_value": [0.5, 0.9]}, r"got _type 'choice'"),
+    ],
+)
+def test_layer_sparsity_rules_apply_with_a_target(spec: dict, message: str) -> None:
+    (parameter,) = ss.parse_search_space({"conv0_sparsity": spec})
+    with pytest.raises(ss.SearchSpaceError, match=message):
+        ss.check_layer_sparsity(parameter)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"_type": "uniform", "_value": [0, 1]},
+        {"_type": "choice", "_value": ["relu", "gelu"]},
+        {"_type": "normal", "_value": [0.5, 0.1]},
+        {"_type": "randint", "_value": [0, 4]},
+    ],
+)
+def test_without_a_target_a_sparsity_key_is_any_hyperparameter(spec: dict) -> None:
+    """NNI's TPE accepts these; so does PruneTPE when it does not rescale (issue 9, item 5)."""
+    from nni_prune_tuners.tuner import PruneTPETuner
+
+    tuner = PruneTPETuner(seed=0)
+    tuner.update_search_space({"act_sparsity": spec, "lr": {"_type": "uniform", "_value": [0, 1]}})
+    for i in range(12):
+        params = tuner.generate_parameters(i)
+        tuner.receive_trial_result(i, params, params["lr"])
+    assert "act_sparsity" in params

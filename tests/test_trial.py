@@ -372,3 +372,31 @@ def test_standalone_cli_prunes_the_vit_by_dotted_names(tmp_path: Path) -> None:
         weight = state[f"{layer}.weight"]
         assert int((weight == 0).sum()) == num_pruned(weight.numel(), 0.9)
     assert int((state["blocks.2.attn.v.weight"] == 0).sum()) == 0
+
+
+@pytest.mark.slow
+def test_zoo_trial_runs_under_nnictl(registered: list[str], zoo_cache: Path, tmp_path: Path) -> None:
+    """``--model`` in the trialCommand: PruneTPE over the LeNet-300-100 space, as users run it."""
+    from tests.experiment import nni_experiment
+
+    config = {
+        "searchSpace": json.loads((ROOT / "search_spaces" / "mlp_digits.json").read_text()),
+        "trialCommand": f"{sys.executable} -m trials.prune_trial --model {ZOO_MODEL} "
+                        f"--epochs 4 --cache-dir {zoo_cache}",
+        "trialCodeDirectory": str(ROOT),
+        "trialConcurrency": 2,
+        "maxTrialNumber": 2,
+        "tuner": {"name": "PruneTPE", "classArgs": {
+            "optimize_mode": "maximize", "target_sparsity": 0.9, "seed": 0,
+            "profile": str(ROOT / "search_spaces" / "mlp_digits.profile.json")}},
+        "trainingService": {"platform": "local"},
+    }
+    with nni_experiment(config, workdir=tmp_path) as experiment:
+        experiment.wait(timeout=300)
+        trials = experiment.trials()
+    assert [t.status for t in trials] == ["SUCCEEDED"] * 2
+    for trial in trials:
+        assert set(trial.parameters["prune_method"]) == {"_name", "fc1_sparsity", "fc2_sparsity",
+                                                         "fc3_sparsity"}
+        assert abs(trial.final["sparsity"] - 0.9) < 1e-3 and 0.3 < trial.final["default"] < 0.95
+        assert len(trial.intermediates) == 4

@@ -1,5 +1,9 @@
 """Command line: ``python -m nni_prune_tuners {register,unregister,check,export,profile}``.
 
+A failure is one line ``error: ...`` and no traceback: exit status 2 when the input is wrong
+(the command line, the config or the files they name: fix it and run again), 1 when the work
+itself failed (nnictl, a corrupt database, an output that cannot be written).
+
 ``profile`` is the torch-side profiler (:mod:`nni_prune_tuners.trial.profile`, the ``trial``
 extra), imported only when that command runs, so the other commands never load torch.
 """
@@ -57,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _profile(argv[1:], prog=f"{_parser().prog} profile")
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from nni_prune_tuners.export import ExportError
+
     try:
         if args.command == "register":
             _logger.info("registered: %s", ", ".join(registration.register()))
@@ -75,10 +81,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             result = export_best(args.experiment, args.out, experiment_dir=args.experiment_dir)
             _logger.info("%s", json.dumps(result["config_list"]))
-    except (registration.RegistrationError, ValueError) as error:
-        _logger.error("error: %s", error)
+    except ValueError as error:
+        _logger.error("error: %s", _one_line(error))
+        return 2
+    except (registration.RegistrationError, ExportError, OSError) as error:
+        _logger.error("error: %s", _one_line(error))
         return 1
     return 0
+
+
+def _one_line(error: Exception) -> str:
+    """The message on one line: nnictl's output and YAML errors come with line breaks."""
+    return " | ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ NNI 3.0 runs a registered algorithm's classArgs validator only for legacy config
 convert; for every current config the tuner is first built inside the dispatcher, after
 ``nnictl create`` has returned, and a mistake shows up as an experiment in ERROR state. This
 check builds the tuner and assessor exactly as the dispatcher will, on the config's own search
-space, so the same error (naming the key and value) reaches the user at once.
+space read exactly as NNI reads it, so the same error (naming the key and value) reaches the
+user at once, and a config that NNI runs is never refused.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from schema import SchemaError
 
 from nni_prune_tuners import search_space as ss
 from nni_prune_tuners.assessor import PruneEarlyStopClassArgsValidator
@@ -26,49 +29,108 @@ _logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CheckedConfig:
-    """What the check found: the resolved search space and the branches the target covers."""
+    """What the check found: the resolved search space, the branches the target covers, and
+    warnings about input that NNI accepts although it is not what it should be."""
 
     search_space: dict[str, Any]
     code_directory: Path
     branches: tuple[str, ...]
     warm_starts: int
+    warnings: tuple[str, ...] = ()
 
 
-def _algorithm(section: Any) -> tuple[str | None, dict[str, Any]]:
+def read_search_space_file(path: Path) -> tuple[Any, str | None]:
+    """The search space in ``path`` read as NNI 3.0 reads it, and a warning if it is not JSON.
+
+    NNI's ``ExperimentConfig`` tries ``json.loads`` and falls back to ``yaml.safe_load`` (so a
+    trailing comma or a YAML file runs); refusing those would refuse configs that NNI runs. The
+    warning says where strict JSON fails, because YAML 1.1 reads some JSON differently (``1e-3``
+    is a string to it).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"search space {str(path)!r} cannot be read: {_reason(error)}") from error
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as json_error:
+        where = (f"{json_error.msg} at line {json_error.lineno}, column {json_error.colno}: "
+                 f"{_line(text, json_error.lineno)!r}")
+        try:
+            space = yaml.safe_load(text)
+        except yaml.YAMLError as yaml_error:
+            problem = str(yaml_error).replace("\n", " ")
+            raise ValueError(f"search space {str(path)!r} is neither JSON ({where}) nor YAML "
+                             f"({problem})") from yaml_error
+    warning = (f"search space {str(path)!r} is not strict JSON ({where}); NNI 3.0 reads it as "
+               f"YAML, and so does this check")
+    return space, warning
+
+
+def _reason(error: Exception) -> str:
+    """An OS error without the path the message already names."""
+    return str(error.strerror) if isinstance(error, OSError) and error.strerror else str(error)
+
+
+def _line(text: str, lineno: int) -> str:
+    lines = text.splitlines()
+    return lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
+
+
+def _algorithm(config: Mapping[str, Any], role: str) -> tuple[str | None, dict[str, Any]]:
     """``(name, classArgs)`` of a v2 (``name``) or legacy (``builtinTunerName``) section."""
+    section = config.get(role)
     if not isinstance(section, Mapping):
         return None, {}
     name = section.get("name") or section.get("builtinTunerName") or section.get(
         "builtinAssessorName")
-    return name, dict(section.get("classArgs") or {})
+    class_args = section.get("classArgs")
+    if class_args is None:
+        return name, {}
+    if not isinstance(class_args, Mapping):
+        raise ValueError(f"{role} classArgs must be a mapping of option: value, got {class_args!r}")
+    return name, dict(class_args)
+
+
+def _read_config(path: Path) -> Mapping[str, Any]:
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"config {str(path)!r} cannot be read: {_reason(error)}") from error
+    except yaml.YAMLError as error:
+        problem = str(error).replace("\n", " ")
+        raise ValueError(f"config {str(path)!r} is not valid YAML: {problem}") from error
+    if not isinstance(config, Mapping):
+        raise ValueError(f"config {str(path)!r} must be a YAML mapping, got {config!r}")
+    return config
 
 
 def check_config(path: str | Path) -> CheckedConfig:
     """Validate ``path`` as NNI will use it; raise ``ValueError`` naming what is wrong."""
     path = Path(path)
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"config {str(path)!r} cannot be read: {error}") from error
-    if not isinstance(config, Mapping):
-        raise ValueError(f"config {str(path)!r} must be a YAML mapping")
+    config = _read_config(path)
     base = path.resolve().parent
     legacy = "trainingServicePlatform" in config
     trial = config.get("trial") or {}
-    code = config.get("trialCodeDirectory", ".") if not legacy else trial.get("codeDir", ".")
-    code_directory = (base / code).resolve()
+    code = trial.get("codeDir", ".") if legacy and isinstance(trial, Mapping) else config.get(
+        "trialCodeDirectory", ".")
+    code_directory = (base / str(code)).resolve()
 
+    warnings: list[str] = []
     if "searchSpace" in config:
         space = config["searchSpace"]
     else:
         key = "searchSpacePath" if legacy else "searchSpaceFile"
         if key not in config:
             raise ValueError(f"config {str(path)!r} has neither searchSpace nor {key}")
-        space_path = base / config[key]
-        space = ss.decode_json(space_path.read_text(encoding="utf-8"),
-                               source=f"search space {str(space_path)!r}")
+        space, warning = read_search_space_file(base / str(config[key]))
+        if warning is not None:
+            _logger.warning("warning: %s", warning)
+            warnings.append(warning)
+    if not isinstance(space, Mapping):
+        raise ValueError(f"the search space must be a mapping of parameter: spec, got {space!r}")
 
-    tuner_name, tuner_args = _algorithm(config.get("tuner"))
+    tuner_name, tuner_args = _algorithm(config, "tuner")
     branches: tuple[str, ...] = ()
     warm_starts = 0
     if tuner_name == "PruneTPE":
@@ -76,16 +138,19 @@ def check_config(path: str | Path) -> CheckedConfig:
             # as the dispatcher will resolve it: against the trial code directory
             tuner_args["profile"] = str(resolve_path(tuner_args["profile"], code_directory))
         tuner = PruneTPETuner(**tuner_args)
-        tuner.update_search_space(space)
+        tuner.update_search_space(dict(space))
         if tuner_args.get("target_sparsity") is not None:
             branches = tuple(active.label for active in ss.active_sets(tuner.parameters))
         warm_starts = tuner.pending_warm_starts
     else:
-        ss.parse_search_space(space)
+        ss.parse_search_space(dict(space))
         _logger.info("tuner %r is not PruneTPE: only the search space was checked", tuner_name)
 
-    assessor_name, assessor_args = _algorithm(config.get("assessor"))
+    assessor_name, assessor_args = _algorithm(config, "assessor")
     if assessor_name == "PruneEarlyStop":
-        PruneEarlyStopClassArgsValidator().validate_class_args(**assessor_args)
-    return CheckedConfig(dict(space), code_directory, branches, warm_starts)
-
+        try:
+            PruneEarlyStopClassArgsValidator().validate_class_args(**assessor_args)
+        except SchemaError as error:
+            message = str(error.code).strip().splitlines()[-1]
+            raise ValueError(f"assessor PruneEarlyStop: {message}") from None
+    return CheckedConfig(dict(space), code_directory, branches, warm_starts, tuple(warnings))

@@ -43,21 +43,40 @@ class TrialRecord:
         return float(value)
 
 
+class ExportError(RuntimeError):
+    """The experiment's records cannot be read, or the result cannot be written."""
+
+
 def find_experiment_dir(experiment_id: str, *, nni_home: Path = NNI_HOME) -> Path:
-    """The folder NNI writes experiment ``experiment_id`` to (it holds ``db/nni.sqlite``)."""
+    """The folder NNI writes experiment ``experiment_id`` to (it holds ``db/nni.sqlite``).
+
+    A corrupt registry is named in the error (and skipped) rather than raised as a traceback:
+    the experiment may still sit in the default folder.
+    """
     candidates = []
     registry = nni_home / ".experiment"
+    registry_problem = ""
     if registry.exists():
-        entry = json.loads(registry.read_text()).get(experiment_id)
-        if entry and entry.get("logDir"):
-            candidates.append(Path(entry["logDir"]) / experiment_id)
+        try:
+            experiments = json.loads(registry.read_text(encoding="utf-8"))
+            if not isinstance(experiments, Mapping):
+                raise ValueError(f"a JSON object was expected, got {type(experiments).__name__}")
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            registry_problem = f"nnictl's experiment registry {str(registry)!r} is unreadable ({error})"
+            experiments = {}
+        entry = experiments.get(experiment_id)
+        if isinstance(entry, Mapping) and entry.get("logDir"):
+            candidates.append(Path(str(entry["logDir"])) / experiment_id)
     candidates.append(nni_home / experiment_id)
     for candidate in candidates:
         if (candidate / "db" / "nni.sqlite").exists():
+            if registry_problem:
+                _logger.warning("warning: %s; found the experiment in %s", registry_problem, candidate)
             return candidate
+    problem = f"; {registry_problem}" if registry_problem else ""
     raise ValueError(
-        f"experiment {experiment_id!r} not found (looked in {[str(c) for c in candidates]}); "
-        f"pass --experiment-dir"
+        f"experiment {experiment_id!r} not found (looked in {[str(c) for c in candidates]})"
+        f"{problem}; pass --experiment-dir"
     )
 
 
@@ -118,26 +137,42 @@ def assemble_trials(
 
 
 def load_experiment(experiment_dir: Path) -> tuple[dict[str, Any], list[TrialRecord]]:
-    """The experiment's config (latest revision) and its trials, in start order."""
+    """The experiment's config (latest revision) and its trials, in start order.
+
+    Raises:
+        ValueError: ``experiment_dir`` holds no ``db/nni.sqlite``.
+        ExportError: the database is corrupt, truncated, empty or not NNI's.
+    """
     database = experiment_dir / "db" / "nni.sqlite"
-    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    if not database.is_file():
+        raise ValueError(f"{str(experiment_dir)!r} is not an NNI experiment folder: it has no "
+                         f"db/nni.sqlite (the folder is <experimentWorkingDirectory>/<experiment id>)")
     try:
-        row = connection.execute(
-            "select params from ExperimentProfile order by revision desc limit 1"
-        ).fetchone()
-        config = json.loads(row[0]) if row else {}
-        trials = assemble_trials(
-            connection.execute(
-                "select timestamp, trialJobId, event, data from TrialJobEvent "
-                "order by timestamp, rowid"
-            ).fetchall(),
-            connection.execute(
-                "select timestamp, trialJobId, parameterId, type, data from MetricData "
-                "order by timestamp, sequence"
-            ).fetchall(),
-        )
-    finally:
-        connection.close()
+        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+        try:
+            row = connection.execute(
+                "select params from ExperimentProfile order by revision desc limit 1"
+            ).fetchone()
+            config = json.loads(row[0]) if row else {}
+            trials = assemble_trials(
+                connection.execute(
+                    "select timestamp, trialJobId, event, data from TrialJobEvent "
+                    "order by timestamp, rowid"
+                ).fetchall(),
+                connection.execute(
+                    "select timestamp, trialJobId, parameterId, type, data from MetricData "
+                    "order by timestamp, sequence"
+                ).fetchall(),
+            )
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        empty = " (the file is empty)" if database.stat().st_size == 0 else ""
+        raise ExportError(f"NNI's database {str(database)!r} cannot be read: {error}{empty}; "
+                          f"it is corrupt, truncated or not an NNI experiment database") from None
+    except (ValueError, TypeError, KeyError) as error:
+        raise ExportError(f"NNI's database {str(database)!r} holds a record that is not what NNI "
+                          f"writes: {error}") from None
     return config, trials
 
 
@@ -190,7 +225,7 @@ def best_trial(trials: list[TrialRecord], *, maximize: bool = True) -> TrialReco
     sign = 1.0 if maximize else -1.0
     scored = [(sign * t.score, t) for t in trials if t.status == "SUCCEEDED" and t.score is not None]
     if not scored:
-        raise ValueError("the experiment has no succeeded trial with a final metric")
+        raise ExportError("the experiment has no succeeded trial with a final metric")
     return max(scored, key=lambda pair: pair[0])[1]
 
 
@@ -203,7 +238,7 @@ def export_best(experiment_id: str, out: Path, *, experiment_dir: Path | None = 
     best = best_trial(trials, maximize=mode != "minimize")
     method, sparsities = layer_sparsities(best.parameters)
     if not sparsities:
-        raise ValueError(f"best trial {best.trial_id} has no *_sparsity parameter: {best.parameters}")
+        raise ExportError(f"best trial {best.trial_id} has no *_sparsity parameter: {best.parameters}")
     result = {
         "experiment_id": experiment_id,
         "trial_id": best.trial_id,
@@ -213,7 +248,10 @@ def export_best(experiment_id: str, out: Path, *, experiment_dir: Path | None = 
         "config_list": to_config_list(sparsities),
         "trials": len(trials),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    except OSError as error:
+        raise ExportError(f"cannot write {str(out)!r}: {error.strerror or error}") from None
     _logger.info("best of %d trials: %s (%s) -> %s", len(trials), best.trial_id, best.final, out)
     return result

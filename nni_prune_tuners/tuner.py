@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import math
+import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -99,6 +100,30 @@ def experiment_code_directory() -> Path | None:
     config = json.loads(base64.b64decode(encoded).decode("utf-8"))
     directory = config.get("trialCodeDirectory") or config.get("trial", {}).get("codeDir")
     return None if directory is None else Path(directory)
+
+
+def report_to_nni_manager(message: str) -> None:
+    """Tell the NNI manager of a fatal error so that the experiment shows ERROR with ``message``.
+
+    NNI's dispatcher logs an exception of a tuner's handler and waits for the next command that
+    never comes; its own error command (what NNI sends when the dispatcher itself fails), sent on
+    a connection of the tuner command channel, makes the manager end the experiment in ERROR.
+    Outside an experiment (no ``NNI_TUNER_COMMAND_CHANNEL``) this does nothing.
+    """
+    url = os.environ.get("NNI_TUNER_COMMAND_CHANNEL")
+    if not url:
+        return
+    _logger.error("%s", message)
+    from nni.runtime.tuner_command_channel import TunerCommandChannel
+    from nni.runtime.tuner_command_channel.command_type import CommandType
+
+    channel = TunerCommandChannel(url)
+    try:
+        channel.connect()
+        channel._send(CommandType.Error, message)
+        channel.disconnect()
+    except Exception as failure:  # the error is already logged; a broken channel adds nothing
+        _logger.warning("could not report the error to the NNI manager: %s", failure)
 
 
 def resolve_path(path: str, base: Path | None) -> Path:
@@ -245,6 +270,7 @@ class PruneTPETuner(Tuner):
         self._rng = np.random.RandomState(seed)
         self._accept_customized_trials()
 
+
     @property
     def study(self) -> optuna.Study:
         """The Optuna study behind the tuner (for inspection and plots)."""
@@ -289,11 +315,21 @@ class PruneTPETuner(Tuner):
     def update_search_space(self, search_space: Mapping[str, Any]) -> None:
         """Validate the space, check the target is feasible in every branch, plan warm starts.
 
-        Called again mid-run, it starts a fresh study and replays the finished trials that fit
-        the new space (the others are skipped with a logged reason).
+        Called again mid-run (``nnictl update searchspace``), an invalid space is rejected with a
+        logged error and the experiment goes on with the current one; a valid one starts a fresh
+        study and replays the finished trials that fit it (the others are skipped with a logged
+        reason).
         """
-        parameters = ss.parse_search_space(search_space)
-        groups = self._sparsity_groups(parameters) if self._options.target_sparsity else []
+        try:
+            parameters, groups = self._check_search_space(search_space)
+        except ValueError as error:
+            if not self._parameters:
+                # raised in the dispatcher's worker thread alone, the error would leave the
+                # experiment RUNNING with nothing running: NNI's manager never hears of it
+                report_to_nni_manager(f"PruneTPE: invalid search space: {error}")
+                raise
+            _logger.error("rejected the new search space, keeping the current one: %s", error)
+            return
         self._parameters = parameters
         self._groups = groups
         if self._study.get_trials(deepcopy=False):
@@ -313,6 +349,14 @@ class PruneTPETuner(Tuner):
             len(list(ss.walk(parameters))), len(ss.active_sets(parameters)),
             len(self._warm_starts),
         )
+
+    def _check_search_space(
+        self, search_space: Any
+    ) -> tuple[tuple[ss.Parameter, ...], list[_SparsityGroup]]:
+        """The parsed space and its sparsity groups; ValueError naming what is wrong."""
+        parameters = ss.parse_search_space(search_space)
+        groups = self._sparsity_groups(parameters) if self._options.target_sparsity else []
+        return parameters, groups
 
     def _sparsity_groups(self, parameters: Sequence[ss.Parameter]) -> list[_SparsityGroup]:
         options = self._options

@@ -296,3 +296,15 @@ def test_package_imports_without_torch() -> None:
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_bad_space_mid_run_is_rejected_and_the_current_one_kept(profile_path: Path) -> None:
+    tuner = make_tuner(profile_path)
+    first = tuner.generate_parameters(0)
+    tuner.receive_trial_result(0, first, evaluate(first))
+    tuner.update_search_space({"x": {"_type": "nope", "_value": [1]}})
+    assert_meets_target(tuner.generate_parameters(1))
+    with pytest.raises(SearchSpaceError, match="unknown _type 'nope'"):
+        PruneTPETuner(target_sparsity=TARGET, profile=str(profile_path)).update_search_space(
+            {"x": {"_type": "nope", "_value": [1]}}
+        )

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from nni_prune_tuners import allocation
 from nni_prune_tuners.dedup import SeenConfigurations
 from nni_prune_tuners.tuner import PruneTPETuner
-from tests.profiles import write_profile
+from tests.profiles import analytic_profile, write_profile
 from trials import analytic_trial
 
 
@@ -196,3 +196,56 @@ def test_failed_pruned_and_nan_trials_do_not_stop_the_model(tmp_path: Path) -> N
         tuner.trial_end(i, True)
     states = {t.state.name for t in tuner.study.trials}
     assert {"COMPLETE", "PRUNED", "FAIL"} <= states
+
+
+# -- sensitivity curves ---------------------------------------------------------------------------
+
+
+GRID = [0.0, 0.5, 0.8, 0.9, 0.95, 0.98]
+
+
+def sensitive_profile() -> dict[str, Any]:
+    """The analytic profile with one-shot curves: its sensitivities, read off the analytic trial."""
+    profile = analytic_profile()
+    for layer in profile["layers"]:
+        accuracy = [analytic_trial.final_accuracy("level", {layer["name"]: s}) for s in GRID]
+        layer["sensitivity"] = {"sparsities": GRID, "accuracy": accuracy}
+    return profile
+
+
+def test_the_sensitivity_allocation_is_the_budget_optimum_of_the_curves() -> None:
+    weights = np.array([100.0, 100.0, 800.0])
+    prior = allocation.Prior(
+        tuple(np.array([0.0, 0.5, 0.9, 0.99]) for _ in range(3)),
+        (np.array([0.0, 0.3, 0.6, 0.9]),  # fragile
+         np.array([0.0, 0.0, 0.01, 0.02]),  # robust
+         np.array([0.0, 0.01, 0.05, 0.3])),
+    )
+    budget = allocation.Block(weights, np.full(3, 0.0), np.full(3, 0.99), float(weights.sum()), 0.8,
+                              prior)
+    chosen = allocation.sensitivity_allocation(budget)
+    assert np.dot(weights, chosen) / weights.sum() == pytest.approx(0.8, abs=1e-9)
+    # brute force over a fine grid of the two free layers; the third takes what is left
+    best = np.inf
+    for a in np.linspace(0.0, 0.99, 100):
+        for b in np.linspace(0.0, 0.99, 100):
+            c = (0.8 * 1000 - 100 * a - 100 * b) / 800
+            if 0.0 <= c <= 0.99:
+                best = min(best, float(prior.drop(np.array([a, b, c])).sum()))
+    assert float(prior.drop(chosen).sum()) <= best + 1e-3
+    assert chosen[0] < chosen[1]  # the fragile layer is kept denser than the robust one
+
+
+def test_sensitivity_warm_start_and_prior_come_with_curves_in_the_profile(tmp_path: Path) -> None:
+    path = write_profile(tmp_path / "profile.json", sensitive_profile())
+    tuner = PruneTPETuner(seed=0, target_sparsity=0.9, profile=str(path))
+    tuner.update_search_space(analytic_trial.search_space())
+    assert tuner.pending_warm_starts == 2 * 5  # five heuristics in two branches
+    proposed = [tuner.generate_parameters(i) for i in range(10)]
+    accuracies = [analytic_trial.final_accuracy(*analytic_trial.parse_parameters(p))
+                  for p in proposed]
+    # the curves are the analytic trial's own (additive) damage: their optimum is the best start
+    assert max(accuracies) == pytest.approx(max(accuracies[8:]), abs=1e-4)
+    plain = PruneTPETuner(seed=0, target_sparsity=0.9, profile=str(write_profile(tmp_path / "p2")))
+    plain.update_search_space(analytic_trial.search_space())
+    assert plain.pending_warm_starts == 2 * 4

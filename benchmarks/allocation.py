@@ -33,6 +33,7 @@ from nni.tuner import Tuner
 from benchmarks.driver import Evaluation, drive
 from benchmarks.landscapes import (
     GRID_POINTS,
+    HEURISTICS,
     NETWORK_LANDSCAPES,
     Landscape,
     landscape,
@@ -41,7 +42,7 @@ from benchmarks.landscapes import (
 from benchmarks.landscapes import LANDSCAPES as ALL_LANDSCAPES
 from benchmarks.tuners import _quiet, best_so_far, make_tuner, rescaled, run_jobs
 from nni_prune_tuners import search_space as ss
-from nni_prune_tuners.tuner import HEURISTICS, PruneTPETuner
+from nni_prune_tuners.tuner import PruneTPETuner
 
 _logger = logging.getLogger(__name__)
 

@@ -38,7 +38,6 @@ import numpy as np
 
 from nni_prune_tuners import sparsity
 from nni_prune_tuners.profile import load_profile
-from nni_prune_tuners.tuner import HEURISTICS
 from trials import analytic_trial
 
 _logger = logging.getLogger(__name__)
@@ -66,6 +65,9 @@ NETWORK_EPOCHS = 20
 NETWORK_LR = 3e-3
 #: Grid points per layer of the exhaustive search that bounds the optimum of three-layer networks.
 GRID_POINTS = 60
+#: The heuristics each landscape scores alone (issue 11): PruneTPE's warm starts that need no
+#: sensitivity curves (the landscapes' profiles carry none, so PruneTPE never proposes that one).
+HEURISTICS = ("uniform", "global_magnitude", "lamp", "erk")
 SYNTHETIC = tuple(f"{family}-{draw}" for family in ("additive", "interact") for draw in range(3))
 NETWORK_LANDSCAPES = tuple(f"{net}-{target:.2f}" for net in NETWORKS for target in NETWORK_TARGETS)
 LANDSCAPES: tuple[str, ...] = ("analytic", *SYNTHETIC, *NETWORK_LANDSCAPES)
@@ -212,6 +214,8 @@ def heuristic_allocation(
         profile = load_profile(profile_path)
         entries = [profile.layers[name] for name in layers]
         params = np.array([float(layer.params) for layer in entries])
+    if heuristic not in HEURISTICS:
+        raise ValueError(f"unknown heuristic {heuristic!r}; expected one of {list(HEURISTICS)}")
     share = min(target, 0.999)
     if heuristic == "uniform":
         raw = np.full(len(layers), share)

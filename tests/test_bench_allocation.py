@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks import allocation
 from benchmarks.landscapes import (
+    HEURISTICS,
     LANDSCAPES,
     NETWORK_LANDSCAPES,
     SYNTHETIC,
@@ -22,7 +23,7 @@ from benchmarks.landscapes import (
     softplus_excess,
 )
 from nni_prune_tuners.sparsity import global_sparsity
-from nni_prune_tuners.tuner import HEURISTICS, PruneTPETuner
+from nni_prune_tuners.tuner import PruneTPETuner
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,6 +101,8 @@ def test_heuristic_allocation_without_a_profile_names_what_is_missing() -> None:
     bounds = np.full(2, 0.0), np.full(2, 0.99)
     with pytest.raises(ValueError, match="lamp"):
         heuristic_allocation("lamp", {"a": 10, "b": 20}, ["a", "b"], *bounds, 0.5)
+    with pytest.raises(ValueError, match="'sensitivity'"):
+        heuristic_allocation("sensitivity", {"a": 10, "b": 20}, ["a", "b"], *bounds, 0.5)
 
 
 def test_unknown_landscape_is_named() -> None:

@@ -33,6 +33,8 @@ from nni_prune_tuners.export import TrialRecord, load_running
 from nni_prune_tuners.registration import nnictl_command
 
 REPO = Path(__file__).resolve().parent.parent
+#: ``nniManagerIp`` of every test experiment (NNI's server still listens on all interfaces).
+LOOPBACK = "127.0.0.1"
 NNICTL = nnictl_command()[0]
 
 
@@ -155,6 +157,7 @@ def analytic_config(
         "maxTrialNumber": max_trials,
         "tuner": dict(tuner),
         "trainingService": {"platform": "local"},
+        "nniManagerIp": LOOPBACK,
     }
     if assessor is not None:
         config["assessor"] = dict(assessor)

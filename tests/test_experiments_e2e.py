@@ -64,6 +64,7 @@ def test_legacy_config_format_runs(registered: list[str], tmp_path: Path) -> Non
         "searchSpacePath": "space.json",
         "useAnnotation": False,
         "logDir": str(tmp_path / "nni-experiments"),
+        "nniManagerIp": "127.0.0.1",
         "tuner": {"builtinTunerName": "PruneTPE", "classArgs": TUNER["classArgs"]},
         "trial": {"command": f"{sys.executable} -m trials.analytic_trial",
                   "codeDir": str(Path(__file__).resolve().parent.parent), "gpuNum": 0},

@@ -3,10 +3,15 @@
 Steps: cache the dense model, write its profile, check the config, ``nnictl create`` on a free
 loopback port with a progress line per finished trial, then print the best trials, export the
 best configuration as an NNI ``config_list`` (and prove NNI's own ``LevelPruner`` accepts it),
-save the pruned weights, and write ``report.md`` with a best-so-far plot. The experiment is
-stopped on the way out, also after an error or Ctrl-C.
+save the pruned weights, and write ``report.md`` with a best-so-far plot. Everything it writes
+goes under ``--out`` (the dense-weights cache aside). The NNI manager that ``nnictl create``
+starts is tracked by its port and pid and stopped on the way out, whatever the timing of an
+error or Ctrl-C, even one that lands inside ``nnictl create``.
 
     python -m trials.demo [--config trials/config.yml] [--max-trials N] [--out results/demo]
+
+Exit status: 0 done, 2 bad input (``error: ...``: the config or an option), 1 a failure while
+running (``error: ...``), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,17 +20,21 @@ import argparse
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import optuna
+import psutil
 import torch
 import yaml
 
@@ -42,6 +51,119 @@ _logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 NNICTL = nnictl_command()[0]
 FINISHED = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
+#: How nnimanager.log records the dispatcher's kill of a trial (PruneEarlyStop's decision).
+_KILL = re.compile(r'received command from dispatcher: KI, "(\w+)"')
+
+
+class UsageError(ValueError):
+    """Bad input (the config or an option): exit status 2."""
+
+
+class NniManager:
+    """The NNI manager that one ``nnictl create`` starts, tracked by port and pid, always stopped.
+
+    ``nnictl create`` starts the manager (node) in its own process group and registers it only
+    after the REST server answered, so a Ctrl-C inside ``create`` leaves a manager that neither
+    the terminal's signal reaches nor ``nnictl stop`` knows. ``create`` runs in its own session
+    (the demo alone decides when it ends); :meth:`stop` ends it, finds the manager by its
+    command line (``main.js --port P`` in our experiments directory) and terminates it as
+    ``nnictl stop`` does (SIGTERM: it stops its dispatcher and trials), then kills what is left.
+    """
+
+    def __init__(self, experiments_directory: Path) -> None:
+        self.port: int | None = None
+        self.experiments_directory = str(experiments_directory)
+        self.create_process: subprocess.Popen[str] | None = None
+        self.pids: set[int] = set()
+        self.stopped = ""
+
+    def create(self, config_path: Path, port: int, env: Mapping[str, str]) -> tuple[int, str]:
+        """Run ``nnictl create`` on loopback ``port``; its exit status and output."""
+        self.port = port
+        self.create_process = subprocess.Popen(
+            [NNICTL, "create", "--config", str(config_path), "--port", str(port)],
+            env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)
+        output, _ = self.create_process.communicate()
+        self.pids.update(self.find())
+        return self.create_process.returncode, output
+
+    def find(self) -> set[int]:
+        """Pids of live NNI managers serving this port from this experiments directory."""
+        found = set()
+        for process in psutil.process_iter(["cmdline"]):
+            words = process.info["cmdline"] or []
+            if (any(w.endswith("main.js") for w in words)
+                    and _option(words, "--port") == str(self.port)
+                    and _option(words, "--experiments-directory") == self.experiments_directory):
+                found.add(process.pid)
+        return found
+
+    def stop(self, timeout: float = 60.0) -> str:
+        """Stop everything this create started; what happened, in words. Safe to call again."""
+        if self.stopped:
+            return self.stopped
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this
+        try:
+            self.stopped = self._stop(timeout)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return self.stopped
+
+    def _stop(self, timeout: float) -> str:
+        if self.create_process is None or self.port is None:
+            return "no experiment was started"
+        if self.create_process.poll() is None:
+            os.killpg(self.create_process.pid, signal.SIGKILL)  # no manager starts after this
+            self.create_process.wait()
+        self.pids.update(self.find())
+        live = [p for p in (_process(pid) for pid in sorted(self.pids)) if p is not None]
+        for process in live:
+            process.terminate()
+        _, alive = psutil.wait_procs(live, timeout=timeout)
+        for process in alive:
+            process.kill()
+        psutil.wait_procs(alive, timeout=10)
+        pids = ", ".join(map(str, sorted(self.pids))) or "none"
+        if _listening(self.port):
+            return (f"the NNI manager on port {self.port} (pid {pids}) is still running: "
+                    f"stop it with kill")
+        if not self.pids:
+            return f"no NNI manager had started on port {self.port}"
+        forced = " (killed: it did not stop in time)" if alive else ""
+        return f"the experiment was stopped (NNI manager pid {pids}, port {self.port}){forced}"
+
+
+def _option(words: Sequence[str], flag: str) -> str | None:
+    return words[words.index(flag) + 1] if flag in words[:-1] else None
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def early_stopped(manager_log: str) -> set[str]:
+    """Trials the dispatcher told NNI to kill: PruneEarlyStop's decisions.
+
+    NNI 3.0's local training service marks them ``USER_CANCELED`` (it records the early stop
+    only after the trial has ended), so the kills in ``nnimanager.log`` say which they were.
+    """
+    return set(_KILL.findall(manager_log))
+
+
+def shown_status(trial: TrialRecord, killed: set[str]) -> str:
+    """The status to show: ``EARLY_STOPPED`` for a trial the assessor stopped."""
+    if trial.status == "USER_CANCELED" and trial.trial_id in killed:
+        return "EARLY_STOPPED"
+    return trial.status
 
 
 def free_port() -> int:
@@ -61,16 +183,35 @@ def write_profile(path: Path) -> tuple[dict[str, Any], float]:
     return profile, accuracy(model, data.x_val, data.y_val)
 
 
-def experiment_config(source: Path, out: Path, max_trials: int | None) -> Path:
-    """A copy of ``source`` with absolute paths, its working directory under ``out``."""
-    config = yaml.safe_load(source.read_text())
+def experiment_config(source: Path, out: Path, max_trials: int | None, profile: Path) -> Path:
+    """A copy of ``source`` with absolute paths, its working directory and PruneTPE's profile
+    (the one the demo wrote) under ``out``; ``UsageError`` naming what the demo cannot run."""
+    try:
+        config = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise UsageError(f"config {str(source)!r} cannot be read: {reason}") from None
+    except yaml.YAMLError as error:
+        problem = " ".join(str(error).split())
+        raise UsageError(f"config {str(source)!r} is not valid YAML: {problem}") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"config {str(source)!r} must be a YAML mapping, got {config!r}")
+    for key in ("trialCommand", "tuner"):
+        if key not in config:
+            raise UsageError(f"config {str(source)!r} has no {key}: the demo runs NNI v2 configs")
+    if max_trials is None and not isinstance(config.get("maxTrialNumber"), int):
+        raise UsageError(f"config {str(source)!r} has no maxTrialNumber: set it or pass --max-trials")
     base = source.resolve().parent
     for key in ("searchSpaceFile", "trialCodeDirectory"):
         if key in config:
-            config[key] = str((base / config[key]).resolve())
+            config[key] = str((base / str(config[key])).resolve())
     config["experimentWorkingDirectory"] = str((out / "nni-experiments").resolve())
     if max_trials is not None:
         config["maxTrialNumber"] = max_trials
+    tuner = config["tuner"]
+    if isinstance(tuner, dict) and isinstance(tuner.get("classArgs"), dict) and (
+            "profile" in tuner["classArgs"]):
+        tuner["classArgs"]["profile"] = str(profile)
     path = out / "experiment.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -91,7 +232,7 @@ class Rest:
         return load_running(self.port)
 
 
-def follow(rest: Rest, max_trials: int, timeout: float) -> None:
+def follow(rest: Rest, max_trials: int, timeout: float, manager_log: Path) -> None:
     """Print one line per finished trial until the experiment is done."""
     seen: set[str] = set()
     best = float("-inf")
@@ -100,7 +241,9 @@ def follow(rest: Rest, max_trials: int, timeout: float) -> None:
         status = rest.get("check-status")["status"]
         if status == "ERROR":
             raise RuntimeError(f"experiment failed: {rest.get('check-status')}")
-        for trial in rest.trials():
+        trials = rest.trials()
+        killed = early_stopped(manager_log.read_text()) if manager_log.exists() else set()
+        for trial in trials:
             if trial.status in FINISHED and trial.trial_id not in seen:
                 seen.add(trial.trial_id)
                 accuracy = trial.score
@@ -108,7 +251,8 @@ def follow(rest: Rest, max_trials: int, timeout: float) -> None:
                     best = max(best, accuracy)
                 method = trial.parameters.get("prune_method", {}).get("_name", "?")
                 shown = f"{accuracy:.4f}" if accuracy is not None else "-"
-                print(f"[{len(seen):3d}/{max_trials}] {trial.trial_id} {trial.status:<13} "
+                print(f"[{len(seen):3d}/{max_trials}] {trial.trial_id} "
+                      f"{shown_status(trial, killed):<13} "
                       f"{method:<5} accuracy {shown}  best {best:.4f}", flush=True)
         if status in ("DONE", "STOPPED"):
             return
@@ -189,45 +333,69 @@ def plot(trials: list[TrialRecord], dense: float, path: Path) -> None:
     plt.close(figure)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trials.demo",
+                                     description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO / "trials" / "config.yml")
-    parser.add_argument("--max-trials", type=int, default=None, help="override maxTrialNumber")
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "demo")
+    parser.add_argument("--max-trials", type=_positive_int, default=None,
+                        help="override maxTrialNumber")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "demo",
+                        help="every file the demo writes goes here")
     parser.add_argument("--timeout", type=float, default=1800.0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    out: Path = args.out.resolve()
+    return parser
+
+
+def _loopback_only(output: str) -> str:
+    """nnictl's output without its list of web portal URLs on every interface."""
+    return "\n".join(line for line in output.splitlines() if "Web portal URLs" not in line)
+
+
+def run(args: argparse.Namespace, out: Path, manager: NniManager) -> int:
+    """The demo's five steps; ``manager`` holds the NNI manager it starts, for the caller to stop."""
     out.mkdir(parents=True, exist_ok=True)
+    profile_path = out / "profile.json"
+    config_path = experiment_config(args.config, out, args.max_trials, profile_path)
 
     print("1/5 dense model and profile", flush=True)
-    profile, dense = write_profile(REPO / "results" / "demo" / "profile.json")
-    print(f"    dense validation accuracy {dense:.4f}, prunable weights {profile['prunable_params']}")
+    profile, dense = write_profile(profile_path)
+    print(f"    dense validation accuracy {dense:.4f}, prunable weights {profile['prunable_params']}"
+          f" -> {profile_path}")
 
-    config_path = experiment_config(args.config, out, args.max_trials)
-    check_config(config_path)
+    try:
+        check_config(config_path)
+    except ValueError as error:
+        raise UsageError(f"{args.config}: {error}") from None
     config = yaml.safe_load(config_path.read_text())
     max_trials = int(config["maxTrialNumber"])
     target = config["tuner"]["classArgs"].get("target_sparsity")
     port = free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     print(f"2/5 nnictl create --config {config_path} --port {port}", flush=True)
-    created = subprocess.run([NNICTL, "create", "--config", str(config_path), "--port", str(port)],
-                             env=env, capture_output=True, text=True, check=False)
-    if created.returncode != 0:
-        raise RuntimeError(f"nnictl create failed:\n{created.stdout}\n{created.stderr}")
+    status, output = manager.create(config_path, port, env)
+    if status != 0:
+        raise RuntimeError(f"nnictl create failed: {_loopback_only(output)}")
     rest = Rest(port)
     try:
         experiment_id = rest.get("experiment")["id"]
-        print(f"    experiment {experiment_id}: web UI http://127.0.0.1:{port}", flush=True)
+        print(f"    experiment {experiment_id}: web UI http://127.0.0.1:{port} (NNI's server "
+              f"listens on every interface of this machine: see README, Exposure)", flush=True)
         print(f"3/5 running {max_trials} trials (PruneTPE, target {target}, PruneEarlyStop)",
               flush=True)
-        follow(rest, max_trials, args.timeout)
+        manager_log = out / "nni-experiments" / experiment_id / "log" / "nnimanager.log"
+        follow(rest, max_trials, args.timeout, manager_log)
         trials = rest.trials()
+        killed = early_stopped(manager_log.read_text()) if manager_log.exists() else set()
     finally:
-        subprocess.run([NNICTL, "stop", "--port", str(port)], env=env, capture_output=True,
-                       check=False)
-    print(f"    experiment {experiment_id} stopped")
+        stopped = manager.stop()
+    print(f"    {stopped}")
+    stopped_early = sum(shown_status(t, killed) == "EARLY_STOPPED" for t in trials)
 
     table = best_table(trials, dense)
     print("4/5 best trials\n" + table)
@@ -245,7 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "report.md").write_text(
         f"# Demo experiment {experiment_id}\n\n"
         f"`make demo` ({max_trials} trials, PruneTPE at target {target} with PruneEarlyStop, "
-        f"2 in flight). Dense validation accuracy {dense:.4f}.\n\n"
+        f"2 in flight; {stopped_early} early-stopped by PruneEarlyStop). Dense validation "
+        f"accuracy {dense:.4f}.\n\n"
         f"{table}\n\n![best accuracy so far](best_so_far.png)\n\n"
         f"Best configuration as an NNI `config_list` (`best.json`), accepted by NNI's "
         f"`LevelPruner` (masks at {level_sparsity:.4f} global sparsity):\n\n"
@@ -258,6 +427,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo; one line ``error: ...`` on failure, and the NNI manager always stopped."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the check builds a study: no chatter
+    out: Path = args.out.resolve()
+    manager = NniManager(out / "nni-experiments")
+    try:
+        return run(args, out, manager)
+    except KeyboardInterrupt:
+        print(f"interrupted: {manager.stop()}", file=sys.stderr, flush=True)
+        return 130
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (RuntimeError, OSError, ValueError) as error:  # TimeoutError, URLError are OSErrors
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
+    finally:
+        manager.stop()
+
+
 def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -265,8 +456,4 @@ def _terminate(signum: int, frame: Any) -> None:
 if __name__ == "__main__":
     # SIGTERM (kill, CI timeouts) unwinds like Ctrl-C, so the experiment is stopped either way
     signal.signal(signal.SIGTERM, _terminate)
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:
-        print("interrupted: the experiment was stopped", file=sys.stderr)
-        raise SystemExit(130) from None
+    sys.exit(main())

@@ -189,7 +189,8 @@ def parse_tuner_options(class_args: Mapping[str, Any], *, base: Path | None = No
         if unsupported:
             raise ValueError(
                 f"PruneTPE classArgs: warm_start={warm_start}: the profile lacks the data for "
-                f"{unsupported} (quantiles or shapes; 'layer_params' supports 'uniform' only)"
+                f"{unsupported} (quantiles, shapes, or sensitivity curves from nni-prune-tuners "
+                f"profile --sensitivity; 'layer_params' supports 'uniform' only)"
             )
     return TunerOptions(
         optimize_mode=args.get("optimize_mode", "maximize"),

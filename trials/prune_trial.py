@@ -212,10 +212,18 @@ def default_cache_dir() -> Path:
 
 
 def select_device(device: str | None = None) -> torch.device:
-    """The requested device, else CUDA when available, else CPU."""
+    """The requested device, else CUDA when available, else CPU; ``ValueError`` naming a device
+    torch does not know or CUDA that is not there, before any work."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
+    try:
+        selected = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}: expected cpu, cuda, cuda:N or another torch "
+                         f"device type") from exc
+    if selected.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine")
+    return selected
 
 
 @contextlib.contextmanager
@@ -328,20 +336,39 @@ def dense_state_dict(
         return _dense_memo[path]
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        if not path.exists():
+        state = _load_dense_cache(path) if path.exists() else None
+        if state is None:
             _logger.info("training the dense model into %s", path)
-            state = train_dense(model=model, data=variant)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as fh:
-                    torch.save(state, fh)
+                    torch.save(train_dense(model=model, data=variant), fh)
                 os.replace(tmp, path)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-    state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     _dense_memo[path] = state
     return state
+
+
+def _load_dense_cache(path: Path) -> dict[str, torch.Tensor] | None:
+    """The cached dense weights, or None (and a warning naming the file) when the file is corrupt.
+
+    A truncated, empty or overwritten cache would otherwise fail every trial with a torch error
+    that names no file; the caller retrains it under the lock it holds.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises EOFError, OSError, UnpicklingError, RuntimeError...
+        problem = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    else:
+        if isinstance(state, dict) and state and all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+            return state
+        problem = f"it holds a {type(state).__name__}, not a state dict"
+    _logger.warning("dense-model cache %s is corrupt (%s): retraining it", path, problem)
+    return None
 
 
 def run_trial(
@@ -495,6 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        if args.save is not None:
+            check_writable(args.save)
         schedule = AgpSchedule(
             initial_sparsity=args.agp_initial_sparsity,
             start_epoch=args.agp_start_epoch,
@@ -522,17 +551,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"prune_trial: error: {exc}", file=sys.stderr)
         return 2
     _logger.info("trial finished in %.2f s", time.perf_counter() - started)
-    if args.save is not None:
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(result.state_dict, args.save)
     final = result.final_metrics()
     if args.params is None:
         import nni
 
         nni.report_final_result(final)
     else:
-        print(json.dumps(final))
+        print(json.dumps(final), flush=True)
+    if args.save is not None:  # after the result is out: a failed save loses nothing else
+        try:
+            torch.save(result.state_dict, args.save)
+        except OSError as exc:
+            print(f"prune_trial: error: cannot save --save {str(args.save)!r}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 1
     return 0
+
+
+def check_writable(path: Path) -> None:
+    """``ValueError`` naming ``path`` unless a file can be written there (before any training)."""
+    if path.is_dir():
+        raise ValueError(f"--save {str(path)!r} is a directory; give a file name")
+    blocking = next((p for p in path.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ValueError(f"--save {str(path)!r} cannot be written: {str(blocking)!r} is not a directory")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--save {str(path)!r} cannot be written: {exc.strerror or exc}") from None
+    if not existed:
+        path.unlink()
 
 
 if __name__ == "__main__":

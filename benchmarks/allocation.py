@@ -295,6 +295,44 @@ def table(name: str, result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def overview(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """One row per landscape: the best heuristic, PruneTPE's default, the others' best (%)."""
+    budget = next(iter(next(iter(results.values()))["summary"].values()))["budget"]
+    marks = [str(n) for n in checkpoints(budget)]
+    columns: list[tuple[str, str, str]] = [
+        ("prunetpe", mark, f"PruneTPE n={mark}") for mark in marks
+    ]
+    columns.insert(len(marks) - 1, ("prunetpe", "worst", "PruneTPE worst seed n=60"))
+    columns += [("prunetpe-tpe", "60", "PruneTPE tpe n=60"), ("tpe", "60", "NNI TPE n=60"),
+                ("tpe", marks[-1], f"NNI TPE n={marks[-1]}"),
+                ("anneal", marks[-1], f"Anneal n={marks[-1]}"),
+                ("random", marks[-1], f"Random n={marks[-1]}")]
+    lines = [
+        "| landscape | best heuristic alone | " + " | ".join(c[2] for c in columns)
+        + " | optimum |",
+        "|---|---:|" + "---:|" * (len(columns) + 1),
+    ]
+    for name, result in results.items():
+        heuristic, level = _best_heuristic(result)
+        cells = []
+        for key, mark, _ in columns:
+            s = result["summary"].get(key, {}).get("best", {})
+            if mark == "worst":
+                stat = s.get("60")
+                cells.append("—" if stat is None else f"{100 * stat['worst']:.2f}")
+            elif mark not in s:
+                cells.append("—")
+            elif key == "prunetpe":
+                cells.append(f"{100 * s[mark]['mean']:.2f} ± {100 * s[mark]['std']:.2f}")
+            else:
+                cells.append(f"{100 * s[mark]['mean']:.2f}")
+        optimum = result["optimum"]
+        mark = {"exact": "", "SLSQP": " (SLSQP)", "grid": " (grid)"}[result["optimum_kind"]]
+        lines.append(f"| {name} | {100 * level:.2f} ({heuristic}) | " + " | ".join(cells)
+                     + (f" | {100 * optimum:.2f}{mark} |" if optimum is not None else " | — |"))
+    return "\n".join(lines)
+
+
 def plot(results: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     """Best-so-far mean per contender, one panel per landscape; heuristics as dashed lines."""
     import matplotlib
@@ -436,6 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sections = [f"`{command}` — {wall / 60:.1f} min wall on {args.workers} worker(s), "
                 f"{CONCURRENCY} trials in flight unless noted"]
+    sections.append("Overview — best accuracy (%) after n trials, mean over seeds (± sd for "
+                    "PruneTPE's default):\n\n" + overview(results))
     sections += [table(name, result) for name, result in results.items()]
     floors = [f"- {name}: sd of {NOISE_REPEATS} evaluations of one configuration "
               f"{100 * r['noise_floor']:.3f} points" for name, r in results.items()

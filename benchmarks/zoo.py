@@ -6,7 +6,10 @@ For each model of :data:`trials.models.ZOO` (the digits CNN on its 8x8 digits, t
 with two torch threads (the recipe of :data:`trials.prune_trial.RECIPES`); dense validation
 accuracy; validation accuracy right after Level pruning every layer to 0.9 (one-shot); and the
 same configuration fine-tuned with ``--seeds`` seeds, whose spread is the noise floor: a
-difference between allocations smaller than it is not evidence.
+difference between allocations smaller than it is not evidence. Uniform 0.9 wrecks networks
+with small sensitive layers (MobileNet's depthwise convolutions keep one weight of nine), so
+the LAMP allocation at global 0.9 (from the model's profile in ``search_spaces/``, layers within
+[0.05, 0.98] as in the search spaces) is measured the same way.
 
     python -m benchmarks.zoo [--models resnet_digits,...] [--seeds 5] [--epochs 5]
 
@@ -28,8 +31,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 
+from nni_prune_tuners.profile import load_profile
+from nni_prune_tuners.sparsity import rescale_to_target, threshold_allocation
 from trials.data import load_split
 from trials.masking import layer_weight, level_mask, prunable_layers
 from trials.models import ZOO
@@ -45,7 +51,9 @@ from trials.prune_trial import (
 
 _logger = logging.getLogger(__name__)
 RESULTS = Path("results") / "zoo"
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 SPARSITY = 0.9
+BOUNDS = (0.05, 0.98)
 
 
 def uniform_params(layers: Sequence[str], sparsity: float, method: str = "level") -> dict[str, Any]:
@@ -53,15 +61,30 @@ def uniform_params(layers: Sequence[str], sparsity: float, method: str = "level"
     return {"prune_method": {"_name": method, **{f"{n}_sparsity": sparsity for n in layers}}}
 
 
-def one_shot_accuracy(spec: str, sparsity: float, cache_dir: Path | None) -> float:
-    """Validation accuracy of the dense model with every layer Level-pruned, no fine-tuning."""
+def lamp_params(name: str, target: float) -> dict[str, Any]:
+    """The LAMP allocation at global ``target`` from the model's profile, rescaled into ``BOUNDS``."""
+    profile = load_profile(SPACES / f"{name}.profile.json")
+    layers = list(profile.layers.values())
+    counts = np.array([layer.params for layer in layers], dtype=float)
+    raw = threshold_allocation([layer.lamp_quantiles or () for layer in layers], counts, target)
+    n = len(layers)
+    sparsities = rescale_to_target(np.maximum(raw, 1e-6), [BOUNDS[0]] * n, [BOUNDS[1]] * n,
+                                   counts, target)
+    return {"prune_method": {"_name": "level", **{
+        f"{layer.name}_sparsity": float(s) for layer, s in zip(layers, sparsities, strict=True)}}}
+
+
+def one_shot_accuracy(spec: str, params: dict[str, Any], cache_dir: Path | None) -> float:
+    """Validation accuracy of the dense model Level-pruned as ``params`` say, no fine-tuning."""
     model = build_model(spec)
     variant = data_variant(model)
     model.load_state_dict(dense_state_dict(cache_dir, model=spec, data=variant))
+    layers = prunable_layers(model)
     with torch.no_grad():
-        for module in prunable_layers(model).values():
-            weight = layer_weight(module)
-            weight.mul_(level_mask(weight, sparsity))
+        for key, sparsity in params["prune_method"].items():
+            if key.endswith("_sparsity"):
+                weight = layer_weight(layers[key[: -len("_sparsity")]])
+                weight.mul_(level_mask(weight, sparsity))
     data = load_split(variant)
     return accuracy(model, data.x_val, data.y_val)
 
@@ -88,17 +111,21 @@ def bench_model(name: str, *, seeds: int, epochs: int, threads: Sequence[int],
     model.load_state_dict(dense_state_dict(cache_dir, model=spec))
     row["dense_val_acc"] = accuracy(model, data.x_val, data.y_val)
     row["dense_test_acc"] = accuracy(model, data.x_test, data.y_test)
-    row["one_shot_val_acc"] = one_shot_accuracy(spec, SPARSITY, cache_dir)
-    params = uniform_params(list(layers), SPARSITY)
-    finetuned = []
-    start = time.perf_counter()
-    for seed in range(seeds):
-        result = run_trial(params, epochs=epochs, seed=seed, model=spec, cache_dir=cache_dir)
-        finetuned.append(result.accuracy)
-    row["trial_s"] = (time.perf_counter() - start) / seeds
-    row["finetuned_val_acc"] = finetuned
-    row["finetuned_mean"] = statistics.fmean(finetuned)
-    row["finetuned_sd"] = statistics.stdev(finetuned) if len(finetuned) > 1 else 0.0
+    configs = {"uniform": uniform_params(list(layers), SPARSITY)}
+    if (SPACES / f"{name}.profile.json").exists():
+        configs["lamp"] = lamp_params(name, SPARSITY)
+    for label, params in configs.items():
+        row[f"{label}_params"] = params
+        row[f"{label}_one_shot_val_acc"] = one_shot_accuracy(spec, params, cache_dir)
+        finetuned = []
+        start = time.perf_counter()
+        for seed in range(seeds):
+            result = run_trial(params, epochs=epochs, seed=seed, model=spec, cache_dir=cache_dir)
+            finetuned.append(result.accuracy)
+        row["trial_s"] = (time.perf_counter() - start) / seeds
+        row[f"{label}_finetuned_val_acc"] = finetuned
+        row[f"{label}_finetuned_mean"] = statistics.fmean(finetuned)
+        row[f"{label}_finetuned_sd"] = statistics.stdev(finetuned) if len(finetuned) > 1 else 0.0
     _logger.info("%s: %s", name, row)
     return row
 
@@ -106,17 +133,21 @@ def bench_model(name: str, *, seeds: int, epochs: int, threads: Sequence[int],
 def _table(rows: Sequence[dict[str, Any]], threads: Sequence[int], epochs: int) -> str:
     header = (["model", "data", "layers", "weights", "dense val acc"]
               + [f"dense train ({n} thr)" for n in threads]
-              + ["one-shot 0.9 Level", f"0.9 Level + {epochs} ep fine-tune (mean ± sd)",
-                 "trial time"])
+              + ["uniform 0.9 one-shot", f"uniform 0.9 + {epochs} ep (mean ± sd)",
+                 "LAMP 0.9 one-shot", f"LAMP 0.9 + {epochs} ep (mean ± sd)", "trial time"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["model"], r["data"], str(r["prunable_layers"]), f"{r['prunable_weights']:,}",
                  f"{r['dense_val_acc']:.4f}"]
         cells += [f"{r[f'dense_train_s_{n}_threads']:.1f} s" for n in threads]
-        cells += [f"{r['one_shot_val_acc']:.4f}",
-                  f"{r['finetuned_mean']:.4f} ± {r['finetuned_sd']:.4f} "
-                  f"(n={len(r['finetuned_val_acc'])})",
-                  f"{r['trial_s']:.1f} s"]
+        for label in ("uniform", "lamp"):
+            if f"{label}_params" not in r:
+                cells += ["–", "–"]
+                continue
+            cells += [f"{r[f'{label}_one_shot_val_acc']:.4f}",
+                      f"{r[f'{label}_finetuned_mean']:.4f} ± {r[f'{label}_finetuned_sd']:.4f} "
+                      f"(n={len(r[f'{label}_finetuned_val_acc'])})"]
+        cells.append(f"{r['trial_s']:.1f} s")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -127,9 +158,10 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 3.5))
     width = 0.27
     ax.bar([x - width for x in xs], [r["dense_val_acc"] for r in rows], width, label="dense")
-    ax.bar(list(xs), [r["one_shot_val_acc"] for r in rows], width, label="one-shot 0.9 Level")
-    ax.bar([x + width for x in xs], [r["finetuned_mean"] for r in rows], width,
-           yerr=[r["finetuned_sd"] for r in rows], label="0.9 Level fine-tuned")
+    for offset, label in ((0.0, "uniform"), (width, "lamp")):
+        ax.bar([x + offset for x in xs], [r.get(f"{label}_finetuned_mean", 0.0) for r in rows],
+               width, yerr=[r.get(f"{label}_finetuned_sd", 0.0) for r in rows],
+               label=f"{label} 0.9 Level, fine-tuned")
     ax.set_xticks(list(xs), names)
     ax.set_ylabel("validation accuracy")
     ax.set_ylim(0, 1)
@@ -146,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(ZOO), help="comma list of zoo factory names")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--threads", default="1,2", help="torch threads for the dense timings")
+    parser.add_argument("--threads", default="1,2",
+                        help="torch threads for the dense timings ('' to skip them)")
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -156,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown or not names:
         parser.error(f"--models names unknown models {unknown}; the zoo: {list(ZOO)}")
     threads = [int(t) for t in args.threads.split(",") if t]
-    if args.seeds < 1 or args.epochs < 1 or not threads or min(threads) < 1:
+    if args.seeds < 1 or args.epochs < 1 or min(threads, default=1) < 1:
         parser.error("need --seeds >= 1, --epochs >= 1 and --threads of ints >= 1")
     rows = []
     with torch_threads(1):

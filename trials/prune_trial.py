@@ -61,7 +61,9 @@ class Recipe:
         epochs: dense training epochs.
         lr: dense learning rate.
         weight_decay: AdamW's decoupled weight decay (0: plain Adam).
-        finetune_lr: SGD learning rate of the trial's fine-tuning (momentum 0.9, decay 5e-4).
+        finetune_lr: learning rate of the trial's fine-tuning.
+        finetune_optimizer: ``"sgd"`` (momentum 0.9, weight decay 5e-4) or ``"adamw"`` (the
+            dense ``weight_decay``); Transformers fine-tune poorly with plain SGD.
         finetune_cosine: anneal the fine-tuning rate to 0 over the trial's epochs (cosine), so the
             final accuracy does not hang on the last few batches at a high rate.
         version: part of the cache file name: bump it when the recipe or the model changes, so a
@@ -72,6 +74,7 @@ class Recipe:
     lr: float = 1e-3
     weight_decay: float = 0.0
     finetune_lr: float = 0.02
+    finetune_optimizer: str = "sgd"
     finetune_cosine: bool = True
     version: int = 1
 
@@ -81,7 +84,8 @@ RECIPES: dict[str, Recipe] = {
     DEFAULT_MODEL: Recipe(epochs=30, lr=3e-3, finetune_cosine=False),
     "trials.models:resnet_digits": Recipe(epochs=12, lr=3e-3),
     "trials.models:mobilenet_digits": Recipe(epochs=12, lr=3e-3),
-    "trials.models:vit_digits": Recipe(epochs=20, lr=1e-3, weight_decay=0.05, finetune_lr=0.01),
+    "trials.models:vit_digits": Recipe(epochs=20, lr=1e-3, weight_decay=0.05, finetune_lr=3e-3,
+                                       finetune_optimizer="adamw"),
     "trials.models:mlp_digits": Recipe(epochs=15, lr=1e-3),
 }
 
@@ -440,9 +444,13 @@ def _run(
     recipe: Recipe,
 ) -> TrialResult:
     dense_acc = accuracy(model, data.x_val, data.y_val)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=recipe.finetune_lr, momentum=_MOMENTUM, weight_decay=_WEIGHT_DECAY
-    )
+    optimizer: torch.optim.Optimizer
+    if recipe.finetune_optimizer == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.finetune_lr,
+                                      weight_decay=recipe.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.finetune_lr, momentum=_MOMENTUM,
+                                    weight_decay=_WEIGHT_DECAY)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
                  if recipe.finetune_cosine else None)
     pruner = Pruner(model, params, epochs=epochs, optimizer=optimizer, agp=schedule)

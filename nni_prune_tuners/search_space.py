@@ -438,13 +438,17 @@ MAX_ENUMERATED = 100_000
 def configurations(parameters: Sequence[Parameter]) -> list[dict[str, Any]] | None:
     """Every configuration of a finite space (NNI-shaped), or None if it is infinite or too big.
 
-    Finite means only ``choice`` and ``randint``: what NNI's TPE deduplicates by grid search
-    before it reports the space exhausted.
+    Finite means only ``choice``, ``randint``, ``quniform`` and ``qloguniform``: what NNI's TPE
+    deduplicates by grid search before it reports the space exhausted.
     """
     options: list[list[Any]] = []
     for parameter in parameters:
         if parameter.type == "randint":
             values: list[Any] = list(range(int(parameter.args[0]), int(parameter.args[1])))
+        elif parameter.type in ("quniform", "qloguniform"):
+            low, high, q = parameter.args
+            steps = range(math.floor(low / q), math.ceil(high / q) + 1)
+            values = sorted({parameter.to_value(min(max(k * q, low), high)) for k in steps})
         elif parameter.type == "choice":
             values = []
             for option, branch in zip(parameter.args, parameter.branches, strict=True):

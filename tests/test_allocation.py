@@ -164,6 +164,21 @@ def test_a_finite_space_is_proposed_once_each_then_exhausted() -> None:
         tuner.generate_parameters(8)
 
 
+def test_nnis_own_finite_dedup_case() -> None:
+    """NNI's test_hpo_dedup space (its sigma-0 normal aside): six configurations, then exhausted."""
+    tuner = PruneTPETuner(seed=5)
+    tuner.update_search_space({"x": {"_type": "choice", "_value": ["a", "b"]},
+                               "y": {"_type": "quniform", "_value": [0, 1, 0.6]}})
+    seen = set()
+    for i in range(6):
+        params = tuner.generate_parameters(i)
+        tuner.receive_trial_result(i, params, 1.0)
+        seen.add((params["x"], params["y"]))
+    assert seen == {(x, y) for x in "ab" for y in (0.0, 0.6, 1.0)}
+    with pytest.raises(nni.NoMoreTrialError):
+        tuner.generate_parameters(6)
+
+
 def test_four_simultaneous_suggestions_differ_and_spread(tmp_path: Path) -> None:
     profile = write_profile(tmp_path / "profile.json")
     tuner = PruneTPETuner(seed=2, target_sparsity=0.9, profile=str(profile))

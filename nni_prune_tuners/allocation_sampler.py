@@ -63,6 +63,8 @@ class AllocationSampler(BaseSampler):
         base: The sampler for every other parameter (relative and independent).
         blocks: One block per branch that carries layer sparsities.
         seed: Seed of the model's draws.
+        constant_liar: Fit running trials at the mean result seen (they still count as taken
+            for deduplication either way).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class AllocationSampler(BaseSampler):
         blocks: Sequence[SparsityBlock],
         *,
         seed: int | None = None,
+        constant_liar: bool = True,
     ) -> None:
         self._base = base
         self._blocks = tuple(blocks)
@@ -83,6 +86,7 @@ class AllocationSampler(BaseSampler):
             name: sorted(options) for name, options in branch_options.items() if len(options) > 1
         }
         self._rng = np.random.RandomState(seed)
+        self._constant_liar = constant_liar
         self._proposed: dict[int, dict[str, float]] = {}
         self._proposals = [0] * len(self._blocks)
         self._regions = [allocation.TrustRegion() for _ in self._blocks]
@@ -170,9 +174,11 @@ class AllocationSampler(BaseSampler):
         finished, scores, pending = self._history(study, trial, block)
         posterior = None
         samples = np.vstack([finished, pending]) if len(pending) else finished
-        if len(scores):
+        if len(scores) and self._constant_liar:
             lie = np.full(len(pending), scores.mean())
             posterior = self._fit(index, samples, np.concatenate([scores, lie]), block.budget.prior)
+        elif len(scores):
+            posterior = self._fit(index, finished, scores, block.budget.prior)
         incumbent = None
         radius = self._regions[index].radius
         self._proposals[index] += 1

@@ -299,7 +299,8 @@ class PruneTPETuner(Tuner):
             )
         if self._options.allocation == "tpe" or not self._groups:  # groups: only with a target
             return tpe
-        return AllocationSampler(tpe, blocks_for(self._groups), seed=seed)
+        return AllocationSampler(tpe, blocks_for(self._groups), seed=seed,
+                                 constant_liar=self._options.constant_liar)
 
     def _new_study(self, generation: int) -> optuna.Study:
         sampler = self._sampler(self._seed + generation)

@@ -17,6 +17,7 @@ running (``error: ...``), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -114,7 +115,8 @@ class NniManager:
         if self.create_process is None or self.port is None:
             return "no experiment was started"
         if self.create_process.poll() is None:
-            os.killpg(self.create_process.pid, signal.SIGKILL)  # no manager starts after this
+            with contextlib.suppress(ProcessLookupError):  # it may end just now
+                os.killpg(self.create_process.pid, signal.SIGKILL)  # no manager starts after this
             self.create_process.wait()
         self.pids.update(self.find())
         live = [p for p in (_process(pid) for pid in sorted(self.pids)) if p is not None]

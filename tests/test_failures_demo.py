@@ -129,9 +129,9 @@ def test_demo_and_test_configs_keep_nni_manager_on_loopback() -> None:
 
 MANAGER_LOG = """\
 [2026-11-25 10:00:01] INFO (NNIManager) Trial job abcde status changed from WAITING to RUNNING
-[2026-11-25 10:00:05] INFO (NNIManager) received command from dispatcher: KI, "abcde"
+[2026-11-25 10:00:05] INFO (NNIManager) NNIManager received command from dispatcher: KI, "abcde"
 [2026-11-25 10:00:05] INFO (NNIManager) cancelTrialJob: "abcde"
-[2026-11-25 10:00:09] INFO (NNIManager) received command from dispatcher: ME, {"trial_job_id": "fghij"}
+[2026-11-25 10:00:09] INFO (NNIManager) NNIManager received command from dispatcher: ME, {"trial_job_id": "fghij"}
 """
 
 

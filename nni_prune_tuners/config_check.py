@@ -23,6 +23,7 @@ from schema import SchemaError
 from nni_prune_tuners import search_space as ss
 from nni_prune_tuners.assessor import PruneEarlyStopClassArgsValidator
 from nni_prune_tuners.tuner import PruneTPETuner, resolve_path
+from nni_prune_tuners.upload_check import check_training_service
 
 _logger = logging.getLogger(__name__)
 
@@ -153,4 +154,8 @@ def check_config(path: str | Path) -> CheckedConfig:
         except SchemaError as error:
             message = str(error.code).strip().splitlines()[-1]
             raise ValueError(f"assessor PruneEarlyStop: {message}") from None
+    # what NNI would upload (remote and cluster platforms) and the remote platform's pitfalls
+    for warning in check_training_service(config, code_directory):
+        _logger.warning("warning: %s", warning)
+        warnings.append(warning)
     return CheckedConfig(dict(space), code_directory, branches, warm_starts, tuple(warnings))

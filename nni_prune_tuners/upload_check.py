@@ -248,7 +248,7 @@ def remote_warnings(config: Mapping[str, Any]) -> list[str]:
         remote_hosts = {str(m.get("host") or m.get("ip")) for m in machines} - _LOOPBACK_HOSTS
         if not ip:
             warnings.append(
-                "note: nniManagerIp is not set: NNI 3.0's remote workers then call the manager "
+                "nniManagerIp is not set: NNI 3.0's remote workers then call the manager "
                 "back at ws://localhost:<port>, which works only when every machine is this "
                 "one; set nniManagerIp to an address of this machine that the workers reach")
         elif str(ip) in _LOOPBACK_HOSTS and remote_hosts:

@@ -13,6 +13,7 @@ interpreter by a bare or relative name can miss the environment ``pythonPath`` p
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -32,6 +33,7 @@ IGNORE_FILE = ".nniignore"
 #: Stop walking a directory tree after this many entries: far past the limit, and bounded.
 _WALK_CAP = 100 * NNI_MAX_FILES
 _PYTHON = re.compile(r"^python(\d+(\.\d+)*)?$")
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -231,13 +233,15 @@ def remote_warnings(config: Mapping[str, Any]) -> list[str]:
         if platform != "remote":
             continue
         machines = _machines(section)
-        command = _trial_command(config).split()
+        words = _trial_command(config).split()
+        settings = list(itertools.takewhile(_ASSIGNMENT.match, words))
+        command = words[len(settings):]
         interpreter = command[0] if command else ""
         if (any(m.get("pythonPath") for m in machines)
                 and _PYTHON.match(PurePosixPath(interpreter).name)
                 and not interpreter.startswith("/")):
             where = "the uploaded code directory" if "/" in interpreter else "PATH"
-            instead = " ".join(["/path/to/venv/bin/python", *command[1:]])
+            instead = " ".join([*settings, "/path/to/venv/bin/python", *command[1:]])
             warnings.append(
                 f"trialCommand starts with {interpreter!r}: on the remote platform NNI starts "
                 f"trials under /bin/bash, which can read the remote user's ~/.bashrc, and finds "

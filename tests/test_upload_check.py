@@ -223,6 +223,8 @@ def machines(*python_paths: str | None) -> list[dict[str, Any]]:
     ("/opt/venv/bin/python -m trials.prune_trial", ["/opt/venv/bin"], None),
     ("python3 -m trials.prune_trial", [None], None),
     ("bash run.sh", ["/opt/venv/bin"], None),
+    ("PRUNE_TRIAL_CACHE=/c python3 -m trials.prune_trial", ["/opt/venv/bin"], "PATH"),
+    ("PRUNE_TRIAL_CACHE=/c /opt/venv/bin/python -m trials.prune_trial", ["/opt/venv/bin"], None),
 ])
 def test_remote_trial_command_warning(command: str, python_paths: list[str | None],
                                       warned: str | None) -> None:
@@ -257,3 +259,22 @@ def test_remote_manager_address_notes(tmp_path: Path) -> None:
     warnings = check_config(config).warnings
     assert [w for w in warnings if "trialCommand starts with 'python3'" in w]
     assert [w for w in warnings if "nniManagerIp is not set" in w]
+
+
+def test_shipped_remote_config_passes_check_without_warnings(tmp_path: Path) -> None:
+    """trials/config.remote.yml as shipped, but for the profile (written by make demo)."""
+    from tests.profiles import write_profile
+
+    config = yaml.safe_load((REPO / "trials" / "config.remote.yml").read_text())
+    assert config["trainingService"]["platform"] == "remote"
+    config["searchSpaceFile"] = str(REPO / "search_spaces" / "digits.json")
+    config["trialCodeDirectory"] = str(REPO)
+    config["tuner"]["classArgs"]["profile"] = str(write_profile(tmp_path / "profile.json"))
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(config))
+    assert check_config(path).warnings == ()
+    # the dense-model cache lives outside the uploaded copy, which is new for every experiment
+    command = config["trialCommand"].split()
+    cache = command[command.index("--cache-dir") + 1]
+    assert cache.startswith(("/", "~/")), cache
+    assert command[0].startswith("/") and len(config["trainingService"]["machineList"]) == 2

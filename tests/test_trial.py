@@ -400,3 +400,13 @@ def test_zoo_trial_runs_under_nnictl(registered: list[str], zoo_cache: Path, tmp
                                                          "fc3_sparsity"}
         assert abs(trial.final["sparsity"] - 0.9) < 1e-3 and 0.3 < trial.final["default"] < 0.95
         assert len(trial.intermediates) == 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"), ({"finetune_lr": 0.0}, "finetune_lr"),
+     ({"weight_decay": -0.1}, "weight_decay"), ({"finetune_optimizer": "adam"}, "'adam'")],
+)
+def test_bad_recipe_raises(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        prune_trial.Recipe(**kwargs)

@@ -78,6 +78,21 @@ class Recipe:
     finetune_cosine: bool = True
     version: int = 1
 
+    def __post_init__(self) -> None:
+        for name in ("epochs", "version"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        for name in ("lr", "finetune_lr"):
+            value = getattr(self, name)
+            if not (isinstance(value, float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite float > 0, got {value!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.finetune_optimizer not in ("sgd", "adamw"):
+            raise ValueError(
+                f"finetune_optimizer must be 'sgd' or 'adamw', got {self.finetune_optimizer!r}")
+
 
 #: Recipes of the zoo by ``module:factory``; any other model gets ``Recipe()``.
 RECIPES: dict[str, Recipe] = {

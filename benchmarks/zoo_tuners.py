@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            and r["tuner"] == tuner], args.budget)
                    for tuner in tuners}
         sections.append(bench.table(model, summary))
-        sections.append("Worst seed at n={}: ".format(args.budget) + ", ".join(
+        sections.append(f"Worst seed at n={args.budget}: " + ", ".join(
             f"{bench.TUNERS[t].label} {100 * min(c[-1] for c in summary[t]['curves']):.2f}%"
             for t in tuners))
         branches = len(ss.active_sets(ss.parse_search_space(

@@ -266,6 +266,8 @@ def check_training_service(config: Mapping[str, Any], code_directory: Path) -> l
     """Raise ``ValueError`` if NNI would refuse to upload ``code_directory``; return warnings."""
     uploading = [(p, s) for p, s in training_platforms(config) if p != "local"]
     if uploading:
+        if not code_directory.is_dir():
+            raise ValueError(f"trialCodeDirectory {str(code_directory)!r} is not a directory")
         platform = ", ".join(p for p, _ in uploading)
         count_directories = any(p != "remote" or _reuse_mode(config, s) for p, s in uploading)
         count = count_upload(code_directory, count_directories=count_directories)

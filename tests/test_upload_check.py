@@ -195,6 +195,11 @@ def test_check_names_the_size_limit_and_the_biggest_folder(tmp_path: Path) -> No
         check_config(remote_config(tmp_path, code))
 
 
+def test_check_names_a_missing_code_directory(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^trialCodeDirectory '.*missing' is not a directory$"):
+        check_config(remote_config(tmp_path, tmp_path / "missing"))
+
+
 def test_local_platform_uploads_nothing(tmp_path: Path) -> None:
     code = many_files(tmp_path / "code", NNI_MAX_FILES + 1)
     check_config(remote_config(tmp_path, code, trainingService={"platform": "local"}))

@@ -132,7 +132,7 @@ MANAGER_LOG = """\
 [2026-11-25 10:00:05] INFO (NNIManager) NNIManager received command from dispatcher: KI, "abcde"
 [2026-11-25 10:00:05] INFO (NNIManager) cancelTrialJob: "abcde"
 [2026-11-25 10:00:09] INFO (NNIManager) NNIManager received command from dispatcher: ME, {"trial_job_id": "fghij"}
-"""
+"""  # noqa: E501 (a real log line)
 
 
 def test_trials_the_assessor_stopped_show_as_early_stopped() -> None:

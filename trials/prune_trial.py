@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ from filelock import FileLock
 from torch import nn
 
 from nni_prune_tuners.trial import Pruner
+from nni_prune_tuners.trial.profile import load_factory
 from trials.data import DATA_VARIANTS, DigitsSplit, load_split
 from trials.masking import AgpSchedule, layer_weight, measured_sparsity, prunable_layers
 
@@ -103,23 +103,6 @@ RECIPES: dict[str, Recipe] = {
                                        finetune_optimizer="adamw"),
     "trials.models:mlp_digits": Recipe(epochs=15, lr=1e-3),
 }
-
-
-def load_factory(spec: str) -> Callable[[], nn.Module]:
-    """Import ``module:factory`` (e.g. ``trials.models:resnet_digits``) and return the factory."""
-    if not isinstance(spec, str):
-        raise ValueError(f"model must be a 'package.module:factory' string, got {spec!r}")
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"model must look like 'package.module:factory', got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import {module_name!r} from model {spec!r}: {exc}") from exc
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ValueError(f"{attr!r} in {module_name!r} is not a callable factory (model {spec!r})")
-    return factory
 
 
 def build_model(spec: str) -> nn.Module:

@@ -27,6 +27,8 @@ setup(
         "optuna>=4.0",
         "numpy>=1.24",
         "schema>=0.7",
+        "scipy>=1.10",
+        "threadpoolctl>=3.1",
         "setuptools>=77,<81",
     ],
     extras_require={

@@ -37,6 +37,10 @@ bench: venv
 	$(PY) -m benchmarks.assessor
 	$(PY) -m benchmarks.tuners
 	$(PY) -m benchmarks.allocation
+	$(PY) -m benchmarks.zoo
+	$(PY) -m benchmarks.heuristics
+	$(PY) -m benchmarks.zoo_tuners
+	$(PY) -m benchmarks.remote_overhead
 
 clean:
 	rm -rf $(VENV) results build *.egg-info

@@ -179,21 +179,6 @@ def interacting_optimum(
     return max(accuracy(found), accuracy(start))
 
 
-def lamp_scores(weight: np.ndarray) -> np.ndarray:
-    """LAMP scores (Lee et al., ICLR 2021), as ``trials.profile_model.lamp_scores`` computes them.
-
-    Restated in numpy because ``trials.profile_model`` imports torch and the synthetic landscapes
-    stay torch-free.
-    """
-    squares = np.square(np.asarray(weight, dtype=np.float64).reshape(-1))
-    order = np.argsort(squares, kind="stable")
-    sorted_sq = squares[order]
-    tail = np.cumsum(sorted_sq[::-1])[::-1]
-    scores = np.zeros_like(squares)
-    scores[order] = np.divide(sorted_sq, tail, out=np.zeros_like(sorted_sq), where=tail > 0)
-    return scores
-
-
 def heuristic_allocation(
     heuristic: str,
     profile_path: Path | str | Mapping[str, int],
@@ -336,7 +321,7 @@ def synthetic_profile(layers: SyntheticLayers, draw: int) -> dict[str, Any]:
             "shape": list(layers.shapes[i]),
             "params": int(layers.params[i]),
             "magnitude_quantiles": [float(q) for q in np.quantile(np.abs(weight), levels)],
-            "lamp_quantiles": [float(q) for q in np.quantile(lamp_scores(weight), levels)],
+            "lamp_quantiles": [float(q) for q in np.quantile(sparsity.lamp_scores(weight), levels)],
         })
     return {"format": 1, "model": f"synthetic-{draw}",
             "prunable_params": int(layers.params.sum()), "layers": entries}

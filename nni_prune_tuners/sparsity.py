@@ -133,6 +133,23 @@ def rescale_to_target(
     return np.clip(c * r, low, high)
 
 
+def lamp_scores(weight: npt.ArrayLike) -> FloatArray:
+    """LAMP scores (Lee et al., ICLR 2021) of every weight, in the weight's flat order.
+
+    With the squared weights sorted ascending, ``score_u = w_u^2 / sum_{v >= u} w_v^2``: a weight
+    scores by its share of the energy of the weights at least as large. Ties are ordered by flat
+    index. An all-zero tensor scores 0 everywhere. Here, torch-free, so that the profiler and the
+    synthetic profiles of the benchmarks compute the same scores.
+    """
+    squares = np.square(np.asarray(weight, dtype=np.float64).reshape(-1))
+    order = np.argsort(squares, kind="stable")
+    sorted_sq = squares[order]
+    tail = np.cumsum(sorted_sq[::-1])[::-1]
+    scores = np.zeros_like(squares)
+    scores[order] = np.divide(sorted_sq, tail, out=np.zeros_like(sorted_sq), where=tail > 0)
+    return scores
+
+
 def quantile_cdf(threshold: float, quantiles: Sequence[float] | FloatArray) -> float:
     """Fraction of a layer's scores below ``threshold``, from its 101 percentile points.
 

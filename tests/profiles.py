@@ -8,15 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from nni_prune_tuners.sparsity import lamp_scores
 from trials import analytic_trial
 
 SHAPES = {"conv0": [16, 1, 3, 3], "conv1": [32, 16, 3, 3], "conv2": [64, 32, 3, 3], "fc": [10, 512]}
-
-
-def lamp_scores(weights: np.ndarray) -> np.ndarray:
-    squared = np.sort(weights.ravel() ** 2)
-    tail = np.cumsum(squared[::-1])[::-1]
-    return squared / tail
 
 
 def analytic_profile(seed: int = 0) -> dict[str, Any]:

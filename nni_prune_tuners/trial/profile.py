@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from nni_prune_tuners.sparsity import lamp_scores
 from nni_prune_tuners.trial.masking import layer_weight, level_mask, prunable_layers
 from nni_prune_tuners.trial.pruner import METHODS, SPARSITY_SUFFIX
 
@@ -63,22 +64,6 @@ def load_object(spec: str, *, what: str = "model") -> Callable[..., Any]:
 def load_factory(spec: str) -> Callable[[], nn.Module]:
     """Import ``module:factory`` (e.g. ``trials.models:digits_cnn``) and return the factory."""
     return load_object(spec, what="model")
-
-
-def lamp_scores(weight: np.ndarray) -> np.ndarray:
-    """LAMP scores (Lee et al., ICLR 2021) of every weight, in the weight's flat order.
-
-    With the squared weights sorted ascending, ``score_u = w_u^2 / sum_{v >= u} w_v^2``: a weight
-    scores by its share of the energy of the weights at least as large. Ties are ordered by flat
-    index. An all-zero tensor scores 0 everywhere.
-    """
-    squares = np.square(np.asarray(weight, dtype=np.float64).reshape(-1))
-    order = np.argsort(squares, kind="stable")
-    sorted_sq = squares[order]
-    tail = np.cumsum(sorted_sq[::-1])[::-1]
-    scores = np.zeros_like(squares)
-    scores[order] = np.divide(sorted_sq, tail, out=np.zeros_like(sorted_sq), where=tail > 0)
-    return scores
 
 
 def quantiles(values: np.ndarray) -> list[float]:

@@ -56,6 +56,7 @@ NETWORKS = {
     "mlp": "trials.models:mlp_digits",
     "cnn": "trials.models:digits_cnn",
     "deepmlp": "benchmarks.landscapes:deep_mlp_digits",
+    "mlp8": "benchmarks.landscapes:mlp_digits8",
 }
 NETWORK_TARGETS = (0.9, 0.95)
 NETWORK_BOUNDS = (0.05, 0.995)
@@ -454,6 +455,24 @@ def deep_mlp_digits() -> Any:
     model = nn.Sequential(OrderedDict(layers))
     model.input_shape = (1, 16, 16)  # type: ignore[assignment]
     model.data_variant = "digits_hard"  # type: ignore[assignment]
+    return model
+
+
+def mlp_digits8() -> Any:
+    """LeNet-300-100 (``fc1``..``fc3``) on the original 8x8 digits: the MLP landscape issue 11
+    measured its prototype on, where one-shot pruning at 0.9 keeps most of the accuracy."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    model = nn.Sequential(OrderedDict([
+        ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(64, 300)), ("relu1", nn.ReLU()),
+        ("fc2", nn.Linear(300, 100)), ("relu2", nn.ReLU()),
+        ("fc3", nn.Linear(100, 10)),
+    ]))
+    model.input_shape = (1, 8, 8)  # type: ignore[assignment]
+    model.data_variant = "digits"  # type: ignore[assignment]
     return model
 
 

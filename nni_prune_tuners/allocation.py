@@ -6,7 +6,7 @@ each curve a linear combination of hinge functions of the layer's log-density ``
 (a hierarchical Gaussian prior), so that a few trials teach the common shape and later ones the
 layer specifics. One posterior draw per suggestion (Thompson sampling) is maximised under the linear
 sparsity budget exactly by a multiple-choice knapsack over a per-layer grid, then rescaled to the
-target (Contract 3). Everything is numpy; nothing here knows Optuna or NNI.
+target (Contract 3). Everything is numpy and scipy; nothing here knows Optuna or NNI.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ FloatArray = npt.NDArray[np.float64]
 
 #: Hinge knots in log-density: each knot halves the density left in a layer (s = 0, .5, .75, ...).
 KNOTS = np.log(2.0) * np.arange(6)
-#: Candidate (noise variance, shared-curve variance, per-layer variance) of the standardised metric,
-#: chosen by marginal likelihood.
+#: Candidate noise and per-layer variances of the standardised metric, chosen by marginal likelihood.
 _NOISE = (0.01, 0.05, 0.2, 0.6)
 _LAYER = (0.05, 0.25, 1.0)
 #: Prior variance of the shared curve, split over the layers it is summed over.

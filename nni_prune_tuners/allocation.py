@@ -255,7 +255,7 @@ def solve_budget(
     if not np.all(np.isfinite(floor)):
         raise ValueError("every layer needs an allowed choice")
     slack = budget - float(floor.sum())
-    if slack <= 0:
+    if slack <= 1e-12 * max(budget, 1.0):  # every choice meets the budget (up to rounding)
         return np.asarray(grids[np.arange(layers), np.argmax(values, axis=1)])
     unit = slack / units
     excess = np.maximum(weights[:, None] * grids - floor[:, None], 0.0)

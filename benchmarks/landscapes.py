@@ -27,8 +27,6 @@ import itertools
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ import numpy as np
 from nni_prune_tuners import sparsity
 from nni_prune_tuners.profile import load_profile
 from trials import analytic_trial
+from trials.atomic import write_atomic
 
 _logger = logging.getLogger(__name__)
 
@@ -240,15 +239,7 @@ def flat_space(layers: Sequence[str], bounds: tuple[float, float]) -> dict[str, 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write ``payload`` so that a concurrent reader sees the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda handle: handle.write(json.dumps(payload).encode("utf-8")))
 
 
 # -- synthetic layers -------------------------------------------------------------------------
@@ -525,14 +516,7 @@ def trained_network(net: str) -> tuple[Any, dict[str, Any], Any, Path]:
     with FileLock(str(weights) + ".lock"):
         if not weights.exists():
             state = _train(factory, split)
-            fd, tmp = tempfile.mkstemp(dir=CACHE_DIR, prefix=weights.name, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    torch.save(state, handle)
-                os.replace(tmp, weights)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomic(weights, lambda handle: torch.save(state, handle))
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         if not profile.exists():
             write_json_atomic(profile, profile_model(model, name=attribute,

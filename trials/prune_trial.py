@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from torch import nn
 
 from nni_prune_tuners.trial import Pruner
 from nni_prune_tuners.trial.profile import load_factory
+from trials.atomic import write_atomic
 from trials.data import DATA_VARIANTS, DigitsSplit, load_split
 from trials.masking import AgpSchedule, layer_weight, measured_sparsity, prunable_layers
 
@@ -341,14 +341,8 @@ def dense_state_dict(
         state = _load_dense_cache(path) if path.exists() else None
         if state is None:
             _logger.info("training the dense model into %s", path)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    torch.save(train_dense(model=model, data=variant), fh)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            trained = train_dense(model=model, data=variant)
+            write_atomic(path, lambda handle: torch.save(trained, handle))
             state = torch.load(path, map_location="cpu", weights_only=True)
     _dense_memo[path] = state
     return state

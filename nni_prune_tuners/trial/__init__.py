@@ -12,6 +12,7 @@ Installed with the ``trial`` extra (``pip install nni-prune-tuners[trial]``). Th
 
 from __future__ import annotations
 
+from nni_prune_tuners.trial.batchnorm import recalibrate_batchnorm
 from nni_prune_tuners.trial.masking import (
     AgpSchedule,
     WeightMasker,
@@ -36,4 +37,5 @@ __all__ = [
     "num_pruned",
     "parse_params",
     "prunable_layers",
+    "recalibrate_batchnorm",
 ]

@@ -273,7 +273,7 @@ def table(name: str, result: Mapping[str, Any]) -> str:
     """Best accuracy (%) after n trials: mean ± sd over seeds (worst seed); heuristics alone."""
     summaries = result["summary"]
     first = next(iter(summaries.values()))
-    marks = checkpoints(first["budget"])
+    marks = checkpoints(max(s["budget"] for s in summaries.values()))
     lines = [
         f"**{name}** (target {result['target']}, {len(result['layers'])} layers) — best accuracy "
         f"(%) after n trials, mean ± sd over {first['seeds']} seeds (worst seed)",
@@ -282,7 +282,7 @@ def table(name: str, result: Mapping[str, Any]) -> str:
         "|---|" + "---:|" * (len(marks) + 2),
     ]
     for key, s in summaries.items():
-        cells = [_cell(s["best"][str(n)]) for n in marks]
+        cells = [_cell(s["best"][str(n)]) if str(n) in s["best"] else "—" for n in marks]
         lines.append(f"| {row_label(key)} | " + " | ".join(cells)
                      + f" | {100 * s['repeat_rate']:.1f}% | {s['tuner_seconds']:.1f} |")
     for heuristic, value in result["heuristics"].items():
@@ -297,7 +297,7 @@ def table(name: str, result: Mapping[str, Any]) -> str:
 
 def overview(results: Mapping[str, Mapping[str, Any]]) -> str:
     """One row per landscape: the best heuristic, PruneTPE's default, the others' best (%)."""
-    budget = next(iter(next(iter(results.values()))["summary"].values()))["budget"]
+    budget = max(s["budget"] for result in results.values() for s in result["summary"].values())
     marks = [str(n) for n in checkpoints(budget)]
     columns: list[tuple[str, str, str]] = [
         ("prunetpe", mark, f"PruneTPE n={mark}") for mark in marks
@@ -392,13 +392,13 @@ def _names(text: str, known: Sequence[str], option: str, parser: argparse.Argume
     return names
 
 
-def _caps(text: str, parser: argparse.ArgumentParser) -> dict[str, int]:
+def _caps(text: str, parser: argparse.ArgumentParser, option: str, unit: str) -> dict[str, int]:
     caps = {}
     for item in (part for part in text.split(",") if part):
         tuner, _, count = item.partition("=")
         if tuner not in CONTENDERS or not count.isdigit() or int(count) < 1:
-            parser.error(f"--cap: expected contender=seeds (seeds >= 1) with a contender from "
-                         f"{','.join(CONTENDERS)}, got {item!r}")
+            parser.error(f"{option}: expected contender={unit} ({unit} >= 1) with a contender "
+                         f"from {','.join(CONTENDERS)}, got {item!r}")
         caps[tuner] = int(count)
     return caps
 
@@ -415,6 +415,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="trials per run")
     parser.add_argument("--cap", default="", help="fewer seeds for some contenders, to bound the "
                         "wall time: e.g. prunetpe-tpe=5,anneal=5")
+    parser.add_argument("--budget-cap", default="", help="fewer trials for some contenders, where "
+                        "evaluations are slow: e.g. prunetpe=60 (the targets need 60; NNI TPE "
+                        "keeps --budget)")
     parser.add_argument("--wide", choices=("on", "off"), default="on",
                         help=f"also run {','.join(WIDE_TUNERS)} with {WIDE_CONCURRENCY} in flight "
                         f"on {','.join(WIDE_LANDSCAPES)} (where selected)")
@@ -431,18 +434,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     tuners = _names(args.tuners, list(CONTENDERS), "--tuners", parser)
     if args.seeds < 1 or args.budget < 1 or args.workers < 1:
         parser.error("--seeds, --budget and --workers must be >= 1")
-    caps = _caps(args.cap, parser)
+    caps = _caps(args.cap, parser, "--cap", "seeds")
+    budgets = {tuner: min(args.budget, trials)
+               for tuner, trials in _caps(args.budget_cap, parser, "--budget-cap", "trials").items()}
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _quiet()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     lands = {name: landscape(name) for name in names}  # trains the networks once, up front
-    jobs = [Job(name, tuner, seed, args.budget, CONCURRENCY)
+    jobs = [Job(name, tuner, seed, budgets.get(tuner, args.budget), CONCURRENCY)
             for name in names for tuner in tuners
             for seed in range(min(args.seeds, caps.get(tuner, args.seeds)))]
     if args.wide == "on":
-        jobs += [Job(name, tuner, seed, args.budget, WIDE_CONCURRENCY)
+        jobs += [Job(name, tuner, seed, budgets.get(tuner, args.budget), WIDE_CONCURRENCY)
                  for name in names if name in WIDE_LANDSCAPES
                  for tuner in tuners if tuner in WIDE_TUNERS
                  for seed in range(min(args.seeds, caps.get(tuner, args.seeds)))]
@@ -465,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "summary": {
                 row_key(tuner, concurrency): summarise(
                     [r for r in runs if r["objective"] == name and r["tuner"] == tuner
-                     and r["concurrency"] == concurrency], args.budget)
+                     and r["concurrency"] == concurrency], budgets.get(tuner, args.budget))
                 for tuner, concurrency in keys
             },
         }

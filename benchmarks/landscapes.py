@@ -12,7 +12,9 @@ can be computed. Families:
 - ``interact-{0,1,2}``: the same layers plus a damage for adjacent layers pruned past their knees
   together, and Gaussian metric noise (sd 0.003, seeded by ``noise_seed``).
 - ``<net>-0.90`` / ``<net>-0.95``: a network trained once on digits, scored by validation accuracy
-  after one-shot Level pruning at the suggested sparsities (no fine-tuning); imports torch lazily.
+  after one-shot Level pruning at the suggested sparsities (no fine-tuning; BatchNorm statistics
+  re-estimated on 1024 training images, which needs no gradient); imports torch lazily. The
+  ResNets (12 and 22 layers) are the landscapes with many layers.
 
 Synthetic layers get a plausible weight distribution (a scaled Student-t per layer, scale
 ``sqrt(2 / fan_in)``), so the profile carries magnitude and LAMP quantiles and shapes and all four
@@ -56,6 +58,8 @@ NETWORKS = {
     "cnn": "trials.models:digits_cnn",
     "deepmlp": "benchmarks.landscapes:deep_mlp_digits",
     "mlp8": "benchmarks.landscapes:mlp_digits8",
+    "resnet": "trials.models:resnet_digits",
+    "resnet20": "benchmarks.landscapes:resnet20_digits",
 }
 NETWORK_TARGETS = (0.9, 0.95)
 NETWORK_BOUNDS = (0.05, 0.995)
@@ -63,6 +67,10 @@ NETWORK_BOUNDS = (0.05, 0.995)
 NETWORK_VERSION = 1
 NETWORK_EPOCHS = 20
 NETWORK_LR = 3e-3
+#: Training images whose batch statistics re-estimate BatchNorm after each pruning (adaptive
+#: BatchNorm): without it the ResNets score at chance at 0.9 whatever the allocation.
+RECALIBRATION_IMAGES = 1024
+RECALIBRATION_BATCH = 256
 #: Grid points per layer of the exhaustive search that bounds the optimum of three-layer networks.
 GRID_POINTS = 60
 #: The heuristics each landscape scores alone (issue 11): PruneTPE's warm starts that need no
@@ -449,6 +457,14 @@ def deep_mlp_digits() -> Any:
     return model
 
 
+def resnet20_digits() -> Any:
+    """The zoo ResNet three blocks deep per stage (ResNet-20's shape, widths 16/32/64): 22 layers
+    to allocate (stem, 18 block convs, two shortcuts, head), BatchNorm, on the hard 16x16 digits."""
+    from trials.models import ResNetDigits
+
+    return ResNetDigits(blocks=(3, 3, 3))
+
+
 def mlp_digits8() -> Any:
     """LeNet-300-100 (``fc1``..``fc3``) on the original 8x8 digits: the MLP landscape issue 11
     measured its prototype on, where one-shot pruning at 0.9 keeps most of the accuracy."""
@@ -529,6 +545,7 @@ def trained_network(net: str) -> tuple[Any, dict[str, Any], Any, Path]:
 def _network(name: str) -> Landscape:
     import torch
 
+    from nni_prune_tuners.trial import recalibrate_batchnorm
     from trials.masking import layer_weight, level_mask, prunable_layers
     from trials.prune_trial import accuracy
 
@@ -545,6 +562,7 @@ def _network(name: str) -> Landscape:
             for layer, module in modules.items():
                 weight = dense[layer]
                 layer_weight(module).copy_(weight * level_mask(weight, float(values[layer])))
+        recalibrate_batchnorm(model, split.x_train[:RECALIBRATION_IMAGES].split(RECALIBRATION_BATCH))
         return accuracy(model, split.x_val, split.y_val)
 
     def evaluate(params: Mapping[str, Any]) -> float:

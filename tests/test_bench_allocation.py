@@ -157,7 +157,7 @@ def test_main_runs_end_to_end_and_writes_its_files(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     code = allocation.main(["--landscapes", "additive-0,interact-1", "--tuners",
                             "prunetpe,prunetpe-tpe,random", "--seeds", "2", "--cap", "random=1",
-                            "--budget", "12", "--workers", "1", "--out", str(tmp_path)])
+                            "--budget-cap", "prunetpe-tpe=8", "--budget", "12", "--workers", "1", "--out", str(tmp_path)])
     assert code == 0
     payload = json.loads((tmp_path / "allocation.json").read_text())
     assert set(payload["landscapes"]) == {"additive-0", "interact-1"}
@@ -166,20 +166,22 @@ def test_main_runs_end_to_end_and_writes_its_files(tmp_path: Path,
     assert len(payload["runs"]) == 2 * (2 + 2 + 1)
     assert summary["random"]["seeds"] == 1
     for run in payload["runs"]:
-        assert len(run["accuracies"]) == 12
+        assert len(run["accuracies"]) == (8 if run["tuner"] == "prunetpe-tpe" else 12)
         assert run["max_deviation"] < 1e-9
+    assert summary["prunetpe-tpe"]["budget"] == 8 and "12" not in summary["prunetpe-tpe"]["best"]
     # every PruneTPE run starts from its warm starts, so by n=4 it has the best heuristic
     best = max(payload["landscapes"]["additive-0"]["heuristics"].values())
     assert summary["prunetpe"]["curve_mean"][3] >= best - 1e-12
     assert payload["landscapes"]["interact-1"]["noise_floor"] == pytest.approx(0.003, rel=0.2)
     markdown = (tmp_path / "allocation.md").read_text()
     assert "**additive-0**" in markdown and "lamp alone" in markdown
+    assert "| PruneTPE (allocation: tpe) | " in markdown and "| — |" in markdown
     assert (tmp_path / "allocation.png").stat().st_size > 0
     assert markdown.strip() in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv", (["--landscapes", "additive-9"], ["--cap", "tpe=0"],
-                                  ["--cap", "nope=3"]))
+                                  ["--cap", "nope=3"], ["--budget-cap", "tpe=x"]))
 def test_main_rejects_bad_options(tmp_path: Path, argv: list[str],
                                   capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):

@@ -68,8 +68,9 @@ def local_search(name: str, *, evaluations: int, seed: int) -> tuple[float, dict
     return value, dict(zip(layers, best.tolist(), strict=True))
 
 
-def load(path: Path = PATH) -> dict[str, dict[str, Any]]:
+def load(path: Path | None = None) -> dict[str, dict[str, Any]]:
     """The recorded best-known results by landscape (empty when none were computed)."""
+    path = PATH if path is None else path
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for seed in range(args.restarts)]
         value, allocation = max(runs, key=lambda run: run[0])
         with FileLock(str(PATH) + ".lock"):  # several processes may merge into the file
-            record = load()
+            record = load(PATH)
             record[name] = {"value": value, "allocation": allocation,
                             "evaluations": args.evaluations, "restarts": args.restarts,
                             "per_restart": [run[0] for run in runs]}

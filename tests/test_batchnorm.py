@@ -17,7 +17,8 @@ def _net() -> nn.Sequential:
 def test_statistics_are_the_batches_exact_mean_and_variance() -> None:
     model = _net()
     batches = [torch.randn(8, 4) * 3 + 1 for _ in range(3)]
-    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "batches" not in k}
+    weights = {k: v.clone() for k, v in model.state_dict().items()
+               if "running" not in k and "batches" not in k}
     model.train()
 
     assert recalibrate_batchnorm(model, iter(batches)) == 1

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import allocation
+from benchmarks import allocation, best_known
 from benchmarks.landscapes import (
     HEURISTICS,
     LANDSCAPES,
@@ -157,7 +157,8 @@ def test_main_runs_end_to_end_and_writes_its_files(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     code = allocation.main(["--landscapes", "additive-0,interact-1", "--tuners",
                             "prunetpe,prunetpe-tpe,random", "--seeds", "2", "--cap", "random=1",
-                            "--budget-cap", "prunetpe-tpe=8", "--budget", "12", "--workers", "1", "--out", str(tmp_path)])
+                            "--budget-cap", "prunetpe-tpe=8", "--budget", "12", "--workers", "1",
+                            "--out", str(tmp_path)])
     assert code == 0
     payload = json.loads((tmp_path / "allocation.json").read_text())
     assert set(payload["landscapes"]) == {"additive-0", "interact-1"}
@@ -200,3 +201,37 @@ def test_network_landscape_is_deterministic_and_unchanged_by_evaluations() -> No
     assert second.evaluate(params) == scores[0] == scores[1] == first.heuristics["lamp"]
     assert first.optimum is not None and first.optimum >= max(first.heuristics.values())
     assert 0.1 < first.heuristics["lamp"] < 1.0
+
+
+def test_resnet20_landscape_network_has_22_layers_and_batchnorm() -> None:
+    from torch import nn
+
+    from benchmarks.landscapes import resnet20_digits
+    from trials.masking import prunable_layers
+
+    model = resnet20_digits()
+    assert len(prunable_layers(model)) == 22
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.slow
+def test_best_known_search_starts_at_the_best_heuristic_and_stays_at_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    land = landscape("mlp8-0.90")
+    value, found = best_known.local_search("mlp8-0.90", evaluations=40, seed=3)
+    assert value >= max(land.heuristics.values())
+    assert best_known.local_search("mlp8-0.90", evaluations=40, seed=3) == (value, found)
+    assert land.evaluate(_params(found)) == value
+    weights = np.array([land.weights[layer] for layer in found])
+    values = np.array(list(found.values()))
+    assert abs(float(weights @ values / weights.sum()) - 0.9) < 1e-9
+    assert np.all((values >= 0.05 - 1e-12) & (values <= 0.995 + 1e-12))
+
+    monkeypatch.setattr(best_known, "PATH", tmp_path / "best_known.json")
+    for name in ("mlp8-0.90", "mlp8-0.95"):
+        assert best_known.main(["--landscapes", name, "--evaluations", "5", "--restarts", "2"]) == 0
+    record = best_known.load(tmp_path / "best_known.json")
+    assert set(record) == {"mlp8-0.90", "mlp8-0.95"}
+    assert record["mlp8-0.90"]["value"] == max(record["mlp8-0.90"]["per_restart"])
+    assert "mlp8-0.95: best known" in capsys.readouterr().out

@@ -31,12 +31,21 @@ test: lint
 test-fast: lint
 	$(PY) -m pytest -m "not slow"; rc=$$?; [ $$rc -ne 5 ] || echo "make test-fast: no tests" >&2; exit $$rc
 
+# the ResNet landscapes take ~1 s an evaluation: fewer contenders and trials there
+CHEAP_NETS := mlp-0.90,cnn-0.90,deepmlp-0.90,mlp8-0.90,mlp-0.95,cnn-0.95,deepmlp-0.95,mlp8-0.95
+CHEAP_LANDSCAPES := analytic,additive-0,additive-1,additive-2,interact-0,interact-1,interact-2,$(CHEAP_NETS)
+RESNETS := resnet-0.90,resnet-0.95,resnet20-0.90,resnet20-0.95
+
 bench: venv
 	$(PY) -m benchmarks.tuner_latency
 	$(PY) -m benchmarks.masking
 	$(PY) -m benchmarks.assessor
 	$(PY) -m benchmarks.tuners
-	$(PY) -m benchmarks.allocation
+	$(PY) -m benchmarks.best_known --landscapes $(CHEAP_NETS)
+	$(PY) -m benchmarks.allocation --landscapes $(CHEAP_LANDSCAPES)
+	$(PY) -m benchmarks.best_known --landscapes resnet20-0.90,resnet-0.90 --evaluations 500 --restarts 1
+	$(PY) -m benchmarks.allocation --landscapes $(RESNETS) --tuners prunetpe,tpe --seeds 10 \
+		--cap tpe=5 --budget 180 --budget-cap prunetpe=60 --wide off --out results/bench/resnets
 	$(PY) -m benchmarks.zoo
 	$(PY) -m benchmarks.heuristics
 	$(PY) -m benchmarks.zoo_tuners

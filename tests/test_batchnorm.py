@@ -58,3 +58,20 @@ def test_no_batches_is_an_error_and_changes_nothing() -> None:
 def test_a_model_without_batchnorm_is_left_alone() -> None:
     model = nn.Sequential(nn.Linear(4, 2))
     assert recalibrate_batchnorm(model, []) == 0
+
+
+def test_the_readme_one_shot_proxy_keeps_the_masks_and_reports() -> None:
+    from nni_prune_tuners.trial import Pruner
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    params = {"0_sparsity": 0.5, "4_sparsity": 0.9}
+    pruner = Pruner(model, params, epochs=1, optimizer=optimizer, method="level")
+    pruner.on_epoch_start(0)
+    recalibrate_batchnorm(model, (torch.randn(16, 1, 8, 8) for _ in range(4)))
+    report = pruner.final(0.5)
+    assert report["method"] == "level"
+    assert pruner.layer_sparsity() == pytest.approx({"0": 0.5, "4": 0.9}, abs=0.01)
+    assert int(model[1].num_batches_tracked) == 4

@@ -43,7 +43,8 @@ bench: venv
 	$(PY) -m benchmarks.tuners
 	$(PY) -m benchmarks.best_known --landscapes $(CHEAP_NETS)
 	$(PY) -m benchmarks.allocation --landscapes $(CHEAP_LANDSCAPES)
-	$(PY) -m benchmarks.best_known --landscapes resnet20-0.90,resnet-0.90 --evaluations 500 --restarts 1
+	$(PY) -m benchmarks.best_known --landscapes resnet-0.90 --evaluations 500 --restarts 1
+	$(PY) -m benchmarks.best_known --landscapes resnet20-0.90 --evaluations 900 --restarts 1
 	$(PY) -m benchmarks.allocation --landscapes $(RESNETS) --tuners prunetpe,tpe --seeds 10 \
 		--cap tpe=5 --budget 180 --budget-cap prunetpe=60 --wide off --out results/bench/resnets
 	$(PY) -m benchmarks.zoo

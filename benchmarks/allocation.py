@@ -274,11 +274,12 @@ def _cell(stat: Mapping[str, float]) -> str:
 def table(name: str, result: Mapping[str, Any]) -> str:
     """Best accuracy (%) after n trials: mean ± sd over seeds (worst seed); heuristics alone."""
     summaries = result["summary"]
-    first = next(iter(summaries.values()))
     marks = checkpoints(max(s["budget"] for s in summaries.values()))
+    seeds = sorted({s["seeds"] for s in summaries.values()})
+    counted = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
     lines = [
         f"**{name}** (target {result['target']}, {len(result['layers'])} layers) — best accuracy "
-        f"(%) after n trials, mean ± sd over {first['seeds']} seeds (worst seed)",
+        f"(%) after n trials, mean ± sd over {counted} seeds (worst seed)",
         "",
         "| contender | " + " | ".join(f"n={n}" for n in marks) + " | exact repeats | tuner s/run |",
         "|---|" + "---:|" * (len(marks) + 2),

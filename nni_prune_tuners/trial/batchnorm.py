@@ -3,8 +3,8 @@
 Pruning shifts every activation distribution, so the running means and variances a network
 learned dense no longer fit; a ResNet pruned one-shot to 0.9 then scores at chance whatever the
 allocation. Recomputing the statistics on a few training batches ("adaptive BatchNorm", Li et
-al., EagleEye, ECCV 2020) restores a score that ranks allocations as fine-tuning does, in one
-forward pass, which makes one-shot allocation search meaningful on BatchNorm networks.
+al., EagleEye, ECCV 2020) restores, with forward passes only, a score that EagleEye found to
+correlate with accuracy after fine-tuning: one-shot allocation search on BatchNorm networks needs it.
 """
 
 from __future__ import annotations

@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from benchmarks.landscapes import CACHE_DIR, NETWORK_BOUNDS, NETWORK_LANDSCAPES, landscape
+from benchmarks.landscapes import (
+    CACHE_DIR,
+    NETWORK_BOUNDS,
+    NETWORK_LANDSCAPES,
+    Landscape,
+    landscape,
+)
 from benchmarks.landscapes import write_json_atomic as write_json
 from nni_prune_tuners import sparsity
 
@@ -38,9 +44,8 @@ MOVED = 0.3
 STEP, SMALLEST, LARGEST = 0.15, 0.01, 0.5
 
 
-def local_search(name: str, *, evaluations: int, seed: int) -> tuple[float, dict[str, float]]:
+def local_search(land: Landscape, *, evaluations: int, seed: int) -> tuple[float, dict[str, float]]:
     """``(best accuracy, its layer sparsities)`` of one (1+1)-ES run from the best heuristic."""
-    land = landscape(name)
     layers = sorted(land.weights)
     weights = np.array([land.weights[layer] for layer in layers])
     lo, hi = np.full(len(layers), NETWORK_BOUNDS[0]), np.full(len(layers), NETWORK_BOUNDS[1])
@@ -91,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     for name in names:
         started = time.perf_counter()
-        runs = [local_search(name, evaluations=args.evaluations, seed=seed)
+        land = landscape(name)
+        runs = [local_search(land, evaluations=args.evaluations, seed=seed)
                 for seed in range(args.restarts)]
         value, allocation = max(runs, key=lambda run: run[0])
         with FileLock(str(PATH) + ".lock"):  # several processes may merge into the file

@@ -219,9 +219,9 @@ def test_best_known_search_starts_at_the_best_heuristic_and_stays_at_the_target(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     land = landscape("mlp8-0.90")
-    value, found = best_known.local_search("mlp8-0.90", evaluations=40, seed=3)
+    value, found = best_known.local_search(land, evaluations=40, seed=3)
     assert value >= max(land.heuristics.values())
-    assert best_known.local_search("mlp8-0.90", evaluations=40, seed=3) == (value, found)
+    assert best_known.local_search(land, evaluations=40, seed=3) == (value, found)
     assert land.evaluate(_params(found)) == value
     weights = np.array([land.weights[layer] for layer in found])
     values = np.array(list(found.values()))

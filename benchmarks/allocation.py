@@ -41,7 +41,7 @@ from benchmarks.landscapes import (
     layer_sparsities,
 )
 from benchmarks.landscapes import LANDSCAPES as ALL_LANDSCAPES
-from benchmarks.tuners import _quiet, best_so_far, make_tuner, rescaled, run_jobs
+from benchmarks.tuners import _quiet, best_so_far, make_tuner, parse_names, rescaled, run_jobs
 from nni_prune_tuners import search_space as ss
 from nni_prune_tuners.tuner import PruneTPETuner
 
@@ -388,14 +388,6 @@ def plot(results: Mapping[str, Mapping[str, Any]], path: Path) -> None:
 # -- CLI ---------------------------------------------------------------------------------------
 
 
-def _names(text: str, known: Sequence[str], option: str, parser: argparse.ArgumentParser) -> list[str]:
-    names = [name for name in text.split(",") if name]
-    unknown = [name for name in names if name not in known]
-    if unknown or not names:
-        parser.error(f"{option}: unknown {unknown}; choose from {','.join(known)}")
-    return names
-
-
 def _caps(text: str, parser: argparse.ArgumentParser, option: str, unit: str) -> dict[str, int]:
     caps = {}
     for item in (part for part in text.split(",") if part):
@@ -434,8 +426,8 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    names = _names(args.landscapes, ALL_LANDSCAPES, "--landscapes", parser)
-    tuners = _names(args.tuners, list(CONTENDERS), "--tuners", parser)
+    names = parse_names(args.landscapes, ALL_LANDSCAPES, "--landscapes", parser)
+    tuners = parse_names(args.tuners, list(CONTENDERS), "--tuners", parser)
     if args.seeds < 1 or args.budget < 1 or args.workers < 1:
         parser.error("--seeds, --budget and --workers must be >= 1")
     caps = _caps(args.cap, parser, "--cap", "seeds")

@@ -34,6 +34,7 @@ from benchmarks.landscapes import (
     landscape,
 )
 from benchmarks.landscapes import write_json_atomic as write_json
+from benchmarks.tuners import parse_names
 from nni_prune_tuners import sparsity
 
 _logger = logging.getLogger(__name__)
@@ -87,10 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evaluations", type=int, default=2000, help="per restart")
     parser.add_argument("--restarts", type=int, default=4, help="seeds 0..N-1")
     args = parser.parse_args(argv)
-    names = [name for name in args.landscapes.split(",") if name]
-    unknown = [name for name in names if name not in NETWORK_LANDSCAPES]
-    if unknown or not names:
-        parser.error(f"--landscapes: unknown {unknown}; choose from {','.join(NETWORK_LANDSCAPES)}")
+    names = parse_names(args.landscapes, NETWORK_LANDSCAPES, "--landscapes", parser)
     if args.evaluations < 1 or args.restarts < 1:
         parser.error("--evaluations and --restarts must be >= 1")
     logging.basicConfig(level=logging.WARNING)

@@ -250,6 +250,17 @@ def _rescaled_trial(
     return evaluate(rescaled(params, parameters, weights, TARGET))
 
 
+def parse_names(
+    text: str, known: Sequence[str], option: str, parser: argparse.ArgumentParser
+) -> list[str]:
+    """The comma list ``text`` of an option; a parser error names any entry not in ``known``."""
+    names = [name for name in text.split(",") if name]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        parser.error(f"{option}: unknown {unknown}; choose from {','.join(known)}")
+    return names
+
+
 def _quiet() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("nni", "hyperopt", "nni_prune_tuners", "trials"):

@@ -148,14 +148,27 @@ def run_job(job: Job) -> dict[str, Any]:
     run = drive(tuner, land.space, trial, budget=job.budget, concurrency=job.concurrency)
     names = sorted(land.weights)
     suggestions = [(t.method, [t.layers[name] for name in names]) for t in run.trials]
-    return {
+    accuracies = [t.accuracy for t in run.trials]
+    result = {
         **asdict(job),
         "tuner_seconds": run.tuner_seconds,
         "trial_seconds": run.trial_seconds,
-        "accuracies": [t.accuracy for t in run.trials],
+        "accuracies": accuracies,
         "max_deviation": max(abs(t.sparsity - land.target) for t in run.trials),
         "repeats": repeats(suggestions),
     }
+    if land.holdout is not None:
+        result["holdout"] = {
+            str(n): land.holdout({f"{name}_sparsity": s for name, s in run.trials[pick].layers.items()})
+            for n, pick in picks(accuracies, checkpoints(job.budget)).items()
+        }
+    return result
+
+
+def picks(accuracies: Sequence[float], marks: Sequence[int]) -> dict[int, int]:
+    """``{n: index of the trial a user would keep after n trials}``: the first with the best
+    validation accuracy among the first ``n``."""
+    return {n: int(np.argmax(accuracies[:n])) for n in marks if n <= len(accuracies)}
 
 
 # -- summary -----------------------------------------------------------------------------------
@@ -165,16 +178,21 @@ def checkpoints(budget: int) -> list[int]:
     return [c for c in CHECKPOINTS if c < budget] + [budget]
 
 
+def _stat(values: Sequence[float] | np.ndarray) -> dict[str, float]:
+    values = np.asarray(values, dtype=np.float64)
+    return {"mean": float(values.mean()), "std": float(values.std()), "worst": float(values.min())}
+
+
 def summarise(runs: Sequence[Mapping[str, Any]], budget: int) -> dict[str, Any]:
     """Best-so-far mean, sd and worst seed at each checkpoint, over the seeds of one contender."""
     curves = np.array([best_so_far(run["accuracies"]) for run in runs])
-    at = {
-        str(n): {"mean": float(curves[:, n - 1].mean()), "std": float(curves[:, n - 1].std()),
-                 "worst": float(curves[:, n - 1].min())}
-        for n in checkpoints(budget)
-    }
+    at = {str(n): _stat(curves[:, n - 1]) for n in checkpoints(budget)}
     suggestions = len(runs) * budget
+    held_out = {}
+    if runs and all("holdout" in run for run in runs):
+        held_out = {n: _stat([run["holdout"][n] for run in runs]) for n in runs[0]["holdout"]}
     return {
+        "holdout": held_out,
         "seeds": len(runs),
         "budget": budget,
         "best": at,
@@ -337,6 +355,40 @@ def overview(results: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def holdout_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """Validation against held-out accuracy of the best heuristic, PruneTPE's pick, the best known:
+    whether a gain on the validation images the search scores on is a gain on new images."""
+    rows = []
+    for name, result in results.items():
+        ours = result["summary"].get("prunetpe", {})
+        if not result["holdout_heuristics"] or not ours.get("holdout"):
+            continue
+        heuristic, level = _best_heuristic(result)
+        cells = [f"{100 * level:.2f} → {100 * result['holdout_heuristics'][heuristic]:.2f} "
+                 f"({heuristic})"]
+        for n in ("20", "60"):
+            val, test = ours["best"].get(n), ours["holdout"].get(n)
+            cells.append("—" if val is None or test is None else
+                         f"{100 * val['mean']:.2f} → {_cell(test)}")
+        known = result["optimum_holdout"]
+        cells.append("—" if known is None else
+                     f"{100 * result['optimum']:.2f} → {100 * known:.2f}")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    if not rows:
+        return ""
+    return "\n".join([
+        "| landscape | best heuristic by validation: val → test | PruneTPE's pick n=20: val → "
+        "test (worst) | PruneTPE's pick n=60: val → test (worst) | best known: val → test |",
+        "|---|---:|---:|---:|---:|", *rows])
+
+
+def _searched_holdout(land: Landscape, searched: Mapping[str, Any]) -> float | None:
+    """Held-out accuracy of the best-known allocation (None without held-out images)."""
+    if land.holdout is None:
+        return None
+    return land.holdout({f"{layer}_sparsity": s for layer, s in searched["allocation"].items()})
+
+
 def plot(results: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     """Best-so-far mean per contender, one panel per landscape; heuristics as dashed lines."""
     import matplotlib
@@ -464,6 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "target": land.target,
             "layers": sorted(land.weights),
             "heuristics": land.heuristics,
+            "holdout_heuristics": land.holdout_heuristics,
+            "optimum_holdout": (_searched_holdout(land, searched[name]) if kind == "search"
+                                else None),
             "optimum": optimum,
             "optimum_kind": kind,
             "noise_floor": noise_floor(name),
@@ -489,6 +544,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sections.append("Noise floor:\n" + "\n".join(floors))
     sections.append("Exact repeats (suggestions equal within 1e-6 per value, after rescaling, to "
                     "a finished or running one):\n" + "\n".join(repeat_lines(results)))
+    held_out = holdout_table(results)
+    if held_out:
+        sections.append("Held out — accuracy (%) on the test images, which no tuner sees, of the "
+                        "allocation with the best validation accuracy:\n\n" + held_out)
     goal_lines = targets(results)
     if goal_lines:
         sections.append("Issue 11 targets (PruneTPE default):\n" + "\n".join(goal_lines))

@@ -201,6 +201,41 @@ def test_network_landscape_is_deterministic_and_unchanged_by_evaluations() -> No
     assert second.evaluate(params) == scores[0] == scores[1] == first.heuristics["lamp"]
     assert first.optimum is not None and first.optimum >= max(first.heuristics.values())
     assert 0.1 < first.heuristics["lamp"] < 1.0
+    # the held-out images are other images: same allocation, another accuracy, and repeatable
+    held_out = first.holdout
+    assert held_out is not None and set(first.holdout_heuristics) == set(HEURISTICS)
+    assert held_out(params) == first.holdout_heuristics["lamp"] == second.holdout_heuristics["lamp"]
+    assert held_out(params) != first.heuristics["lamp"]
+    assert first.evaluate(params) == scores[0]  # scoring held out leaves validation as it was
+
+
+def test_synthetic_landscapes_have_nothing_held_out() -> None:
+    land = landscape("additive-0")
+    assert land.holdout is None and land.holdout_heuristics == {}
+
+
+def test_the_pick_after_n_trials_is_the_first_with_the_best_validation_accuracy() -> None:
+    accuracies = [0.3, 0.5, 0.4, 0.5, 0.7]
+    assert allocation.picks(accuracies, [1, 2, 4, 5, 9]) == {1: 0, 2: 1, 4: 1, 5: 4}
+
+
+def test_holdout_table_sets_validation_beside_held_out_accuracy() -> None:
+    stat = {"mean": 0.5, "std": 0.01, "worst": 0.48}
+    result = {
+        "heuristics": {"uniform": 0.30, "lamp": 0.40},
+        "holdout_heuristics": {"uniform": 0.31, "lamp": 0.38},
+        "optimum": 0.55,
+        "optimum_holdout": 0.52,
+        "summary": {"prunetpe": {"best": {"20": stat, "60": stat},
+                                 "holdout": {"20": stat, "60": {**stat, "mean": 0.47}}}},
+    }
+    synthetic = {"heuristics": {"lamp": 0.4}, "holdout_heuristics": {}, "summary": {}}
+    table = allocation.holdout_table({"mlp-0.90": result, "additive-0": synthetic})
+    row = table.splitlines()[-1]
+    assert row == ("| mlp-0.90 | 40.00 → 38.00 (lamp) | 50.00 → 50.00 ± 1.00 (48.00) | "
+                   "50.00 → 47.00 ± 1.00 (48.00) | 55.00 → 52.00 |")
+    assert "additive-0" not in table
+    assert allocation.holdout_table({"additive-0": synthetic}) == ""
 
 
 def test_resnet20_landscape_network_has_22_layers_and_batchnorm() -> None:

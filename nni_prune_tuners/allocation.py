@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -354,6 +354,29 @@ def propose(
             _logger.debug("trust region cannot meet the budget; searching globally")
     grids = layer_grids(block.lo, block.hi)
     return block.rescale(solve_budget(response(grids), grids, block.weights, budget))
+
+
+#: The kinds of proposal: the budget optimum of a posterior draw over the whole space, or inside
+#: the trust region around the best configuration found so far.
+MOVES = ("global", "local")
+
+
+def choose_move(tallies: Mapping[str, tuple[int, int]], rng: np.random.RandomState) -> str:
+    """The kind of the next proposal, by Thompson sampling over how often each kind paid off.
+
+    ``tallies[kind]`` is ``(successes, proposals)``. Each kind's success rate gets a uniform
+    Beta prior and one posterior draw; the larger draw wins. Where the model generalises (smooth,
+    additive metrics) its global proposals keep paying off and keep their share; where it does not
+    (one over-pruned layer sends a network to chance) local moves take over after a few trials,
+    instead of half of every budget going to proposals that fail.
+    """
+    draws = {}
+    for kind in MOVES:
+        successes, proposals = tallies.get(kind, (0, 0))
+        if not 0 <= successes <= proposals:
+            raise ValueError(f"{kind}: {successes} successes of {proposals} proposals")
+        draws[kind] = rng.beta(1 + successes, 1 + proposals - successes)
+    return max(MOVES, key=lambda kind: draws[kind])
 
 
 @dataclass

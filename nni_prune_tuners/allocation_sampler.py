@@ -8,9 +8,11 @@ the whole block is proposed at once from the trials of that branch (:mod:`alloca
   seen, as TPE ranks them below every finished trial;
 - running trials enter at the mean value seen (a constant liar), and every proposal is a fresh
   posterior draw, so simultaneous suggestions differ;
-- every second proposal is a draw restricted to a trust region around the best configuration
-  found so far (the warm starts make one from the start): measured on the benchmark landscapes,
-  this finds better allocations within 60 trials than waiting for the model to mature;
+- each proposal is global (the budget optimum of a posterior draw) or local (the same inside a
+  trust region around the best configuration found so far; the warm starts make one from the
+  start), chosen by Thompson sampling over how often each kind has scored at least the median of
+  the branch's finished trials: on a 12-layer ResNet, where most global proposals score at
+  chance, local moves take over; on smooth additive metrics the global ones keep their share;
 - a proposal equal (within 1e-6 per value) to a finished or running one is drawn again, then
   perturbed: no trial is spent on a repeat.
 """
@@ -89,11 +91,17 @@ class AllocationSampler(BaseSampler):
         self._rng = np.random.RandomState(seed)
         self._constant_liar = constant_liar
         self._proposed: dict[int, dict[str, float]] = {}
-        self._proposals = [0] * len(self._blocks)
+        self._moves: dict[int, tuple[int, str]] = {}  # trial number -> (block, kind of move)
         self._regions = [allocation.TrustRegion() for _ in self._blocks]
         self._variances: dict[int, tuple[int, tuple[float, float]]] = {}
         self._finished: dict[int, dict[int, tuple[list[float] | None, TrialState, float | None]]] = {}
         self.repeats_rejected = 0
+
+    @property
+    def moves(self) -> dict[str, int]:
+        """How many proposals of each kind (``global``, ``local``) this sampler made."""
+        kinds = [kind for _, kind in self._moves.values()]
+        return {kind: kinds.count(kind) for kind in allocation.MOVES}
 
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
@@ -185,10 +193,11 @@ class AllocationSampler(BaseSampler):
             posterior = self._fit(index, finished, scores, block.budget.prior)
         incumbent = None
         radius = self._regions[index].radius
-        self._proposals[index] += 1
         if len(scores):
             radius = self._regions[index].update(float(scores.max()))
-            if self._proposals[index] % 2 == 0:
+            move = allocation.choose_move(self._tallies(study, index, scores), self._rng)
+            self._moves[trial.number] = (index, move)
+            if move == "local":
                 incumbent = finished[int(np.argmax(scores))]
         candidate = allocation.propose(block.budget, posterior, self._rng, incumbent=incumbent,
                                        radius=radius)
@@ -204,6 +213,29 @@ class AllocationSampler(BaseSampler):
             _logger.info("trial %d: %d proposals rejected as repeats (%d in all)",
                          trial.number, rejected, self.repeats_rejected)
         return dict(zip(block.names, (float(v) for v in candidate), strict=True))
+
+    def _tallies(
+        self, study: Study, index: int, scores: np.ndarray
+    ) -> dict[str, tuple[int, int]]:
+        """``{kind: (successes, proposals)}`` of the block's finished proposals: a success scored
+        at least the median of every finished trial of the branch (pruned ones fail).
+
+        The median is scale-free, and every finished trial informs it; proposals made before a
+        restart of the tuner are not counted.
+        """
+        sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+        median = float(np.median(scores))
+        tallies = {kind: [0, 0] for kind in allocation.MOVES}
+        for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                                TrialState.PRUNED)):
+            block, kind = self._moves.get(other.number, (None, ""))
+            if block != index:
+                continue
+            tally = tallies[kind]
+            tally[1] += 1
+            tally[0] += int(other.state == TrialState.COMPLETE and other.value is not None
+                            and sign * other.value >= median)
+        return {kind: (successes, proposals) for kind, (successes, proposals) in tallies.items()}
 
     def _fit(
         self, index: int, samples: np.ndarray, values: np.ndarray, prior: allocation.Prior | None

@@ -109,6 +109,45 @@ def test_thompson_proposals_find_the_sensitive_layer() -> None:
     assert np.median(proposals[:, 0]) < np.median(samples[:, 0])
 
 
+def test_choose_move_follows_what_paid_off() -> None:
+    rng = np.random.RandomState(0)
+    unknown = [allocation.choose_move({}, rng) for _ in range(400)]
+    assert 0.4 < unknown.count("local") / len(unknown) < 0.6
+    tallies = {"global": (1, 12), "local": (10, 12)}
+    assert [allocation.choose_move(tallies, rng) for _ in range(200)].count("local") >= 190
+    with pytest.raises(ValueError, match="local: 5 successes of 3"):
+        allocation.choose_move({"local": (5, 3)}, rng)
+
+
+def _layer_tuner(layers: int, seed: int) -> PruneTPETuner:
+    tuner = PruneTPETuner(seed=seed, target_sparsity=0.9,
+                          layer_params={f"l{i}": 1000 * (i + 1) for i in range(layers)})
+    tuner.update_search_space({f"l{i}_sparsity": {"_type": "uniform", "_value": [0.05, 0.995]}
+                               for i in range(layers)})
+    return tuner
+
+
+def _moves_after(tuner: PruneTPETuner, trials: int, objective: Any) -> dict[str, int]:
+    for i in range(trials):
+        params = tuner.generate_parameters(i)
+        tuner.receive_trial_result(i, params, objective(np.array(
+            [params[f"l{j}_sparsity"] for j in range(len(params))])))
+    moves: dict[str, int] = tuner.study.sampler.moves  # type: ignore[attr-defined]
+    return moves
+
+
+def test_local_moves_take_over_where_global_proposals_fall_off_a_cliff() -> None:
+    """Like a network at chance once any layer is over-pruned: only the neighbourhood of the
+    warm start (uniform 0.9) is any good, so global proposals fail and local ones pay off."""
+
+    def cliff(s: np.ndarray) -> float:
+        distance = np.abs(allocation.log_density(s) - allocation.log_density(0.9)).max()
+        return 0.1 if distance > 0.5 else 0.9 - 0.1 * distance
+
+    moves = _moves_after(_layer_tuner(8, seed=1), 40, cliff)
+    assert moves["local"] >= 3 * moves["global"]
+
+
 def test_seen_configurations_compare_within_tolerance() -> None:
     seen = SeenConfigurations()
     seen.add({"m": {"_name": "agp", "a_sparsity": 0.5, "b_sparsity": 0.25}, "lr": 0.1})

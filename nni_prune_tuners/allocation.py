@@ -365,10 +365,10 @@ def choose_move(tallies: Mapping[str, tuple[int, int]], rng: np.random.RandomSta
     """The kind of the next proposal, by Thompson sampling over how often each kind paid off.
 
     ``tallies[kind]`` is ``(successes, proposals)``. Each kind's success rate gets a uniform
-    Beta prior and one posterior draw; the larger draw wins. Where the model generalises (smooth,
-    additive metrics) its global proposals keep paying off and keep their share; where it does not
-    (one over-pruned layer sends a network to chance) local moves take over after a few trials,
-    instead of half of every budget going to proposals that fail.
+    Beta prior and one posterior draw; the larger draw wins. The kind that pays off more often
+    gets most proposals, yet the other still comes now and then and can win them back: a global
+    proposal that scores at chance (one over-pruned layer breaks a ResNet) is not repeated half
+    of the time, as a fixed alternation would.
     """
     draws = {}
     for kind in MOVES:

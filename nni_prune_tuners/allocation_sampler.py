@@ -11,8 +11,9 @@ the whole block is proposed at once from the trials of that branch (:mod:`alloca
 - each proposal is global (the budget optimum of a posterior draw) or local (the same inside a
   trust region around the best configuration found so far; the warm starts make one from the
   start), chosen by Thompson sampling over how often each kind has scored at least the median of
-  the branch's finished trials: on a 12-layer ResNet, where most global proposals score at
-  chance, local moves take over; on smooth additive metrics the global ones keep their share;
+  the branch's finished trials. Measured over 60 trials, local moves took 85-95% of the
+  proposals on the synthetic, the small networks' and the ResNet landscapes (where most global
+  proposals score at chance), and global ones kept 12-70% on the analytic trial;
 - a proposal equal (within 1e-6 per value) to a finished or running one is drawn again, then
   perturbed: no trial is spent on a repeat.
 """

@@ -205,6 +205,14 @@ def summarise(runs: Sequence[Mapping[str, Any]], budget: int) -> dict[str, Any]:
     }
 
 
+def _summarise_key(runs: Sequence[Mapping[str, Any]], name: str, tuner: str,
+                   concurrency: int) -> dict[str, Any]:
+    """:func:`summarise` of one contender's runs on one landscape, at their own budget."""
+    selected = [r for r in runs if r["objective"] == name and r["tuner"] == tuner
+                and r["concurrency"] == concurrency]
+    return summarise(selected, min(r["budget"] for r in selected))
+
+
 def row_key(tuner: str, concurrency: int) -> str:
     return tuner if concurrency == CONCURRENCY else f"{tuner}@{concurrency}"
 
@@ -471,8 +479,28 @@ def _build_parser() -> argparse.ArgumentParser:
                         f"on {','.join(WIDE_LANDSCAPES)} (where selected)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="processes running (landscape, contender, seed) jobs")
+    parser.add_argument("--reuse", type=Path, default=None, metavar="ALLOCATION_JSON",
+                        help="take the runs of contenders not in --tuners from an earlier "
+                        "allocation.json (NNI's tuners do not change when PruneTPE does)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUTPUT)
     return parser
+
+
+def reused_runs(path: Path, landscapes: Sequence[str], tuners: Sequence[str]
+                ) -> tuple[list[dict[str, Any]], str]:
+    """``(runs, command)``: the runs in the earlier ``allocation.json`` at ``path`` of the selected
+    landscapes by contenders other than ``tuners``, and the command that produced them.
+
+    Raises:
+        ValueError: if ``path`` is not an allocation benchmark's JSON.
+    """
+    try:
+        payload = json.loads(path.read_text())
+        runs, command = payload["runs"], str(payload["command"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"--reuse {path}: not a benchmarks.allocation JSON ({error})") from error
+    return [run for run in runs
+            if run["objective"] in landscapes and run["tuner"] not in tuners], command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -485,6 +513,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     caps = _caps(args.cap, parser, "--cap", "seeds")
     budgets = {tuner: min(args.budget, trials)
                for tuner, trials in _caps(args.budget_cap, parser, "--budget-cap", "trials").items()}
+    reused: list[dict[str, Any]] = []
+    reused_command = ""
+    if args.reuse is not None:
+        try:
+            reused, reused_command = reused_runs(args.reuse, names, tuners)
+        except ValueError as error:
+            parser.error(str(error))
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _quiet()
@@ -501,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  for seed in range(min(args.seeds, caps.get(tuner, args.seeds)))]
     # the slow PruneTPE runs first, so the pool's workers finish together
     jobs.sort(key=lambda job: not job.tuner.startswith("prunetpe"))
-    runs = run_jobs(jobs, workers=args.workers, run=run_job)
+    runs = run_jobs(jobs, workers=args.workers, run=run_job) + reused
     wall = time.perf_counter() - started
 
     results: dict[str, dict[str, Any]] = {}
@@ -523,9 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "optimum_kind": kind,
             "noise_floor": noise_floor(name),
             "summary": {
-                row_key(tuner, concurrency): summarise(
-                    [r for r in runs if r["objective"] == name and r["tuner"] == tuner
-                     and r["concurrency"] == concurrency], budgets.get(tuner, args.budget))
+                row_key(tuner, concurrency): _summarise_key(runs, name, tuner, concurrency)
                 for tuner, concurrency in keys
             },
         }
@@ -534,6 +567,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sections = [f"`{command}` — {wall / 60:.1f} min wall on {args.workers} worker(s), "
                 f"{CONCURRENCY} trials in flight unless noted"]
+    if reused:
+        sections[0] += (f"; the runs of {', '.join(sorted({r['tuner'] for r in reused}))} are "
+                        f"reused from `{reused_command}`")
     sections.append("Overview — best accuracy (%) after n trials, mean over seeds (± sd for "
                     "PruneTPE's default):\n\n" + overview(results))
     sections += [table(name, result) for name, result in results.items()]
@@ -561,6 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "heuristics": list(HEURISTICS),
         "contenders": {name: asdict(CONTENDERS[name]) for name in tuners},
         "landscapes": results,
+        "reused_from": reused_command or None,
         "runs": runs,
     }
     (args.out / "allocation.json").write_text(json.dumps(payload) + "\n")

@@ -181,6 +181,27 @@ def test_main_runs_end_to_end_and_writes_its_files(tmp_path: Path,
     assert markdown.strip() in capsys.readouterr().out
 
 
+def test_reuse_takes_the_other_contenders_from_an_earlier_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    earlier = tmp_path / "earlier"
+    common = ["--landscapes", "additive-0", "--seeds", "2", "--budget", "10", "--workers", "1"]
+    assert allocation.main([*common, "--tuners", "prunetpe,random", "--out", str(earlier)]) == 0
+    later = tmp_path / "later"
+    assert allocation.main([*common, "--tuners", "prunetpe", "--budget", "6", "--reuse",
+                            str(earlier / "allocation.json"), "--out", str(later)]) == 0
+    before = json.loads((earlier / "allocation.json").read_text())["landscapes"]["additive-0"]
+    after = json.loads((later / "allocation.json").read_text())
+    summary = after["landscapes"]["additive-0"]["summary"]
+    assert summary["random"] == before["summary"]["random"]  # reused as it was, budget 10
+    assert summary["prunetpe"]["budget"] == 6  # run anew
+    assert "--tuners prunetpe,random" in after["reused_from"]
+    assert "the runs of random are reused from" in (later / "allocation.md").read_text()
+    with pytest.raises(SystemExit):
+        allocation.main([*common, "--reuse", str(tmp_path / "missing.json"), "--out", str(later)])
+    assert "--reuse" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", (["--landscapes", "additive-9"], ["--cap", "tpe=0"],
                                   ["--cap", "nope=3"], ["--budget-cap", "tpe=x"]))
 def test_main_rejects_bad_options(tmp_path: Path, argv: list[str],

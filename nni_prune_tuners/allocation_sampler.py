@@ -13,7 +13,8 @@ the whole block is proposed at once from the trials of that branch (:mod:`alloca
   start), chosen by Thompson sampling over how often each kind has scored at least the median of
   the branch's finished trials. Measured over 60 trials, local moves took 85-95% of the
   proposals on the synthetic, the small networks' and the ResNet landscapes (where most global
-  proposals score at chance), and global ones kept 12-70% on the analytic trial;
+  proposals score at chance). A branch whose best is behind another branch's gets global
+  proposals only: local moves from its poor incumbent would climb too slowly to overtake;
 - a proposal equal (within 1e-6 per value) to a finished or running one is drawn again, then
   perturbed: no trial is spent on a repeat.
 """
@@ -196,7 +197,10 @@ class AllocationSampler(BaseSampler):
         radius = self._regions[index].radius
         if len(scores):
             radius = self._regions[index].update(float(scores.max()))
-            move = allocation.choose_move(self._tallies(study, index, scores), self._rng)
+            if float(scores.max()) < self._best_score(study):
+                move = "global"  # a branch behind another: only the model's optimum can catch up
+            else:
+                move = allocation.choose_move(self._tallies(study, index, scores), self._rng)
             self._moves[trial.number] = (index, move)
             if move == "local":
                 incumbent = finished[int(np.argmax(scores))]
@@ -214,6 +218,15 @@ class AllocationSampler(BaseSampler):
             _logger.info("trial %d: %d proposals rejected as repeats (%d in all)",
                          trial.number, rejected, self.repeats_rejected)
         return dict(zip(block.names, (float(v) for v in candidate), strict=True))
+
+    @staticmethod
+    def _best_score(study: Study) -> float:
+        """The best finished result of any branch, oriented so that larger is better."""
+        sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+        values = [sign * t.value for t in study.get_trials(deepcopy=False,
+                                                            states=(TrialState.COMPLETE,))
+                  if t.value is not None]
+        return max(values, default=-np.inf)
 
     def _tallies(
         self, study: Study, index: int, scores: np.ndarray

@@ -9,8 +9,10 @@ allocation found; :mod:`benchmarks.allocation` reports it beside the grid as the
 Thousands of evaluations: a ceiling to compare against, not a contender.
 
     python -m benchmarks.best_known --landscapes mlp-0.90,cnn-0.90 [--evaluations 2000 --restarts 4]
+        [--out results/landscapes/best_known.json]
 
-Results are merged into ``results/landscapes/best_known.json`` (atomically, under a file lock).
+Results are merged into ``--out`` (atomically, under a file lock); the default file is the one
+:mod:`benchmarks.allocation` reads.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"comma list from {','.join(NETWORK_LANDSCAPES)}")
     parser.add_argument("--evaluations", type=int, default=2000, help="per restart")
     parser.add_argument("--restarts", type=int, default=4, help="seeds 0..N-1")
+    parser.add_argument("--out", type=Path, default=PATH,
+                        help="the JSON to merge into (another file for a run that must not replace "
+                        "the recorded best known, e.g. a short one to compare with a tuner)")
     args = parser.parse_args(argv)
     names = parse_names(args.landscapes, NETWORK_LANDSCAPES, "--landscapes", parser)
     if args.evaluations < 1 or args.restarts < 1:
@@ -98,12 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = [local_search(land, evaluations=args.evaluations, seed=seed)
                 for seed in range(args.restarts)]
         value, allocation = max(runs, key=lambda run: run[0])
-        with FileLock(str(PATH) + ".lock"):  # several processes may merge into the file
-            record = load(PATH)
+        with FileLock(str(args.out) + ".lock"):  # several processes may merge into the file
+            record = load(args.out)
             record[name] = {"value": value, "allocation": allocation,
                             "evaluations": args.evaluations, "restarts": args.restarts,
                             "per_restart": [run[0] for run in runs]}
-            write_json(PATH, record)
+            write_json(args.out, record)
         print(f"{name}: best known {100 * value:.2f} (restarts "
               f"{', '.join(f'{100 * run[0]:.2f}' for run in runs)}; "
               f"{time.perf_counter() - started:.0f} s)", flush=True)

@@ -272,7 +272,7 @@ def test_resnet20_landscape_network_has_22_layers_and_batchnorm() -> None:
 
 @pytest.mark.slow
 def test_best_known_search_starts_at_the_best_heuristic_and_stays_at_the_target(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     land = landscape("mlp8-0.90")
     value, found = best_known.local_search(land, evaluations=40, seed=3)
@@ -284,9 +284,9 @@ def test_best_known_search_starts_at_the_best_heuristic_and_stays_at_the_target(
     assert abs(float(weights @ values / weights.sum()) - 0.9) < 1e-9
     assert np.all((values >= 0.05 - 1e-12) & (values <= 0.995 + 1e-12))
 
-    monkeypatch.setattr(best_known, "PATH", tmp_path / "best_known.json")
     for name in ("mlp8-0.90", "mlp8-0.95"):
-        assert best_known.main(["--landscapes", name, "--evaluations", "5", "--restarts", "2"]) == 0
+        assert best_known.main(["--landscapes", name, "--evaluations", "5", "--restarts", "2",
+                                "--out", str(tmp_path / "best_known.json")]) == 0
     record = best_known.load(tmp_path / "best_known.json")
     assert set(record) == {"mlp8-0.90", "mlp8-0.95"}
     assert record["mlp8-0.90"]["value"] == max(record["mlp8-0.90"]["per_restart"])

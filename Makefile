@@ -47,6 +47,8 @@ bench: venv
 	$(PY) -m benchmarks.best_known --landscapes resnet20-0.90 --evaluations 900 --restarts 1
 	$(PY) -m benchmarks.allocation --landscapes $(RESNETS) --tuners prunetpe,tpe --seeds 10 \
 		--cap tpe=5 --budget 180 --budget-cap prunetpe=60 --wide off --out results/bench/resnets
+	$(PY) -m benchmarks.best_known --landscapes resnet-0.90,resnet20-0.90 --evaluations 60 \
+		--restarts 10 --out results/bench/es60.json
 	$(PY) -m benchmarks.zoo
 	$(PY) -m benchmarks.heuristics
 	$(PY) -m benchmarks.zoo_tuners

@@ -13,6 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nni_prune_tuners import allocation
+from nni_prune_tuners.allocation_sampler import AllocationSampler
 from nni_prune_tuners.dedup import SeenConfigurations
 from nni_prune_tuners.tuner import PruneTPETuner
 from tests.profiles import analytic_profile, write_profile
@@ -119,33 +120,22 @@ def test_choose_move_follows_what_paid_off() -> None:
         allocation.choose_move({"local": (5, 3)}, rng)
 
 
-def _layer_tuner(layers: int, seed: int) -> PruneTPETuner:
-    tuner = PruneTPETuner(seed=seed, target_sparsity=0.9,
-                          layer_params={f"l{i}": 1000 * (i + 1) for i in range(layers)})
-    tuner.update_search_space({f"l{i}_sparsity": {"_type": "uniform", "_value": [0.05, 0.995]}
-                               for i in range(layers)})
-    return tuner
-
-
-def _moves_after(tuner: PruneTPETuner, trials: int, objective: Any) -> dict[str, int]:
-    for i in range(trials):
-        params = tuner.generate_parameters(i)
-        tuner.receive_trial_result(i, params, objective(np.array(
-            [params[f"l{j}_sparsity"] for j in range(len(params))])))
-    moves: dict[str, int] = tuner.study.sampler.moves  # type: ignore[attr-defined]
-    return moves
-
-
 def test_local_moves_take_over_where_global_proposals_fall_off_a_cliff() -> None:
     """Like a network at chance once any layer is over-pruned: only the neighbourhood of the
     warm start (uniform 0.9) is any good, so global proposals fail and local ones pay off."""
-
-    def cliff(s: np.ndarray) -> float:
-        distance = np.abs(allocation.log_density(s) - allocation.log_density(0.9)).max()
-        return 0.1 if distance > 0.5 else 0.9 - 0.1 * distance
-
-    moves = _moves_after(_layer_tuner(8, seed=1), 40, cliff)
-    assert moves["local"] >= 3 * moves["global"]
+    layers = [f"l{i}" for i in range(8)]
+    tuner = PruneTPETuner(seed=1, target_sparsity=0.9,
+                          layer_params={name: 1000 * (i + 1) for i, name in enumerate(layers)})
+    tuner.update_search_space({f"{name}_sparsity": {"_type": "uniform", "_value": [0.05, 0.995]}
+                               for name in layers})
+    for i in range(40):
+        params = tuner.generate_parameters(i)
+        s = np.array([params[f"{name}_sparsity"] for name in layers])
+        distance = np.abs(allocation.log_density(s) - allocation.log_density([0.9])).max()
+        tuner.receive_trial_result(i, params, 0.1 if distance > 0.5 else 0.9 - 0.1 * distance)
+    sampler = tuner.study.sampler
+    assert isinstance(sampler, AllocationSampler)
+    assert sampler.moves["local"] >= 3 * sampler.moves["global"]
 
 
 def test_a_branch_behind_the_other_still_reaches_its_optimum() -> None:
@@ -157,7 +147,7 @@ def test_a_branch_behind_the_other_still_reaches_its_optimum() -> None:
 
     land = landscape("analytic")
 
-    def trial(params: dict[str, Any]) -> Evaluation:
+    def trial(params: Any) -> Evaluation:
         method, layers = layer_sparsities(params)
         return Evaluation(land.evaluate(params), land.target, method or "", layers)
 

@@ -12,8 +12,8 @@ the whole block is proposed at once from the trials of that branch (:mod:`alloca
   trust region around the best configuration found so far; the warm starts make one from the
   start), chosen by Thompson sampling over how often each kind has scored at least the median of
   the branch's finished trials. Measured over 60 trials, local moves took 85-95% of the
-  proposals on the synthetic, the small networks' and the ResNet landscapes (where most global
-  proposals score at chance). A branch whose best is behind another branch's gets global
+  proposals on most benchmark landscapes, the ResNet (where most global proposals score at
+  chance) among them. A branch whose best is behind another branch's gets global
   proposals only: local moves from its poor incumbent would climb too slowly to overtake;
 - a proposal equal (within 1e-6 per value) to a finished or running one is drawn again, then
   perturbed: no trial is spent on a repeat.

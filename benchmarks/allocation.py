@@ -37,6 +37,7 @@ from benchmarks.landscapes import (
     HEURISTICS,
     NETWORK_LANDSCAPES,
     Landscape,
+    flat_params,
     landscape,
     layer_sparsities,
 )
@@ -159,7 +160,7 @@ def run_job(job: Job) -> dict[str, Any]:
     }
     if land.holdout is not None:
         result["holdout"] = {
-            str(n): land.holdout({f"{name}_sparsity": s for name, s in run.trials[pick].layers.items()})
+            str(n): land.holdout(flat_params(run.trials[pick].layers))
             for n, pick in picks(accuracies, checkpoints(job.budget)).items()
         }
     return result
@@ -229,7 +230,7 @@ def noise_floor(name: str, *, repeats: int = NOISE_REPEATS) -> float | None:
     land = landscape(name, noise_seed=12345)
     if land.noise_sd == 0.0:
         return None
-    params = {f"{layer}_sparsity": value for layer, value in land.allocations["lamp"].items()}
+    params = flat_params(land.allocations["lamp"])
     return float(np.std([land.evaluate(params) for _ in range(repeats)], ddof=1))
 
 
@@ -394,7 +395,7 @@ def _searched_holdout(land: Landscape, searched: Mapping[str, Any]) -> float | N
     """Held-out accuracy of the best-known allocation (None without held-out images)."""
     if land.holdout is None:
         return None
-    return land.holdout({f"{layer}_sparsity": s for layer, s in searched["allocation"].items()})
+    return land.holdout(flat_params(searched["allocation"]))
 
 
 def plot(results: Mapping[str, Mapping[str, Any]], path: Path) -> None:

@@ -33,6 +33,7 @@ from benchmarks.landscapes import (
     NETWORK_BOUNDS,
     NETWORK_LANDSCAPES,
     Landscape,
+    flat_params,
     landscape,
 )
 from benchmarks.landscapes import write_json_atomic as write_json
@@ -54,8 +55,7 @@ def local_search(land: Landscape, *, evaluations: int, seed: int) -> tuple[float
     lo, hi = np.full(len(layers), NETWORK_BOUNDS[0]), np.full(len(layers), NETWORK_BOUNDS[1])
 
     def score(values: np.ndarray) -> float:
-        return land.evaluate({f"{layer}_sparsity": float(v) for layer, v in zip(layers, values,
-                                                                                  strict=True)})
+        return land.evaluate(flat_params(dict(zip(layers, values.tolist(), strict=True))))
 
     start = max(land.allocations, key=lambda h: land.heuristics.get(h, -np.inf))
     best = np.array([land.allocations[start][layer] for layer in layers])

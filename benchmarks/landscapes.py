@@ -246,6 +246,12 @@ def layer_sparsities(params: Mapping[str, Any]) -> tuple[str | None, dict[str, f
     return method, out
 
 
+def flat_params(values: Mapping[str, float]) -> dict[str, float]:
+    """Contract 2 parameters of one flat branch from ``{layer: sparsity}`` (what
+    :func:`layer_sparsities` reads back)."""
+    return {f"{layer}_sparsity": float(value) for layer, value in values.items()}
+
+
 def flat_space(layers: Sequence[str], bounds: tuple[float, float]) -> dict[str, Any]:
     """One branch: a uniform sparsity per layer."""
     return {f"{name}_sparsity": {"_type": "uniform", "_value": list(bounds)} for name in layers}

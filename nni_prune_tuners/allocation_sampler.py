@@ -196,8 +196,9 @@ class AllocationSampler(BaseSampler):
         incumbent = None
         radius = self._regions[index].radius
         if len(scores):
-            radius = self._regions[index].update(float(scores.max()))
-            if float(scores.max()) < self._best_score(study):
+            best = float(scores.max())
+            radius = self._regions[index].update(best)
+            if best < self._best_score(study):
                 move = "global"  # a branch behind another: only the model's optimum can catch up
             else:
                 move = allocation.choose_move(self._tallies(study, index, scores), self._rng)
@@ -222,7 +223,7 @@ class AllocationSampler(BaseSampler):
     @staticmethod
     def _best_score(study: Study) -> float:
         """The best finished result of any branch, oriented so that larger is better."""
-        sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+        sign = _orientation(study)
         values = [sign * t.value for t in study.get_trials(deepcopy=False,
                                                             states=(TrialState.COMPLETE,))
                   if t.value is not None]
@@ -237,7 +238,7 @@ class AllocationSampler(BaseSampler):
         The median is scale-free, and every finished trial informs it; proposals made before a
         restart of the tuner are not counted.
         """
-        sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+        sign = _orientation(study)
         median = float(np.median(scores))
         tallies = {kind: [0, 0] for kind in allocation.MOVES}
         for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
@@ -270,7 +271,7 @@ class AllocationSampler(BaseSampler):
         Scores are oriented so that larger is better; pruned trials score the worst finished
         score (they are left out while nothing has finished).
         """
-        sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+        sign = _orientation(study)
         done: list[list[float]] = []
         scores: list[float] = []
         pruned: list[list[float]] = []
@@ -315,6 +316,11 @@ class AllocationSampler(BaseSampler):
             return None, trial.state, None
         value = None if trial.value is None else float(trial.value)
         return [float(params[name]) for name in block.names], trial.state, value
+
+
+def _orientation(study: Study) -> float:
+    """1 where larger results are better, -1 where smaller are: scores are ``sign * value``."""
+    return 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
 
 
 def blocks_for(groups: Sequence[Any]) -> list[SparsityBlock]:

@@ -15,10 +15,13 @@ from benchmarks.landscapes import (
     HEURISTICS,
     LANDSCAPES,
     NETWORK_LANDSCAPES,
+    NETWORKS,
+    SHIPPED_DIR,
     SYNTHETIC,
     heuristic_allocation,
     landscape,
     layer_sparsities,
+    network_key,
     separable_optimum,
     softplus_excess,
 )
@@ -257,6 +260,24 @@ def test_holdout_table_sets_validation_beside_held_out_accuracy() -> None:
                    "50.00 → 47.00 ± 1.00 (48.00) | 55.00 → 52.00 |")
     assert "additive-0" not in table
     assert allocation.holdout_table({"additive-0": synthetic}) == ""
+
+
+@pytest.mark.parametrize("net", NETWORKS)
+def test_every_landscape_network_ships_weights_that_fit_it(net: str) -> None:
+    """Another machine trains other weights: the benchmark's tables hold only with these."""
+    import importlib
+
+    import torch
+
+    from trials import data
+
+    module, _, attribute = NETWORKS[net].partition(":")
+    model = getattr(importlib.import_module(module), attribute)()
+    variant = getattr(model, "data_variant", "digits")
+    shipped = SHIPPED_DIR / f"{network_key(net, variant, data.load_split(variant))}.pt"
+    state = torch.load(shipped, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)  # strict: every tensor present, of the right shape
+    assert all(torch.isfinite(value).all() for value in state.values())
 
 
 def test_resnet20_landscape_network_has_22_layers_and_batchnorm() -> None:

@@ -312,3 +312,31 @@ def test_best_known_search_starts_at_the_best_heuristic_and_stays_at_the_target(
     assert set(record) == {"mlp8-0.90", "mlp8-0.95"}
     assert record["mlp8-0.90"]["value"] == max(record["mlp8-0.90"]["per_restart"])
     assert "mlp8-0.95: best known" in capsys.readouterr().out
+
+
+def test_roughness_separates_the_smooth_landscape_from_its_noise() -> None:
+    from benchmarks.roughness import roughness
+
+    i, j = np.indices((12, 12))
+    plane = 0.4 + 0.01 * i + 0.002 * j
+    assert roughness(plane) == pytest.approx((0.0, 0.4 + 0.01 * 9 + 0.002 * 9))
+    checkerboard = plane + 0.05 * np.where((i + j) % 2, 1.0, -1.0)
+    sd, smooth = roughness(checkerboard)
+    assert sd == pytest.approx(0.96 * 0.05)  # a 5x5 window holds 13 of the centre's sign, 12 not
+    assert smooth == pytest.approx(0.4 + 0.01 * 9 + 0.002 * 8 + 0.05 / 25)  # centre (9, 8): +1
+    outside = plane.copy()
+    outside[:, 6:] = np.nan  # beyond the budget's bounds: only whole neighbourhoods count
+    assert roughness(outside)[1] == pytest.approx(0.4 + 0.01 * 9 + 0.002 * 3)
+    for nothing_whole in (np.full((4, 4), 0.5), np.where(i % 4 == 0, np.nan, plane)):
+        with pytest.raises(ValueError, match="neighbourhood"):
+            roughness(nothing_whole)
+
+
+def test_roughness_probe_reports_a_three_layer_network(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import roughness
+
+    assert roughness.main(["--landscapes", "mlp8-0.90", "--points", "6", "--span", "0.2"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.startswith("| mlp8-0.90 | 91.89 |")  # ERK's 88.89 + 3
+    with pytest.raises(SystemExit):
+        roughness.main(["--landscapes", "resnet-0.90"])

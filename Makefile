@@ -42,11 +42,12 @@ bench: venv
 	$(PY) -m benchmarks.assessor
 	$(PY) -m benchmarks.tuners
 	$(PY) -m benchmarks.best_known --landscapes $(CHEAP_NETS)
-	$(PY) -m benchmarks.allocation --landscapes $(CHEAP_LANDSCAPES)
+	$(PY) -m benchmarks.roughness --landscapes mlp-0.90,cnn-0.90,mlp8-0.90
+	$(PY) -m benchmarks.allocation --landscapes $(CHEAP_LANDSCAPES) --cap prunetpe-tpe=5
 	$(PY) -m benchmarks.best_known --landscapes resnet-0.90 --evaluations 500 --restarts 1
-	$(PY) -m benchmarks.best_known --landscapes resnet20-0.90 --evaluations 900 --restarts 1
+	$(PY) -m benchmarks.best_known --landscapes resnet20-0.90 --evaluations 300 --restarts 1
 	$(PY) -m benchmarks.allocation --landscapes $(RESNETS) --tuners prunetpe,tpe --seeds 10 \
-		--cap tpe=5 --budget 180 --budget-cap prunetpe=60 --wide off --out results/bench/resnets
+		--cap tpe=3 --budget 180 --budget-cap prunetpe=60 --wide off --out results/bench/resnets
 	$(PY) -m benchmarks.best_known --landscapes resnet-0.90,resnet20-0.90 --evaluations 60 \
 		--restarts 10 --out results/bench/es60.json
 	$(PY) -m benchmarks.zoo

@@ -47,7 +47,7 @@ bench: venv
 	$(PY) -m benchmarks.best_known --landscapes resnet-0.90 --evaluations 500 --restarts 1
 	$(PY) -m benchmarks.best_known --landscapes resnet20-0.90 --evaluations 300 --restarts 1
 	$(PY) -m benchmarks.allocation --landscapes $(RESNETS) --tuners prunetpe,tpe --seeds 10 \
-		--cap tpe=3 --budget 180 --budget-cap prunetpe=60 --wide off --out results/bench/resnets
+		--cap tpe=2 --budget 180 --budget-cap prunetpe=60 --wide off --out results/bench/resnets
 	$(PY) -m benchmarks.best_known --landscapes resnet-0.90,resnet20-0.90 --evaluations 60 \
 		--restarts 10 --out results/bench/es60.json
 	$(PY) -m benchmarks.zoo

@@ -521,6 +521,12 @@ def _train(factory: Callable[[], Any], data: Any) -> dict[str, Any]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
+def network_factory(net: str) -> Callable[[], Any]:
+    """The function that builds ``net``'s untrained model (:data:`NETWORKS`)."""
+    module, _, attribute = NETWORKS[net].partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def network_key(net: str, variant: str, split: Any) -> str:
     """The name of ``net``'s trained weights; the split's sizes are in it, so a changed data
     variant is never scored on stale weights."""
@@ -545,8 +551,7 @@ def trained_network(net: str) -> tuple[Any, dict[str, Any], Any, Path]:
     from trials.profile_model import profile_model
 
     torch.set_num_threads(1)
-    module, _, attribute = NETWORKS[net].partition(":")
-    factory = getattr(importlib.import_module(module), attribute)
+    factory = network_factory(net)
     model = factory()
     variant = getattr(model, "data_variant", "digits")
     split = trial_data.load_split(variant)
@@ -561,7 +566,7 @@ def trained_network(net: str) -> tuple[Any, dict[str, Any], Any, Path]:
             write_atomic(weights, lambda handle: torch.save(state, handle))
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         if not profile.exists():
-            write_json_atomic(profile, profile_model(model, name=attribute,
+            write_json_atomic(profile, profile_model(model, name=factory.__name__,
                                                      input_shape=model.input_shape))
     model.eval()
     dense = {n: layer_weight(m).detach().clone() for n, m in prunable_layers(model).items()}

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmarks.allocation import MARGIN
 from benchmarks.landscapes import NETWORK_BOUNDS, NETWORK_LANDSCAPES, Landscape, flat_params, landscape
 from benchmarks.tuners import parse_names
 
@@ -31,8 +32,6 @@ _logger = logging.getLogger(__name__)
 
 #: Side of the neighbourhood whose mean is the smooth part of the landscape.
 WINDOW = 5
-#: The issue's margin over the best heuristic, in accuracy units.
-MARGIN = 0.03
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from benchmarks.landscapes import (
     heuristic_allocation,
     landscape,
     layer_sparsities,
+    network_factory,
     network_key,
     separable_optimum,
     softplus_excess,
@@ -265,14 +266,11 @@ def test_holdout_table_sets_validation_beside_held_out_accuracy() -> None:
 @pytest.mark.parametrize("net", NETWORKS)
 def test_every_landscape_network_ships_weights_that_fit_it(net: str) -> None:
     """Another machine trains other weights: the benchmark's tables hold only with these."""
-    import importlib
-
     import torch
 
     from trials import data
 
-    module, _, attribute = NETWORKS[net].partition(":")
-    model = getattr(importlib.import_module(module), attribute)()
+    model = network_factory(net)()
     variant = getattr(model, "data_variant", "digits")
     shipped = SHIPPED_DIR / f"{network_key(net, variant, data.load_split(variant))}.pt"
     state = torch.load(shipped, map_location="cpu", weights_only=True)

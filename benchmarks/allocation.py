@@ -541,11 +541,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = time.perf_counter() - started
 
     results: dict[str, dict[str, Any]] = {}
-    searched = best_known.load()
     for name, land in lands.items():
         optimum, kind = land.optimum, land.optimum_kind
-        if name in searched and (optimum is None or searched[name]["value"] > optimum):
-            optimum, kind = float(searched[name]["value"]), "search"
+        searched = best_known.of(land)
+        if searched is not None and (optimum is None or searched["value"] > optimum):
+            optimum, kind = float(searched["value"]), "search"
         keys = sorted({(r["tuner"], r["concurrency"]) for r in runs if r["objective"] == name},
                       key=lambda k: (k[1], list(CONTENDERS).index(k[0])))
         results[name] = {
@@ -553,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "layers": sorted(land.weights),
             "heuristics": land.heuristics,
             "holdout_heuristics": land.holdout_heuristics,
-            "optimum_holdout": (_searched_holdout(land, searched[name]) if kind == "search"
+            "optimum_holdout": (_searched_holdout(land, searched) if searched and kind == "search"
                                 else None),
             "optimum": optimum,
             "optimum_kind": kind,

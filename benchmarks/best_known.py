@@ -82,6 +82,21 @@ def load(path: Path | None = None) -> dict[str, dict[str, Any]]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def of(land: Landscape, path: Path | None = None) -> dict[str, Any] | None:
+    """The recorded best known of ``land``, if it was found on the weights ``land`` scores.
+
+    A record from other weights (a cache trained on another machine, or before the network
+    changed) is ignored with a warning rather than reported as this landscape's headroom.
+    """
+    record = load(path).get(land.name)
+    if record is not None and record.get("network") != land.network:
+        _logger.warning("ignoring the best known of %s: found on network %s, not %s; run "
+                        "python -m benchmarks.best_known --landscapes %s", land.name,
+                        record.get("network"), land.network, land.name)
+        return None
+    return record
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.best_known",
                                      description=__doc__.splitlines()[0])
@@ -105,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         value, allocation = max(runs, key=lambda run: run[0])
         with FileLock(str(args.out) + ".lock"):  # several processes may merge into the file
             record = load(args.out)
-            record[name] = {"value": value, "allocation": allocation,
+            record[name] = {"network": land.network, "value": value, "allocation": allocation,
                             "evaluations": args.evaluations, "restarts": args.restarts,
                             "per_restart": [run[0] for run in runs]}
             write_json(args.out, record)

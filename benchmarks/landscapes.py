@@ -109,6 +109,9 @@ class Landscape:
             that no tuner sees, so a gain found by searching the validation images can be told
             from one that generalises.
         holdout_heuristics: ``holdout`` of each heuristic allocation.
+        network: real networks only: the key of the trained weights it scores
+            (:func:`network_key`), so that a result recorded on other weights is not taken for
+            one of these.
     """
 
     name: str
@@ -124,6 +127,7 @@ class Landscape:
     optimum_kind: str = "exact"
     holdout: Callable[[Mapping[str, Any]], float] | None = None
     holdout_heuristics: dict[str, float] = field(default_factory=dict)
+    network: str | None = None
 
 
 # -- maths shared by the families ------------------------------------------------------------
@@ -631,6 +635,7 @@ def _network(name: str) -> Landscape:
         optimum_kind="grid",
         holdout=holdout,
         holdout_heuristics={h: score(a, held_out=True) for h, a in allocations.items()},
+        network=profile.stem.removesuffix("_profile"),
     )
 
 

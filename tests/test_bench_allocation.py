@@ -15,6 +15,7 @@ from benchmarks.landscapes import (
     HEURISTICS,
     LANDSCAPES,
     NETWORK_LANDSCAPES,
+    NETWORK_VERSION,
     NETWORKS,
     SHIPPED_DIR,
     SYNTHETIC,
@@ -310,6 +311,12 @@ def test_best_known_search_starts_at_the_best_heuristic_and_stays_at_the_target(
     assert set(record) == {"mlp8-0.90", "mlp8-0.95"}
     assert record["mlp8-0.90"]["value"] == max(record["mlp8-0.90"]["per_restart"])
     assert "mlp8-0.95: best known" in capsys.readouterr().out
+    assert best_known.of(land, tmp_path / "best_known.json") == record["mlp8-0.90"]
+
+    record["mlp8-0.90"]["network"] = "mlp8_digits1077-360_v1"  # found on other weights
+    (tmp_path / "best_known.json").write_text(json.dumps(record))
+    assert best_known.of(land, tmp_path / "best_known.json") is None
+    assert land.network is not None and land.network.endswith(f"_v{NETWORK_VERSION}")
 
 
 def test_roughness_separates_the_smooth_landscape_from_its_noise() -> None:

@@ -541,9 +541,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = time.perf_counter() - started
 
     results: dict[str, dict[str, Any]] = {}
+    records = best_known.load()
     for name, land in lands.items():
         optimum, kind = land.optimum, land.optimum_kind
-        searched = best_known.of(land)
+        searched = best_known.of(land, records)
         if searched is not None and (optimum is None or searched["value"] > optimum):
             optimum, kind = float(searched["value"]), "search"
         keys = sorted({(r["tuner"], r["concurrency"]) for r in runs if r["objective"] == name},

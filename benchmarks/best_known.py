@@ -21,7 +21,7 @@ import argparse
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +82,14 @@ def load(path: Path | None = None) -> dict[str, dict[str, Any]]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def of(land: Landscape, path: Path | None = None) -> dict[str, Any] | None:
-    """The recorded best known of ``land``, if it was found on the weights ``land`` scores.
+def of(land: Landscape, records: Mapping[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The best known of ``land`` in ``records`` (:func:`load`), if it was found on the weights
+    ``land`` scores.
 
     A record from other weights (a cache trained on another machine, or before the network
     changed) is ignored with a warning rather than reported as this landscape's headroom.
     """
-    record = load(path).get(land.name)
+    record = records.get(land.name)
     if record is not None and record.get("network") != land.network:
         _logger.warning("ignoring the best known of %s: found on network %s, not %s; run "
                         "python -m benchmarks.best_known --landscapes %s", land.name,

@@ -538,9 +538,9 @@ def network_key(net: str, variant: str, split: Any) -> str:
 
 
 @functools.cache
-def trained_network(net: str) -> tuple[Any, dict[str, Any], Any, Path]:
-    """``(model, dense weights, split, profile path)`` of ``net``: the shipped weights
-    (:data:`SHIPPED_DIR`), else trained once and cached on disk.
+def trained_network(net: str) -> tuple[Any, dict[str, Any], Any, Path, str]:
+    """``(model, dense weights, split, profile path, weights key)`` of ``net``: the shipped
+    weights (:data:`SHIPPED_DIR`), else trained once and cached on disk.
 
     The first process trains (or profiles) under a file lock and writes the weights and the
     Contract 4 profile atomically; the others wait on the lock and load them. The model is
@@ -553,11 +553,12 @@ def trained_network(net: str) -> tuple[Any, dict[str, Any], Any, Path]:
     from trials import data as trial_data
     from trials.masking import layer_weight, prunable_layers
     from trials.profile_model import profile_model
+    from trials.prune_trial import data_variant
 
     torch.set_num_threads(1)
     factory = network_factory(net)
     model = factory()
-    variant = getattr(model, "data_variant", "digits")
+    variant = data_variant(model)
     split = trial_data.load_split(variant)
     key = network_key(net, variant, split)
     shipped = SHIPPED_DIR / f"{key}.pt"
@@ -574,7 +575,7 @@ def trained_network(net: str) -> tuple[Any, dict[str, Any], Any, Path]:
                                                      input_shape=model.input_shape))
     model.eval()
     dense = {n: layer_weight(m).detach().clone() for n, m in prunable_layers(model).items()}
-    return model, dense, split, profile
+    return model, dense, split, profile, key
 
 
 def _network(name: str) -> Landscape:
@@ -586,7 +587,7 @@ def _network(name: str) -> Landscape:
 
     net, _, target_text = name.rpartition("-")
     target = float(target_text)
-    model, dense, split, profile = trained_network(net)
+    model, dense, split, profile, key = trained_network(net)
     modules = prunable_layers(model)
     names = list(modules)
     lo = np.full(len(names), NETWORK_BOUNDS[0])
@@ -635,7 +636,7 @@ def _network(name: str) -> Landscape:
         optimum_kind="grid",
         holdout=holdout,
         holdout_heuristics={h: score(a, held_out=True) for h, a in allocations.items()},
-        network=profile.stem.removesuffix("_profile"),
+        network=key,
     )
 
 

@@ -270,9 +270,10 @@ def test_every_landscape_network_ships_weights_that_fit_it(net: str) -> None:
     import torch
 
     from trials import data
+    from trials.prune_trial import data_variant
 
     model = network_factory(net)()
-    variant = getattr(model, "data_variant", "digits")
+    variant = data_variant(model)
     shipped = SHIPPED_DIR / f"{network_key(net, variant, data.load_split(variant))}.pt"
     state = torch.load(shipped, map_location="cpu", weights_only=True)
     model.load_state_dict(state)  # strict: every tensor present, of the right shape
@@ -311,11 +312,10 @@ def test_best_known_search_starts_at_the_best_heuristic_and_stays_at_the_target(
     assert set(record) == {"mlp8-0.90", "mlp8-0.95"}
     assert record["mlp8-0.90"]["value"] == max(record["mlp8-0.90"]["per_restart"])
     assert "mlp8-0.95: best known" in capsys.readouterr().out
-    assert best_known.of(land, tmp_path / "best_known.json") == record["mlp8-0.90"]
+    assert best_known.of(land, record) == record["mlp8-0.90"]
 
     record["mlp8-0.90"]["network"] = "mlp8_digits1077-360_v1"  # found on other weights
-    (tmp_path / "best_known.json").write_text(json.dumps(record))
-    assert best_known.of(land, tmp_path / "best_known.json") is None
+    assert best_known.of(land, record) is None
     assert land.network is not None and land.network.endswith(f"_v{NETWORK_VERSION}")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import sqlite3
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -23,6 +24,7 @@ from nni_prune_tuners.search_space import SPARSITY_SUFFIX
 _logger = logging.getLogger(__name__)
 
 NNI_HOME = Path.home() / "nni-experiments"
+_KILL = re.compile(r'received command from dispatcher: KI, "(\w+)"')
 
 
 @dataclass
@@ -41,6 +43,22 @@ class TrialRecord:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             return None
         return float(value)
+
+
+def early_stopped(manager_log: str) -> set[str]:
+    """Trials the dispatcher told NNI to kill: the assessor's decisions.
+
+    NNI 3.0's local training service marks them ``USER_CANCELED`` (it records the early stop
+    only after the trial has ended), so the kills in ``nnimanager.log`` say which they were.
+    """
+    return set(_KILL.findall(manager_log))
+
+
+def shown_status(trial: TrialRecord, killed: set[str]) -> str:
+    """The status to show: ``EARLY_STOPPED`` for a trial the assessor stopped."""
+    if trial.status == "USER_CANCELED" and trial.trial_id in killed:
+        return "EARLY_STOPPED"
+    return trial.status
 
 
 class ExportError(RuntimeError):
@@ -230,12 +248,19 @@ def best_trial(trials: list[TrialRecord], *, maximize: bool = True) -> TrialReco
 
 
 def export_best(experiment_id: str, out: Path, *, experiment_dir: Path | None = None) -> dict[str, Any]:
-    """Write the best trial of an experiment as JSON holding its NNI ``config_list``."""
+    """Write the best trial of an experiment as JSON holding its NNI ``config_list``, and how
+    many trials ended in each status (the assessor's kills as ``EARLY_STOPPED``)."""
     folder = experiment_dir or find_experiment_dir(experiment_id)
     config, trials = load_experiment(folder)
     tuner = config.get("tuner") or {}
     mode = (tuner.get("classArgs") or {}).get("optimize_mode", "maximize")
     best = best_trial(trials, maximize=mode != "minimize")
+    manager_log = folder / "log" / "nnimanager.log"
+    killed = early_stopped(manager_log.read_text(errors="replace")) if manager_log.exists() else set()
+    statuses: dict[str, int] = {}
+    for trial in trials:
+        status = shown_status(trial, killed)
+        statuses[status] = statuses.get(status, 0) + 1
     method, sparsities = layer_sparsities(best.parameters)
     if not sparsities:
         raise ExportError(f"best trial {best.trial_id} has no *_sparsity parameter: {best.parameters}")
@@ -247,11 +272,14 @@ def export_best(experiment_id: str, out: Path, *, experiment_dir: Path | None = 
         "parameters": best.parameters,
         "config_list": to_config_list(sparsities),
         "trials": len(trials),
+        "statuses": statuses,
     }
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
     except OSError as error:
         raise ExportError(f"cannot write {str(out)!r}: {error.strerror or error}") from None
-    _logger.info("best of %d trials: %s (%s) -> %s", len(trials), best.trial_id, best.final, out)
+    _logger.info("best of %d trials (%s): %s (%s) -> %s", len(trials),
+                 ", ".join(f"{count} {status}" for status, count in sorted(statuses.items())),
+                 best.trial_id, best.final, out)
     return result

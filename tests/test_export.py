@@ -1,4 +1,5 @@
-"""Reading NNI's trial records: parameters follow the metrics when NNI swapped them."""
+"""Reading NNI's trial records: parameters follow the metrics when NNI swapped them, and the
+assessor's kills count as early stops."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import json
 import sqlite3
 from pathlib import Path
 
-from nni_prune_tuners.export import assemble_trials, export_best
+from nni_prune_tuners.export import (
+    TrialRecord,
+    assemble_trials,
+    early_stopped,
+    export_best,
+    shown_status,
+)
 
 
 def _hyper(parameter_id: int, conv0: float) -> str:
@@ -24,6 +31,8 @@ JOBS = [
     (2, "B", "RUNNING", _hyper(15, 0.5)),
     (6, "A", "SUCCEEDED", None),
     (7, "B", "SUCCEEDED", None),
+    (8, "abcde", "RUNNING", _hyper(16, 0.3)),
+    (9, "abcde", "USER_CANCELED", None),
 ]
 # NNI's local training service handed A the parameters recorded for B and vice versa
 METRICS = [
@@ -32,9 +41,16 @@ METRICS = [
     (5, "A", "15", "FINAL", _metric({"default": 0.6, "sparsity": 0.9, "method": "level"})),
 ]
 
+MANAGER_LOG = """\
+[2026-11-25 10:00:01] INFO (NNIManager) Trial job abcde status changed from WAITING to RUNNING
+[2026-11-25 10:00:05] INFO (NNIManager) NNIManager received command from dispatcher: KI, "abcde"
+[2026-11-25 10:00:05] INFO (NNIManager) cancelTrialJob: "abcde"
+[2026-11-25 10:00:09] INFO (NNIManager) NNIManager received command from dispatcher: ME, {"trial_job_id": "fghij"}
+"""  # noqa: E501 (a real log line)
+
 
 def test_parameters_follow_the_metrics() -> None:
-    a, b = assemble_trials(JOBS, METRICS)
+    a, b, _ = assemble_trials(JOBS, METRICS)
     assert (a.trial_id, a.status, a.score) == ("A", "SUCCEEDED", 0.6)
     assert a.parameters["prune_method"]["conv0_sparsity"] == 0.5
     assert b.parameters["prune_method"]["conv0_sparsity"] == 0.1
@@ -73,3 +89,18 @@ def test_export_best_uses_the_parameters_that_ran(tmp_path: Path) -> None:
     assert best["config_list"][0] == {"op_names": ["conv0"], "target_names": ["weight"],
                                       "sparse_ratio": 0.1}
     assert json.loads((tmp_path / "best.json").read_text())["config_list"] == best["config_list"]
+    assert best["statuses"] == {"SUCCEEDED": 2, "USER_CANCELED": 1}
+
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "nnimanager.log").write_text(MANAGER_LOG)
+    best = export_best("exp", tmp_path / "best.json", experiment_dir=tmp_path)
+    assert best["statuses"] == {"SUCCEEDED": 2, "EARLY_STOPPED": 1}
+
+
+def test_trials_the_assessor_stopped_show_as_early_stopped() -> None:
+    """NNI 3.0 marks them USER_CANCELED; the dispatcher's kill in nnimanager.log says why."""
+    killed = early_stopped(MANAGER_LOG)
+    assert killed == {"abcde"}
+    assert shown_status(TrialRecord("abcde", {}, "USER_CANCELED"), killed) == "EARLY_STOPPED"
+    assert shown_status(TrialRecord("fghij", {}, "USER_CANCELED"), killed) == "USER_CANCELED"
+    assert shown_status(TrialRecord("abcde", {}, "SUCCEEDED"), killed) == "SUCCEEDED"

@@ -15,9 +15,6 @@ import psutil
 import pytest
 import yaml
 
-from nni_prune_tuners.export import TrialRecord
-from trials.demo import early_stopped, shown_status
-
 REPO = Path(__file__).resolve().parent.parent
 DEMO_PROFILE = REPO / "results" / "demo" / "profile.json"
 
@@ -125,20 +122,3 @@ def test_demo_and_test_configs_keep_nni_manager_on_loopback() -> None:
     assert config["nniManagerIp"] == "127.0.0.1"
     analytic = analytic_config(tuner=prune_tpe(seed=0), search_space=analytic_trial.search_space())
     assert analytic["nniManagerIp"] == "127.0.0.1"
-
-
-MANAGER_LOG = """\
-[2026-11-25 10:00:01] INFO (NNIManager) Trial job abcde status changed from WAITING to RUNNING
-[2026-11-25 10:00:05] INFO (NNIManager) NNIManager received command from dispatcher: KI, "abcde"
-[2026-11-25 10:00:05] INFO (NNIManager) cancelTrialJob: "abcde"
-[2026-11-25 10:00:09] INFO (NNIManager) NNIManager received command from dispatcher: ME, {"trial_job_id": "fghij"}
-"""  # noqa: E501 (a real log line)
-
-
-def test_trials_the_assessor_stopped_show_as_early_stopped() -> None:
-    """NNI 3.0 marks them USER_CANCELED; the dispatcher's kill in nnimanager.log says why."""
-    killed = early_stopped(MANAGER_LOG)
-    assert killed == {"abcde"}
-    assert shown_status(TrialRecord("abcde", {}, "USER_CANCELED"), killed) == "EARLY_STOPPED"
-    assert shown_status(TrialRecord("fghij", {}, "USER_CANCELED"), killed) == "USER_CANCELED"
-    assert shown_status(TrialRecord("abcde", {}, "SUCCEEDED"), killed) == "SUCCEEDED"

@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shlex
 import signal
 import socket
@@ -40,7 +39,13 @@ import torch
 import yaml
 
 from nni_prune_tuners.config_check import check_config
-from nni_prune_tuners.export import TrialRecord, export_best, load_running
+from nni_prune_tuners.export import (
+    TrialRecord,
+    early_stopped,
+    export_best,
+    load_running,
+    shown_status,
+)
 from nni_prune_tuners.registration import nnictl_command
 from trials.data import digits_split
 from trials.models import digits_cnn
@@ -53,7 +58,6 @@ REPO = Path(__file__).resolve().parent.parent
 NNICTL = nnictl_command()[0]
 FINISHED = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
 #: How nnimanager.log records the dispatcher's kill of a trial (PruneEarlyStop's decision).
-_KILL = re.compile(r'received command from dispatcher: KI, "(\w+)"')
 
 
 class UsageError(ValueError):
@@ -150,22 +154,6 @@ def _process(pid: int) -> psutil.Process | None:
 def _listening(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def early_stopped(manager_log: str) -> set[str]:
-    """Trials the dispatcher told NNI to kill: PruneEarlyStop's decisions.
-
-    NNI 3.0's local training service marks them ``USER_CANCELED`` (it records the early stop
-    only after the trial has ended), so the kills in ``nnimanager.log`` say which they were.
-    """
-    return set(_KILL.findall(manager_log))
-
-
-def shown_status(trial: TrialRecord, killed: set[str]) -> str:
-    """The status to show: ``EARLY_STOPPED`` for a trial the assessor stopped."""
-    if trial.status == "USER_CANCELED" and trial.trial_id in killed:
-        return "EARLY_STOPPED"
-    return trial.status
 
 
 def free_port() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ from nni.tools.package_utils.tuner_factory import create_validator_instance
 from schema import SchemaError
 
 from nni_prune_tuners.assessor import PruneEarlyStopClassArgsValidator
+from nni_prune_tuners.export import early_stopped
 from tests.experiment import analytic_config, nni_experiment, prune_tpe
 from trials import analytic_trial
 
@@ -51,7 +51,7 @@ def test_experiment_stops_some_trials_but_not_the_best(registered: list[str], tm
     # NNI 3.0's local (v3) training service marks a trial killed by the assessor USER_CANCELED,
     # not EARLY_STOPPED (V3asV1.cancelTrialJob records isEarlyStopped only after the trial has
     # ended). Nothing else cancels trials here, so check the kills the dispatcher sent instead.
-    killed = set(re.findall(r'received command from dispatcher: KI, "(\w+)"', manager_log(tmp_path)))
+    killed = early_stopped(manager_log(tmp_path))
     stopped = [t for t in trials if t.status in ("EARLY_STOPPED", "USER_CANCELED")]
     status = {t.trial_id: t.status for t in trials}
     assert {t.trial_id for t in stopped} <= killed, (status, logs)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from nni_prune_tuners.config_check import check_config
+from nni_prune_tuners.export import early_stopped
 from tests.experiment import REPO, analytic_config, nni_experiment, prune_tpe, write_config
 from tests.remote_ssh import Sshd, loopback_sshd, sshd_path
 from trials import analytic_trial
@@ -98,7 +99,7 @@ def test_remote_experiment_over_loopback_ssh(registered: list[str], tmp_path: Pa
 
     manager_log = "\n".join(p.read_text() for p in workdir.rglob("nnimanager.log"))
     # as on the local platform, NNI 3.0 marks assessor kills USER_CANCELED (README, Validation)
-    killed = set(re.findall(r'received command from dispatcher: KI, "(\w+)"', manager_log))
+    killed = early_stopped(manager_log)
     stopped = [t for t in trials if t.status in ("EARLY_STOPPED", "USER_CANCELED")]
     assert stopped and {t.trial_id for t in stopped} <= killed, (killed, logs)
     # both machines ran trials, each from its own uploaded copy without the environment

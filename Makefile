@@ -44,6 +44,8 @@ bench: venv
 	$(PY) -m benchmarks.best_known --landscapes $(CHEAP_NETS)
 	$(PY) -m benchmarks.roughness --landscapes mlp-0.90,cnn-0.90,mlp8-0.90
 	$(PY) -m benchmarks.allocation --landscapes $(CHEAP_LANDSCAPES) --cap prunetpe-tpe=5
+	$(PY) -m benchmarks.best_known --landscapes $(CHEAP_NETS) --evaluations 60 --restarts 10 \
+		--out results/bench/es60_small.json
 	$(PY) -m benchmarks.best_known --landscapes resnet-0.90 --evaluations 500 --restarts 1
 	$(PY) -m benchmarks.best_known --landscapes resnet20-0.90 --evaluations 300 --restarts 1
 	$(PY) -m benchmarks.allocation --landscapes $(RESNETS) --tuners prunetpe,tpe --seeds 10 \

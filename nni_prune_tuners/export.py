@@ -24,6 +24,7 @@ from nni_prune_tuners.search_space import SPARSITY_SUFFIX
 _logger = logging.getLogger(__name__)
 
 NNI_HOME = Path.home() / "nni-experiments"
+#: How nnimanager.log records the dispatcher's kill of a trial (the assessor's decision).
 _KILL = re.compile(r'received command from dispatcher: KI, "(\w+)"')
 
 

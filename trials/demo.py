@@ -57,7 +57,6 @@ _logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 NNICTL = nnictl_command()[0]
 FINISHED = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
-#: How nnimanager.log records the dispatcher's kill of a trial (PruneEarlyStop's decision).
 
 
 class UsageError(ValueError):

@@ -14,6 +14,7 @@ import math
 import re
 import sqlite3
 import urllib.request
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,10 +259,7 @@ def export_best(experiment_id: str, out: Path, *, experiment_dir: Path | None = 
     best = best_trial(trials, maximize=mode != "minimize")
     manager_log = folder / "log" / "nnimanager.log"
     killed = early_stopped(manager_log.read_text(errors="replace")) if manager_log.exists() else set()
-    statuses: dict[str, int] = {}
-    for trial in trials:
-        status = shown_status(trial, killed)
-        statuses[status] = statuses.get(status, 0) + 1
+    statuses = dict(Counter(shown_status(trial, killed) for trial in trials))
     method, sparsities = layer_sparsities(best.parameters)
     if not sparsities:
         raise ExportError(f"best trial {best.trial_id} has no *_sparsity parameter: {best.parameters}")

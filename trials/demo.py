@@ -380,11 +380,9 @@ def run(args: argparse.Namespace, out: Path, manager: NniManager) -> int:
         manager_log = out / "nni-experiments" / experiment_id / "log" / "nnimanager.log"
         follow(rest, max_trials, args.timeout, manager_log)
         trials = rest.trials()
-        killed = early_stopped(manager_log.read_text()) if manager_log.exists() else set()
     finally:
         stopped = manager.stop()
     print(f"    {stopped}")
-    stopped_early = sum(shown_status(t, killed) == "EARLY_STOPPED" for t in trials)
 
     table = best_table(trials, dense)
     print("4/5 best trials\n" + table)
@@ -402,8 +400,8 @@ def run(args: argparse.Namespace, out: Path, manager: NniManager) -> int:
     (out / "report.md").write_text(
         f"# Demo experiment {experiment_id}\n\n"
         f"`make demo` ({max_trials} trials, PruneTPE at target {target} with PruneEarlyStop, "
-        f"2 in flight; {stopped_early} early-stopped by PruneEarlyStop). Dense validation "
-        f"accuracy {dense:.4f}.\n\n"
+        f"2 in flight; {best['statuses'].get('EARLY_STOPPED', 0)} early-stopped by "
+        f"PruneEarlyStop). Dense validation accuracy {dense:.4f}.\n\n"
         f"{table}\n\n![best accuracy so far](best_so_far.png)\n\n"
         f"Best configuration as an NNI `config_list` (`best.json`), accepted by NNI's "
         f"`LevelPruner` (masks at {level_sparsity:.4f} global sparsity):\n\n"

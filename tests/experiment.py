@@ -83,7 +83,7 @@ class Experiment:
                 return
             if status.get("status") == "ERROR":
                 raise RuntimeError(f"experiment {self.id} failed: {status}\n{self.logs()}")
-            time.sleep(1.0)
+            time.sleep(0.25)
         raise TimeoutError(f"experiment {self.id} not {until} after {timeout}s: {status}\n"
                            f"{self.logs()}")
 

@@ -14,6 +14,10 @@ from trials import analytic_trial
 pytestmark = pytest.mark.slow
 
 
+def dispatcher_log(workdir: Path) -> str:
+    return "\n".join(p.read_text() for p in workdir.rglob("dispatcher.log"))
+
+
 def _wait_for_error(experiment, timeout: float = 60.0) -> dict:
     deadline = time.monotonic() + timeout
     status: dict = {}
@@ -21,7 +25,7 @@ def _wait_for_error(experiment, timeout: float = 60.0) -> dict:
         status = experiment.status()
         if status.get("status") in ("ERROR", "STOPPED", "DONE"):
             return status
-        time.sleep(1.0)
+        time.sleep(0.25)
     raise TimeoutError(f"experiment still {status} after {timeout}s\n{experiment.logs()}")
 
 
@@ -43,7 +47,7 @@ def test_bad_update_mid_run_is_rejected_and_a_good_one_applies(
     registered: list[str], tmp_path: Path
 ) -> None:
     config = analytic_config(tuner=prune_tpe(seed=2), search_space=analytic_trial.search_space(),
-                             max_trials=5, concurrency=1, epoch_seconds=0.5)
+                             max_trials=3, concurrency=1, epoch_seconds=0.5)
     with nni_experiment(config, workdir=tmp_path) as experiment:
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({"x": {"_type": "nope", "_value": [1]}}))
@@ -52,12 +56,16 @@ def test_bad_update_mid_run_is_rejected_and_a_good_one_applies(
         while not experiment.get("trial-jobs"):
             time.sleep(0.5)
         nnictl("update", "searchspace", experiment.id, "--filename", str(bad), check=False)
-        time.sleep(3)
+        # the good update goes only once the dispatcher has rejected the bad one
+        deadline = time.monotonic() + 60
+        while "rejected the new search space" not in dispatcher_log(tmp_path):
+            assert time.monotonic() < deadline, experiment.logs()
+            time.sleep(0.25)
         nnictl("update", "searchspace", experiment.id, "--filename", str(good))
-        experiment.wait(timeout=240, trials=5)
+        experiment.wait(timeout=240, trials=3)
         trials = experiment.trials()
-        dispatcher_log = "\n".join(p.read_text() for p in tmp_path.rglob("dispatcher.log"))
-    assert len(trials) == 5 and all(t.status == "SUCCEEDED" for t in trials)
-    assert "rejected the new search space" in dispatcher_log and "'nope'" in dispatcher_log
+        log = dispatcher_log(tmp_path)
+    assert len(trials) == 3 and all(t.status == "SUCCEEDED" for t in trials)
+    assert "rejected the new search space" in log and "'nope'" in log
     # the trials started after the good update are all AGP
     assert trials[-1].parameters["prune_method"]["_name"] == "agp"

@@ -8,13 +8,22 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def trial_jobs(port: int) -> list[dict[str, Any]]:
+    url = f"http://127.0.0.1:{port}/api/v1/nni/trial-jobs"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return list(json.loads(response.read()))
 
 
 def test_demo_and_export(registered: list[str], tmp_path: Path) -> None:
@@ -82,12 +91,17 @@ def test_interrupted_demo_stops_its_experiment(
     for line in demo.stdout:
         if "--port " in line:
             port = int(line.split("--port ")[1].split()[0])
-        if line.startswith("[  1/20]"):
-            demo.send_signal(signum)
+        if line.startswith("3/5 running"):
             break
+    assert port is not None
+    # interrupt mid-experiment, while a trial is running
+    deadline = time.monotonic() + 120
+    while not any(job.get("status") == "RUNNING" for job in trial_jobs(port)):
+        assert time.monotonic() < deadline, "no trial started"
+        time.sleep(0.25)
+    demo.send_signal(signum)
     output = demo.communicate(timeout=120)[0]
     assert demo.returncode == 130, output
     assert "the experiment was stopped" in output
-    assert port is not None
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0

@@ -33,7 +33,7 @@ def test_registered_validator_is_ours(registered: list[str]) -> None:
 
 
 def test_experiment_stops_some_trials_but_not_the_best(registered: list[str], tmp_path: Path) -> None:
-    max_trials = 12
+    max_trials = 16
     config = analytic_config(
         tuner=prune_tpe(seed=7),
         search_space=analytic_trial.search_space(),

@@ -53,6 +53,18 @@ def nnictl(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
     return result
 
 
+def rest(port: int, path: str) -> Any:
+    """GET ``path`` of the NNI manager's REST API on ``port``, decoded."""
+    url = f"http://127.0.0.1:{port}/api/v1/nni/{path}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def dispatcher_log(workdir: Path) -> str:
+    """Every dispatcher log under ``workdir`` (one per experiment run), joined."""
+    return "\n".join(p.read_text() for p in workdir.rglob("dispatcher.log"))
+
+
 @dataclass
 class Experiment:
     id: str
@@ -60,9 +72,7 @@ class Experiment:
     workdir: Path
 
     def get(self, path: str) -> Any:
-        url = f"http://127.0.0.1:{self.port}/api/v1/nni/{path}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return json.loads(response.read())
+        return rest(self.port, path)
 
     def status(self) -> dict[str, Any]:
         return dict(self.get("check-status"))

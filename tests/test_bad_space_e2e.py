@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.experiment import analytic_config, nni_experiment, nnictl, prune_tpe
+from tests.experiment import analytic_config, dispatcher_log, nni_experiment, nnictl, prune_tpe
 from trials import analytic_trial
 
 pytestmark = pytest.mark.slow
-
-
-def dispatcher_log(workdir: Path) -> str:
-    return "\n".join(p.read_text() for p in workdir.rglob("dispatcher.log"))
 
 
 def _wait_for_error(experiment, timeout: float = 60.0) -> dict:

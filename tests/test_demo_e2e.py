@@ -9,21 +9,15 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from tests.experiment import rest
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def trial_jobs(port: int) -> list[dict[str, Any]]:
-    url = f"http://127.0.0.1:{port}/api/v1/nni/trial-jobs"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return list(json.loads(response.read()))
 
 
 def test_demo_and_export(registered: list[str], tmp_path: Path) -> None:
@@ -96,7 +90,7 @@ def test_interrupted_demo_stops_its_experiment(
     assert port is not None
     # interrupt mid-experiment, while a trial is running
     deadline = time.monotonic() + 120
-    while not any(job.get("status") == "RUNNING" for job in trial_jobs(port)):
+    while not any(job.get("status") == "RUNNING" for job in rest(port, "trial-jobs")):
         assert time.monotonic() < deadline, "no trial started"
         time.sleep(0.25)
     demo.send_signal(signum)

@@ -10,16 +10,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.experiment import Experiment, analytic_config, free_port, nni_experiment, nnictl, prune_tpe
+from tests.experiment import (
+    Experiment,
+    analytic_config,
+    dispatcher_log,
+    free_port,
+    nni_experiment,
+    nnictl,
+    prune_tpe,
+)
 from trials import analytic_trial
 
 pytestmark = pytest.mark.slow
 
 TUNER = prune_tpe(seed=5)
-
-
-def dispatcher_log(workdir: Path) -> str:
-    return "\n".join(p.read_text() for p in workdir.rglob("dispatcher.log"))
 
 
 def test_resume_keeps_history(registered: list[str], tmp_path: Path) -> None:

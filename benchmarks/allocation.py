@@ -42,7 +42,15 @@ from benchmarks.landscapes import (
     layer_sparsities,
 )
 from benchmarks.landscapes import LANDSCAPES as ALL_LANDSCAPES
-from benchmarks.tuners import _quiet, best_so_far, make_tuner, parse_names, rescaled, run_jobs
+from benchmarks.tuners import (
+    TunerSpec,
+    _quiet,
+    best_so_far,
+    make_tuner,
+    parse_names,
+    rescaled,
+    run_jobs,
+)
 from nni_prune_tuners import search_space as ss
 from nni_prune_tuners.tuner import PruneTPETuner
 
@@ -70,20 +78,12 @@ OPTIMUM_LABELS = {
 }
 
 
-@dataclass(frozen=True)
-class Contender:
-    """How the table names a tuner and whether the trial rescales its samples to the target."""
-
-    label: str
-    rescale_in_trial: bool
-
-
-CONTENDERS: dict[str, Contender] = {
-    "prunetpe": Contender("PruneTPE (default)", False),
-    "prunetpe-tpe": Contender("PruneTPE (allocation: tpe)", False),
-    "tpe": Contender("NNI TPE + in-trial rescaling", True),
-    "anneal": Contender("NNI Anneal + in-trial rescaling", True),
-    "random": Contender("NNI Random + in-trial rescaling", True),
+CONTENDERS: dict[str, TunerSpec] = {
+    "prunetpe": TunerSpec("PruneTPE (default)", False),
+    "prunetpe-tpe": TunerSpec("PruneTPE (allocation: tpe)", False),
+    "tpe": TunerSpec("NNI TPE + in-trial rescaling", True),
+    "anneal": TunerSpec("NNI Anneal + in-trial rescaling", True),
+    "random": TunerSpec("NNI Random + in-trial rescaling", True),
 }
 
 

@@ -48,8 +48,8 @@ bench: venv
 		--out results/bench/es60_small.json
 	$(PY) -m benchmarks.best_known --landscapes resnet-0.90 --evaluations 500 --restarts 1
 	$(PY) -m benchmarks.best_known --landscapes resnet20-0.90 --evaluations 300 --restarts 1
-	$(PY) -m benchmarks.allocation --landscapes $(RESNETS) --tuners prunetpe,tpe --seeds 10 \
-		--cap tpe=2 --budget 180 --budget-cap prunetpe=60 --wide off --out results/bench/resnets
+	$(PY) -m benchmarks.allocation --landscapes $(RESNETS) --tuners prunetpe,prunetpe-local,tpe --seeds 10 \
+		--cap tpe=2 --budget 180 --budget-cap prunetpe=60,prunetpe-local=60 --wide off --out results/bench/resnets
 	$(PY) -m benchmarks.best_known --landscapes resnet-0.90,resnet20-0.90 --evaluations 60 \
 		--restarts 10 --out results/bench/es60.json
 	$(PY) -m benchmarks.zoo

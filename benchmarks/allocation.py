@@ -2,7 +2,8 @@
 
 Every contender runs in-process through NNI's Tuner interface (:func:`benchmarks.driver.drive`,
 two trials in flight) on the landscapes of :mod:`benchmarks.landscapes`, for several seeds:
-PruneTPE's default (``allocation: model``), PruneTPE with ``allocation: tpe``, and NNI's TPE,
+PruneTPE's default (``allocation: model``), PruneTPE with ``allocation: local`` and with
+``allocation: tpe``, and NNI's TPE,
 Anneal and Random with the seed's in-trial rescaling (:func:`benchmarks.tuners.rescaled`). Each
 heuristic allocation alone (uniform, global magnitude, LAMP, ERK) is a flat line. PruneTPE's
 default and NNI TPE also run with eight trials in flight on the analytic landscape and one real
@@ -80,6 +81,7 @@ OPTIMUM_LABELS = {
 
 CONTENDERS: dict[str, TunerSpec] = {
     "prunetpe": TunerSpec("PruneTPE (default)", False),
+    "prunetpe-local": TunerSpec("PruneTPE (allocation: local)", False),
     "prunetpe-tpe": TunerSpec("PruneTPE (allocation: tpe)", False),
     "tpe": TunerSpec("NNI TPE + in-trial rescaling", True),
     "anneal": TunerSpec("NNI Anneal + in-trial rescaling", True),
@@ -103,9 +105,9 @@ def make_contender(name: str, seed: int, land: Landscape) -> Tuner:
     if name == "prunetpe":
         return PruneTPETuner(optimize_mode="maximize", seed=seed, target_sparsity=land.target,
                              **land.constraint)
-    if name == "prunetpe-tpe":
+    if name in ("prunetpe-local", "prunetpe-tpe"):
         return PruneTPETuner(optimize_mode="maximize", seed=seed, target_sparsity=land.target,
-                             allocation="tpe", **land.constraint)
+                             allocation=name.removeprefix("prunetpe-"), **land.constraint)
     if name not in CONTENDERS:
         raise ValueError(f"unknown tuner {name!r}; expected one of {sorted(CONTENDERS)}")
     return make_tuner(name, seed, land.constraint)
@@ -333,7 +335,8 @@ def overview(results: Mapping[str, Mapping[str, Any]]) -> str:
         ("prunetpe", mark, f"PruneTPE n={mark}") for mark in marks
     ]
     columns.insert(len(marks) - 1, ("prunetpe", "worst", "PruneTPE worst seed n=60"))
-    columns += [("prunetpe-tpe", "60", "PruneTPE tpe n=60"), ("tpe", "60", "NNI TPE n=60"),
+    columns += [("prunetpe-local", "60", "PruneTPE local n=60"),
+                ("prunetpe-tpe", "60", "PruneTPE tpe n=60"), ("tpe", "60", "NNI TPE n=60"),
                 ("tpe", marks[-1], f"NNI TPE n={marks[-1]}"),
                 ("anneal", marks[-1], f"Anneal n={marks[-1]}"),
                 ("random", marks[-1], f"Random n={marks[-1]}")]

@@ -356,6 +356,47 @@ def propose(
     return block.rescale(solve_budget(response(grids), grids, block.weights, budget))
 
 
+def predict(coefficients: FloatArray, samples: FloatArray, prior: Prior | None = None,
+            prior_scale: float = 1.0) -> FloatArray:
+    """The model's value of ``(n, L)`` allocations under ``coefficients`` (intercept left out)."""
+    return curves(coefficients, np.asarray(samples, dtype=np.float64).T, prior, prior_scale).sum(axis=0)
+
+
+#: Share of the layers a few-layer move changes, and how many such moves one draw ranks.
+MOVED = 0.3
+CANDIDATES = 64
+
+
+def few_layer_move(
+    block: Block,
+    posterior: Posterior | None,
+    rng: np.random.RandomState,
+    incumbent: FloatArray,
+    step: float,
+) -> FloatArray:
+    """A local move that changes a few layers: the best of :data:`CANDIDATES` random steps
+    under one posterior draw.
+
+    Each step moves a random :data:`MOVED` of the layers (at least one) of ``incumbent`` by
+    ``N(0, step**2)`` in log-density and is rescaled to the target, as an evolution strategy
+    steps. Where one over-pruned layer breaks the network (a ResNet), such steps climb from a
+    good allocation more surely than the budget optimum of a draw, which moves every layer to
+    the edge of the trust region; the draw still picks among them, and spreads concurrent ones.
+    """
+    x = log_density(incumbent)
+    layers = len(x)
+    mask = rng.random_sample((CANDIDATES, layers)) < MOVED
+    unmoved = ~mask.any(axis=1)
+    mask[unmoved, rng.randint(layers, size=int(unmoved.sum()))] = True
+    steps = x + step * rng.standard_normal((CANDIDATES, layers)) * mask
+    options = np.array([block.rescale(np.clip(-np.expm1(-row), block.lo, block.hi))
+                        for row in steps])
+    if posterior is None:
+        return np.asarray(options[0])
+    scores = predict(posterior.draw(rng), options, block.prior, 1.0 / posterior.scale)
+    return np.asarray(options[int(np.argmax(scores))])
+
+
 #: The kinds of proposal: the budget optimum of a posterior draw over the whole space, or inside
 #: the trust region around the best configuration found so far.
 MOVES = ("global", "local")

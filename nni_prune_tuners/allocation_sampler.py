@@ -15,6 +15,10 @@ the whole block is proposed at once from the trials of that branch (:mod:`alloca
   where most global proposals score at chance, the local one). A branch whose best is behind
   another branch's gets global proposals only: local moves from its poor incumbent would climb
   too slowly to overtake;
+- with ``few_layer_moves`` (``allocation: local``), every proposal after the warm starts is a
+  local move that changes a few layers (:func:`allocation.few_layer_move`), except in a branch
+  behind another: on a network that one over-pruned layer breaks, global proposals score at
+  chance, and the model's local optimum moves every layer at once;
 - a proposal equal (within 1e-6 per value) to a finished or running one is drawn again, then
   perturbed: no trial is spent on a repeat.
 """
@@ -70,6 +74,7 @@ class AllocationSampler(BaseSampler):
         seed: Seed of the model's draws.
         constant_liar: Fit running trials at the mean result seen (they still count as taken
             for deduplication either way).
+        few_layer_moves: Propose only local moves of a few layers once a branch has results.
     """
 
     def __init__(
@@ -79,8 +84,10 @@ class AllocationSampler(BaseSampler):
         *,
         seed: int | None = None,
         constant_liar: bool = True,
+        few_layer_moves: bool = False,
     ) -> None:
         self._base = base
+        self._few_layer_moves = few_layer_moves
         self._blocks = tuple(blocks)
         self._names = frozenset(name for block in self._blocks for name in block.names)
         branch_options: dict[str, set[int]] = {}
@@ -200,13 +207,19 @@ class AllocationSampler(BaseSampler):
             radius = self._regions[index].update(best)
             if best < self._best_score(study):
                 move = "global"  # a branch behind another: only the model's optimum can catch up
+            elif self._few_layer_moves:
+                move = "local"
             else:
                 move = allocation.choose_move(self._tallies(study, index, scores), self._rng)
             self._moves[trial.number] = (index, move)
             if move == "local":
                 incumbent = finished[int(np.argmax(scores))]
-        candidate = allocation.propose(block.budget, posterior, self._rng, incumbent=incumbent,
-                                       radius=radius)
+        if incumbent is not None and self._few_layer_moves:
+            candidate = allocation.few_layer_move(block.budget, posterior, self._rng, incumbent,
+                                                  step=radius / 2)
+        else:
+            candidate = allocation.propose(block.budget, posterior, self._rng,
+                                           incumbent=incumbent, radius=radius)
         rejected = 0
         while allocation.is_repeat(candidate, samples):
             rejected += 1

@@ -37,7 +37,7 @@ from nni_prune_tuners.profile import LayerProfile, ModelProfile, load_profile
 _logger = logging.getLogger(__name__)
 
 HEURISTICS = ("uniform", "global_magnitude", "lamp", "erk", "sensitivity")
-ALLOCATIONS = ("model", "tpe")
+ALLOCATIONS = ("model", "local", "tpe")
 #: Attempts at a suggestion whose raw sparsities can be rescaled (only zeros can prevent it).
 _MAX_ATTEMPTS = 100
 #: Repeated candidates asked again before their layer sparsities are perturbed instead.
@@ -83,7 +83,7 @@ _CLASS_ARGS_SCHEMA = Schema(
         Optional("constant_liar"): And(bool, error="constant_liar must be true or false"),
         Optional("learn_from"): Or("rescaled", "raw",
                                    error="learn_from must be 'rescaled' or 'raw'"),
-        Optional("allocation"): Or(*ALLOCATIONS, error="allocation must be 'model' or 'tpe'"),
+        Optional("allocation"): Or(*ALLOCATIONS, error="allocation must be 'model', 'local' or 'tpe'"),
     }
 )
 
@@ -174,9 +174,10 @@ def parse_tuner_options(class_args: Mapping[str, Any], *, base: Path | None = No
                 f"nni-prune-tuners profile --model pkg:factory --input-shape ... --out profile.json"
             )
     allocation = args.get("allocation", "model")
-    if args.get("learn_from") == "raw" and allocation == "model":
-        raise ValueError("PruneTPE classArgs: learn_from='raw' needs allocation='tpe' (the "
-                         "allocation model proposes sparsities that already meet the target)")
+    if args.get("learn_from") == "raw" and allocation != "tpe":
+        raise ValueError(f"PruneTPE classArgs: learn_from='raw' needs allocation='tpe', not "
+                         f"{allocation!r} (the allocation model proposes sparsities that already "
+                         f"meet the target)")
     warm_start = args.get("warm_start")
     if warm_start is None:
         supported = () if profile is None else tuple(h for h in HEURISTICS if profile.supports(h))
@@ -247,7 +248,9 @@ class PruneTPETuner(Tuner):
             ``raw`` samples before rescaling.
         allocation: How the layer sparsities of a branch are proposed under the target:
             ``model`` (default) by the additive Bayesian allocation model
-            (:mod:`nni_prune_tuners.allocation_sampler`), ``tpe`` by TPE and rescaling. Every
+            (:mod:`nni_prune_tuners.allocation_sampler`), ``local`` by the same model choosing
+            among moves of a few layers from the best allocation found (for networks that one
+            over-pruned layer breaks, such as ResNets), ``tpe`` by TPE and rescaling. Every
             other parameter, the branch choice included, always comes from TPE.
     """
 
@@ -300,7 +303,8 @@ class PruneTPETuner(Tuner):
         if self._options.allocation == "tpe" or not self._groups:  # groups: only with a target
             return tpe
         return AllocationSampler(tpe, blocks_for(self._groups), seed=seed,
-                                 constant_liar=self._options.constant_liar)
+                                 constant_liar=self._options.constant_liar,
+                                 few_layer_moves=self._options.allocation == "local")
 
     def _new_study(self, generation: int) -> optuna.Study:
         sampler = self._sampler(self._seed + generation)

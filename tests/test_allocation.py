@@ -76,6 +76,28 @@ def test_proposals_meet_the_target_inside_the_bounds_and_local_ones_stay_near() 
     assert np.mean(gaps[True]) < 0.5 * np.mean(gaps[False])
 
 
+def test_few_layer_moves_meet_the_target_and_follow_the_model() -> None:
+    """Few-layer moves stay at the target near the incumbent; ranked by a model in which
+    layer 0 is fragile, they take sparsity from layer 0 rather than give it."""
+    budget = block(layers=10)
+    rng = np.random.RandomState(2)
+    samples = np.array([budget.rescale(rng.uniform(0.2, 1.0, 10)) for _ in range(40)])
+    fragile = -10 * allocation.log_density(samples[:, 0]) - allocation.log_density(samples).sum(1)
+    incumbent = budget.rescale(np.full(10, 0.9))
+    shifts: dict[bool, list[float]] = {False: [], True: []}
+    for ranked in (False, True):
+        posterior = allocation.fit(samples, fragile) if ranked else None
+        for _ in range(30):
+            s = allocation.few_layer_move(budget, posterior, rng, incumbent, step=0.2)
+            assert np.dot(budget.weights, s) / budget.total == pytest.approx(0.9, abs=1e-9)
+            assert np.all(s >= 0.05 - 1e-12) and np.all(s <= 0.98 + 1e-12)
+            shift = allocation.log_density(s) - allocation.log_density(incumbent)
+            assert np.abs(shift).max() < 1.5
+            shifts[ranked].append(float(shift[0]))
+    assert np.mean(shifts[True]) < np.mean(shifts[False]) - 0.05
+    assert np.mean(shifts[True]) < 0
+
+
 def test_posterior_learns_an_additive_response() -> None:
     """More data: predictions approach the truth and the posterior draws narrow."""
     rng = np.random.RandomState(3)
@@ -136,6 +158,32 @@ def test_local_moves_take_over_where_global_proposals_fall_off_a_cliff() -> None
     sampler = tuner.study.sampler
     assert isinstance(sampler, AllocationSampler)
     assert sampler.moves["local"] >= 3 * sampler.moves["global"]
+
+
+def test_local_allocation_proposes_only_few_layer_moves_after_the_warm_starts() -> None:
+    """``allocation: local`` on the same cliff: no global proposal, and each move changes few
+    layers by much (the rescale shifts the others a little)."""
+    layers = [f"l{i}" for i in range(12)]
+    tuner = PruneTPETuner(seed=1, target_sparsity=0.9, allocation="local",
+                          layer_params={name: 1000 * (i + 1) for i, name in enumerate(layers)})
+    tuner.update_search_space({f"{name}_sparsity": {"_type": "uniform", "_value": [0.05, 0.995]}
+                               for name in layers})
+    best: tuple[float, np.ndarray] | None = None
+    moved = []
+    for i in range(30):
+        params = tuner.generate_parameters(i)
+        s = allocation.log_density([params[f"{name}_sparsity"] for name in layers])
+        distance = np.abs(s - allocation.log_density([0.9])).max()
+        value = 0.1 if distance > 0.5 else 0.9 - 0.1 * distance
+        tuner.receive_trial_result(i, params, value)
+        if best is not None:
+            moved.append(int((np.abs(s - best[1]) > 0.02).sum()))
+        if best is None or value > best[0]:
+            best = (value, s)
+    sampler = tuner.study.sampler
+    assert isinstance(sampler, AllocationSampler)
+    assert sampler.moves == {"global": 0, "local": 29}
+    assert np.median(moved) <= 6
 
 
 def test_a_branch_behind_the_other_still_reaches_its_optimum() -> None:

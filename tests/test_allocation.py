@@ -276,9 +276,10 @@ def test_nnis_own_finite_dedup_case() -> None:
         tuner.generate_parameters(6)
 
 
-def test_four_simultaneous_suggestions_differ_and_spread(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["model", "local"])
+def test_four_simultaneous_suggestions_differ_and_spread(tmp_path: Path, engine: str) -> None:
     profile = write_profile(tmp_path / "profile.json")
-    tuner = PruneTPETuner(seed=2, target_sparsity=0.9, profile=str(profile))
+    tuner = PruneTPETuner(seed=2, target_sparsity=0.9, profile=str(profile), allocation=engine)
     tuner.update_search_space(analytic_trial.search_space())
     for i in range(16):  # the warm starts and a history, finished one by one
         params = tuner.generate_parameters(i)

@@ -186,6 +186,25 @@ def test_main_runs_end_to_end_and_writes_its_files(tmp_path: Path,
     assert markdown.strip() in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(("budget", "header"), [
+    (60, "| PruneTPE n=20 | PruneTPE n=60 | PruneTPE worst seed n=60 | PruneTPE local n=60 | "
+         "PruneTPE tpe n=60 | NNI TPE n=60 | Anneal n=60 | Random n=60 |"),
+    (180, "| PruneTPE n=20 | PruneTPE n=60 | PruneTPE worst seed n=60 | PruneTPE n=180 | "
+          "PruneTPE local n=60 | PruneTPE tpe n=60 | NNI TPE n=60 | NNI TPE n=180 | "
+          "Anneal n=180 | Random n=180 |"),
+])
+def test_overview_has_each_column_once_whatever_the_budget(budget: int, header: str) -> None:
+    stat = {"mean": 0.5, "std": 0.01, "worst": 0.48}
+    result = {"heuristics": {"lamp": 0.4}, "optimum": None, "optimum_kind": "exact",
+              "summary": {"prunetpe-local": {"budget": 60, "best": {"20": stat, "60": stat}},
+                          "tpe": {"budget": budget, "best": {"60": stat, str(budget): stat}}}}
+    head, rule, row = allocation.overview({"resnet-0.90": result}).splitlines()
+    assert header in head
+    assert head.count("|") == rule.count("|") == row.count("|")
+    cells = dict(zip(head.split(" | "), row.split(" | "), strict=True))
+    assert cells["PruneTPE local n=60"] == cells["NNI TPE n=60"] == "50.00"
+
+
 def test_reuse_takes_the_other_contenders_from_an_earlier_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -64,26 +64,30 @@ class TunerOptions:
 _CLASS_ARGS_SCHEMA = Schema(
     {
         Optional("optimize_mode"): Or("maximize", "minimize", error="optimize_mode must be "
-                                      "'maximize' or 'minimize'"),
+                                      "'maximize' or 'minimize', got {!r}"),
         Optional("seed"): Or(None, And(int, lambda x: not isinstance(x, bool) and x >= 0),
-                             error="seed must be a non-negative integer or null"),
+                             error="seed must be a non-negative integer or null, got {!r}"),
         Optional("target_sparsity"): Or(None, And(Or(int, float), Use(float),
                                                   lambda x: 0.0 < x < 1.0),
-                                        error="target_sparsity must be a number in (0, 1) or null"),
-        Optional("profile"): Or(None, str, error="profile must be a path string"),
-        Optional("layer_params"): Or(None, dict, error="layer_params must be a mapping"),
+                                        error="target_sparsity must be a number in (0, 1) or "
+                                        "null, got {!r}"),
+        Optional("profile"): Or(None, str, error="profile must be a path string, got {!r}"),
+        Optional("layer_params"): Or(None, dict, error="layer_params must be a mapping, got {!r}"),
         Optional("weight_by"): Or("params", "flops",
-                                  error="weight_by must be 'params' or 'flops'"),
-        Optional("sparsity_scope"): Or("searched", "model",
-                                       error="sparsity_scope must be 'searched' or 'model'"),
-        Optional("warm_start"): Or(None, [Or(*HEURISTICS)],
-                                   error=f"warm_start must be a list drawn from {list(HEURISTICS)}"),
+                                  error="weight_by must be 'params' or 'flops', got {!r}"),
+        Optional("sparsity_scope"): Or("searched", "model", error="sparsity_scope must be "
+                                       "'searched' or 'model', got {!r}"),
+        Optional("warm_start"): Or(None, [Or(*HEURISTICS)], error="warm_start must be a list "
+                                   f"drawn from {list(HEURISTICS)}, got {{!r}}"),
         Optional("n_startup_trials"): And(int, lambda x: not isinstance(x, bool) and x >= 0,
-                                          error="n_startup_trials must be an integer >= 0"),
-        Optional("constant_liar"): And(bool, error="constant_liar must be true or false"),
+                                          error="n_startup_trials must be an integer >= 0, "
+                                          "got {!r}"),
+        Optional("constant_liar"): And(bool, error="constant_liar must be true or false, "
+                                       "got {!r}"),
         Optional("learn_from"): Or("rescaled", "raw",
-                                   error="learn_from must be 'rescaled' or 'raw'"),
-        Optional("allocation"): Or(*ALLOCATIONS, error="allocation must be 'model', 'local' or 'tpe'"),
+                                   error="learn_from must be 'rescaled' or 'raw', got {!r}"),
+        Optional("allocation"): Or(*ALLOCATIONS, error="allocation must be 'model', 'local' or "
+                                   "'tpe', got {!r}"),
     }
 )
 
@@ -147,7 +151,9 @@ def parse_tuner_options(class_args: Mapping[str, Any], *, base: Path | None = No
     try:
         args = _CLASS_ARGS_SCHEMA.validate(dict(class_args))
     except SchemaError as error:
-        raise ValueError(f"PruneTPE classArgs: {error.code} (got {dict(class_args)!r})") from None
+        # a nested rule (each item of warm_start) repeats the message for its part: the first
+        # line is the one about the whole value
+        raise ValueError(f"PruneTPE classArgs: {error.code.splitlines()[0]}") from None
     target = args.get("target_sparsity")
     if args.get("profile") is not None and args.get("layer_params") is not None:
         raise ValueError("PruneTPE classArgs: give either 'profile' or 'layer_params', not both")

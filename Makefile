@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint bench register clean
+.PHONY: venv demo test test-fast lint bench bench-full register clean
 
 $(STAMP): requirements.lock setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -31,30 +31,42 @@ test: lint
 test-fast: lint
 	$(PY) -m pytest -m "not slow"; rc=$$?; [ $$rc -ne 5 ] || echo "make test-fast: no tests" >&2; exit $$rc
 
+# `make bench`: the headline comparisons, about 15 minutes on 2 cores (fewer seeds, fewer
+# landscapes); `make bench-full`: that, then everything else (hours), written under results/full.
+BENCH_NETS := mlp-0.90,cnn-0.90,mlp8-0.90
+BENCH_LANDSCAPES := analytic,additive-0,interact-0,$(BENCH_NETS)
 # the ResNet landscapes take ~1 s an evaluation: fewer contenders and trials there
 CHEAP_NETS := mlp-0.90,cnn-0.90,deepmlp-0.90,mlp8-0.90,mlp-0.95,cnn-0.95,deepmlp-0.95,mlp8-0.95
 CHEAP_LANDSCAPES := analytic,additive-0,additive-1,additive-2,interact-0,interact-1,interact-2,$(CHEAP_NETS)
 RESNETS := resnet-0.90,resnet-0.95,resnet20-0.90,resnet20-0.95
+FULL := results/full
 
 bench: venv
 	$(PY) -m benchmarks.tuner_latency
-	$(PY) -m benchmarks.masking
+	$(PY) -m benchmarks.masking --zoo ''
 	$(PY) -m benchmarks.assessor
-	$(PY) -m benchmarks.tuners
+	$(PY) -m benchmarks.tuners --objective digits --seeds 5 --tuners prunetpe,tpe,random,anneal
+	$(PY) -m benchmarks.best_known --landscapes $(BENCH_NETS) --evaluations 500 --restarts 2
+	$(PY) -m benchmarks.allocation --landscapes $(BENCH_LANDSCAPES) \
+		--tuners prunetpe,prunetpe-local,tpe,anneal,random --seeds 5 --wide off
+
+bench-full: bench
+	$(PY) -m benchmarks.masking
+	$(PY) -m benchmarks.tuners --out $(FULL)
 	$(PY) -m benchmarks.best_known --landscapes $(CHEAP_NETS)
 	$(PY) -m benchmarks.roughness --landscapes mlp-0.90,cnn-0.90,mlp8-0.90
-	$(PY) -m benchmarks.allocation --landscapes $(CHEAP_LANDSCAPES) --cap prunetpe-tpe=5
+	$(PY) -m benchmarks.allocation --landscapes $(CHEAP_LANDSCAPES) --cap prunetpe-tpe=5 --out $(FULL)
 	$(PY) -m benchmarks.best_known --landscapes $(CHEAP_NETS) --evaluations 60 --restarts 10 \
-		--out results/bench/es60_small.json
+		--out $(FULL)/es60_small.json
 	$(PY) -m benchmarks.best_known --landscapes resnet-0.90 --evaluations 500 --restarts 1
 	$(PY) -m benchmarks.best_known --landscapes resnet20-0.90 --evaluations 300 --restarts 1
 	$(PY) -m benchmarks.allocation --landscapes $(RESNETS) --tuners prunetpe,prunetpe-local,tpe --seeds 10 \
-		--cap tpe=2 --budget 180 --budget-cap prunetpe=60,prunetpe-local=60 --wide off --out results/bench/resnets
+		--cap tpe=2 --budget 180 --budget-cap prunetpe=60,prunetpe-local=60 --wide off --out $(FULL)/resnets
 	$(PY) -m benchmarks.best_known --landscapes resnet-0.90,resnet20-0.90 --evaluations 60 \
-		--restarts 10 --out results/bench/es60.json
+		--restarts 10 --out $(FULL)/es60.json
 	$(PY) -m benchmarks.zoo
 	$(PY) -m benchmarks.heuristics
-	$(PY) -m benchmarks.zoo_tuners
+	$(PY) -m benchmarks.zoo_tuners --out $(FULL)
 	$(PY) -m benchmarks.remote_overhead
 
 clean:

@@ -438,8 +438,9 @@ MAX_ENUMERATED = 100_000
 def configurations(parameters: Sequence[Parameter]) -> list[dict[str, Any]] | None:
     """Every configuration of a finite space (NNI-shaped), or None if it is infinite or too big.
 
-    Finite means only ``choice``, ``randint``, ``quniform`` and ``qloguniform``: what NNI's TPE
-    deduplicates by grid search before it reports the space exhausted.
+    Finite means only ``choice``, ``randint``, ``quniform``, ``qloguniform`` and ranges with equal
+    bounds (one value, as NNI's TPE treats them): what NNI's TPE deduplicates by grid search before
+    it reports the space exhausted. The normal family is unbounded even when quantised.
     """
     options: list[list[Any]] = []
     for parameter in parameters:
@@ -449,6 +450,8 @@ def configurations(parameters: Sequence[Parameter]) -> list[dict[str, Any]] | No
             low, high, q = parameter.args
             steps = range(math.floor(low / q), math.ceil(high / q) + 1)
             values = sorted({parameter.to_value(min(max(k * q, low), high)) for k in steps})
+        elif parameter.type in ("uniform", "loguniform") and parameter.args[0] == parameter.args[1]:
+            values = [parameter.to_value(parameter.args[0])]
         elif parameter.type == "choice":
             values = []
             for option, branch in zip(parameter.args, parameter.branches, strict=True):

@@ -38,7 +38,8 @@ _logger = logging.getLogger(__name__)
 
 HEURISTICS = ("uniform", "global_magnitude", "lamp", "erk", "sensitivity")
 ALLOCATIONS = ("model", "local", "tpe")
-#: Attempts at a suggestion whose raw sparsities can be rescaled (only zeros can prevent it).
+#: Candidates asked for one suggestion before a finite space is enumerated or, in an infinite
+#: one, the least-proposed configuration is repeated; once that happened, only ``_REDRAWS + 1``.
 _MAX_ATTEMPTS = 100
 #: Repeated candidates asked again before their layer sparsities are perturbed instead.
 _REDRAWS = 10
@@ -277,6 +278,9 @@ class PruneTPETuner(Tuner):
         self._warm_starts: list[dict[str, Any]] = []
         self._seen = SeenConfigurations()
         self._repeats_rejected = 0
+        self._configurations: list[dict[str, Any]] | None = None
+        self._next_configuration = 0
+        self._saturated = False
         self._rng = np.random.RandomState(seed)
         self._accept_customized_trials()
 
@@ -344,6 +348,9 @@ class PruneTPETuner(Tuner):
             return
         self._parameters = parameters
         self._groups = groups
+        self._configurations = ss.configurations(parameters)
+        self._next_configuration = 0
+        self._saturated = False
         if self._study.get_trials(deepcopy=False):
             self._generation += 1
             self._study = self._new_study(self._generation)
@@ -445,14 +452,20 @@ class PruneTPETuner(Tuner):
 
         A candidate equal to a configuration already proposed (Contract 8) is told to Optuna as
         failed and asked again; with a target, after a few such draws its layer sparsities are
-        perturbed instead (rescaling can pin samples to the same corner of the bounds). A finite
-        space is then searched exhaustively, and ``nni.NoMoreTrialError`` says it is used up,
-        as NNI's own TPE does.
+        perturbed instead (rescaling can pin samples to the same corner of the bounds). When the
+        candidates keep repeating, a finite space is searched exhaustively and
+        ``nni.NoMoreTrialError`` says it is used up, as NNI's own TPE does; a space with an
+        unbounded or continuous part never ends: its least-proposed configuration is repeated.
+
+        Raises:
+            nni.NoMoreTrialError: every configuration of a finite space was proposed.
         """
         if not self._parameters:
             raise RuntimeError("generate_parameters called before update_search_space")
+        if self._configurations is not None and self._unseen_configuration() is None:
+            raise nni.NoMoreTrialError()
         repeats = 0
-        for attempt in range(_MAX_ATTEMPTS):
+        for attempt in range(_REDRAWS + 1 if self._saturated else _MAX_ATTEMPTS):
             self._enqueue_warm_start()
             trial = self._study.ask()
             params = ss.sample(trial, self._parameters)
@@ -469,7 +482,8 @@ class PruneTPETuner(Tuner):
                 self._study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 continue
             return self._start(parameter_id, params, trial, repeats)
-        return self._start_unseen(parameter_id, repeats)
+        self._saturated = True
+        return self._start_fallback(parameter_id, repeats)
 
     def _start(
         self, parameter_id: int, params: dict[str, Any], trial: optuna.trial.Trial, repeats: int
@@ -482,18 +496,44 @@ class PruneTPETuner(Tuner):
         self._running[parameter_id] = (self._generation, trial)
         return params
 
-    def _start_unseen(self, parameter_id: int, repeats: int) -> dict[str, Any]:
-        """The first configuration of a finite space not yet proposed (NNI's grid fallback)."""
-        configurations = ss.configurations(self._parameters)
-        if configurations is None:
-            raise RuntimeError(f"no new configuration in {_MAX_ATTEMPTS} attempts")
-        for params in configurations:
+    def _start_fallback(self, parameter_id: int, repeats: int) -> dict[str, Any]:
+        """The next unproposed configuration of a finite space, else the least-proposed one."""
+        params: Mapping[str, Any] | None
+        if self._configurations is not None:
+            params = self._unseen_configuration()
+            if params is None:
+                _logger.info("all %d configurations of the search space were proposed",
+                             len(self._configurations))
+                raise nni.NoMoreTrialError()
+        else:
+            params = self._seen.least_added(self._fits)
+            assert params is not None, "a repeat was rejected, so one configuration fits"
+            _logger.info(
+                "parameter %s: no new configuration in %d candidates; proposing again the one "
+                "proposed least (%d times so far): %s",
+                parameter_id, repeats, self._seen.count(params), params,
+            )
+        self._study.enqueue_trial(ss.to_samples(params, self._parameters))
+        trial = self._study.ask()
+        return self._start(parameter_id, ss.sample(trial, self._parameters), trial, repeats)
+
+    def _unseen_configuration(self) -> dict[str, Any] | None:
+        """The first configuration of the finite space not yet proposed (NNI's grid fallback)."""
+        assert self._configurations is not None
+        while self._next_configuration < len(self._configurations):
+            params = self._configurations[self._next_configuration]
             if params not in self._seen:
-                self._study.enqueue_trial(ss.to_samples(params, self._parameters))
-                trial = self._study.ask()
-                return self._start(parameter_id, ss.sample(trial, self._parameters), trial, repeats)
-        _logger.info("all %d configurations of the search space were proposed", len(configurations))
-        raise nni.NoMoreTrialError()
+                return params
+            self._next_configuration += 1
+        return None
+
+    def _fits(self, params: Mapping[str, Any]) -> bool:
+        """Whether ``params`` is a configuration of the current search space."""
+        try:
+            ss.to_samples(params, self._parameters)
+        except (ValueError, KeyError, TypeError):
+            return False
+        return True
 
     @property
     def repeats_rejected(self) -> int:

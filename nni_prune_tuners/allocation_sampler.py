@@ -43,6 +43,9 @@ _logger = logging.getLogger(__name__)
 
 #: Fresh posterior draws tried before a repeat is perturbed instead.
 _REDRAWS = 8
+#: Perturbations tried after that: a budget that leaves one allocation (every layer but one
+#: pinned) repeats forever, and the tuner then decides what to propose again.
+_PERTURBATIONS = 8
 #: Finished trials before the branch floor applies.
 _MIN_FOR_FLOOR = 20
 
@@ -221,7 +224,7 @@ class AllocationSampler(BaseSampler):
             candidate = allocation.propose(block.budget, posterior, self._rng,
                                            incumbent=incumbent, radius=radius)
         rejected = 0
-        while allocation.is_repeat(candidate, samples):
+        while rejected < _REDRAWS + _PERTURBATIONS and allocation.is_repeat(candidate, samples):
             rejected += 1
             if rejected <= _REDRAWS:
                 candidate = allocation.propose(block.budget, posterior, self._rng)

@@ -29,6 +29,7 @@ from nni.tuner import Tuner
 from schema import And, Optional, Or, Schema, SchemaError, Use
 
 from nni_prune_tuners import allocation, sparsity
+from nni_prune_tuners._class_args import unknown_key_message
 from nni_prune_tuners import search_space as ss
 from nni_prune_tuners.allocation_sampler import AllocationSampler, blocks_for
 from nni_prune_tuners.dedup import SeenConfigurations
@@ -39,9 +40,10 @@ _logger = logging.getLogger(__name__)
 HEURISTICS = ("uniform", "global_magnitude", "lamp", "erk", "sensitivity")
 ALLOCATIONS = ("model", "local", "tpe")
 #: Candidates asked for one suggestion before a finite space is enumerated or, in an infinite
-#: one, the least-proposed configuration is repeated; once that happened, only ``_REDRAWS + 1``.
+#: one, the least-proposed configuration is repeated; once that happened, ``2 * (_REDRAWS + 1)``.
 _MAX_ATTEMPTS = 100
-#: Repeated candidates asked again before their layer sparsities are perturbed instead.
+#: Repeated candidates asked again before candidates are drawn from the priors instead and
+#: their layer sparsities perturbed.
 _REDRAWS = 10
 
 
@@ -91,6 +93,7 @@ _CLASS_ARGS_SCHEMA = Schema(
                                    "'tpe', got {!r}"),
     }
 )
+_CLASS_ARGS = tuple(str(key.schema) for key in _CLASS_ARGS_SCHEMA.schema)
 
 
 def experiment_code_directory() -> Path | None:
@@ -131,6 +134,21 @@ def report_to_nni_manager(message: str) -> None:
         _logger.warning("could not report the error to the NNI manager: %s", failure)
 
 
+def exit_dispatcher(message: str) -> None:
+    """Inside NNI's dispatcher, end it with ``message``; elsewhere do nothing.
+
+    A tuner whose constructor raises has not connected to the manager yet: NNI would log a
+    traceback and the manager would give up after 10 s with ``Tuner did not connect in 10
+    seconds``. Instead the message is logged as one line (dispatcher.log), sent to the manager
+    (the experiment is in ERROR at once, ``nnimanager.log`` says ``Dispatcher error: <message>``)
+    and is the last line the dispatcher writes to stderr (nnictl_stderr.log), with no traceback.
+    """
+    if "--exp_params" not in sys.argv[:-1] or not os.environ.get("NNI_TUNER_COMMAND_CHANNEL"):
+        return
+    report_to_nni_manager(message)
+    raise SystemExit(f"error: {message}")
+
+
 def resolve_path(path: str, base: Path | None) -> Path:
     """A relative classArgs path is relative to the trial code, where users keep the profile."""
     candidate = Path(path).expanduser()
@@ -144,11 +162,24 @@ def parse_tuner_options(class_args: Mapping[str, Any], *, base: Path | None = No
 
     Shared by the constructor and :class:`PruneTPEClassArgsValidator` so that both reject the
     same things with the same messages. A relative ``profile`` is resolved against ``base``
-    (the experiment's ``trialCodeDirectory``), or the working directory without one.
+    (the experiment's ``trialCodeDirectory``), or the working directory without one. Inside
+    NNI's dispatcher a bad option ends the dispatcher with the message (:func:`exit_dispatcher`).
 
     Raises:
-        ValueError: naming the offending key and value.
+        ValueError: naming the offending key and value (an unknown key with the closest valid
+            one).
     """
+    try:
+        return _parse_tuner_options(class_args, base)
+    except ValueError as error:
+        exit_dispatcher(str(error))
+        raise
+
+
+def _parse_tuner_options(class_args: Mapping[str, Any], base: Path | None) -> TunerOptions:
+    unknown = unknown_key_message("PruneTPE", class_args, _CLASS_ARGS)
+    if unknown is not None:
+        raise ValueError(unknown)
     try:
         args = _CLASS_ARGS_SCHEMA.validate(dict(class_args))
     except SchemaError as error:
@@ -281,6 +312,7 @@ class PruneTPETuner(Tuner):
         self._configurations: list[dict[str, Any]] | None = None
         self._next_configuration = 0
         self._saturated = False
+        self._prior: optuna.Study | None = None
         self._rng = np.random.RandomState(seed)
         self._accept_customized_trials()
 
@@ -351,6 +383,7 @@ class PruneTPETuner(Tuner):
         self._configurations = ss.configurations(parameters)
         self._next_configuration = 0
         self._saturated = False
+        self._prior = None
         if self._study.get_trials(deepcopy=False):
             self._generation += 1
             self._study = self._new_study(self._generation)
@@ -451,11 +484,12 @@ class PruneTPETuner(Tuner):
         """Ask Optuna, rescale the layer sparsities to the target, return NNI-shaped params.
 
         A candidate equal to a configuration already proposed (Contract 8) is told to Optuna as
-        failed and asked again; with a target, after a few such draws its layer sparsities are
-        perturbed instead (rescaling can pin samples to the same corner of the bounds). When the
-        candidates keep repeating, a finite space is searched exhaustively and
-        ``nni.NoMoreTrialError`` says it is used up, as NNI's own TPE does; a space with an
-        unbounded or continuous part never ends: its least-proposed configuration is repeated.
+        failed and asked again; after a few such draws the candidates are drawn from the priors
+        instead and, with a target, their layer sparsities are perturbed (rescaling can pin
+        samples to the same corner of the bounds). When the candidates keep repeating, a finite
+        space is searched exhaustively and ``nni.NoMoreTrialError`` says it is used up, as NNI's
+        own TPE does; a space with an unbounded or continuous part never ends: its least-proposed
+        configuration is proposed again, and the log says so.
 
         Raises:
             nni.NoMoreTrialError: every configuration of a finite space was proposed.
@@ -465,8 +499,9 @@ class PruneTPETuner(Tuner):
         if self._configurations is not None and self._unseen_configuration() is None:
             raise nni.NoMoreTrialError()
         repeats = 0
-        for attempt in range(_REDRAWS + 1 if self._saturated else _MAX_ATTEMPTS):
-            self._enqueue_warm_start()
+        for attempt in range(2 * (_REDRAWS + 1) if self._saturated else _MAX_ATTEMPTS):
+            if not self._enqueue_warm_start() and attempt > _REDRAWS:
+                self._study.enqueue_trial(self._prior_draw())
             trial = self._study.ask()
             params = ss.sample(trial, self._parameters)
             try:
@@ -540,13 +575,31 @@ class PruneTPETuner(Tuner):
         """Candidates rejected because they repeated a configuration already proposed."""
         return self._repeats_rejected
 
-    def _enqueue_warm_start(self) -> None:
+    def _enqueue_warm_start(self) -> bool:
         """Queue the next heuristic allocation that nothing has tried yet (also after resume)."""
         while self._warm_starts:
             candidate = self._warm_starts.pop(0)
             if not any(_same_params(candidate, t.params) for t in self._study.get_trials(deepcopy=False)):
                 self._study.enqueue_trial(candidate)
-                return
+                return True
+        return False
+
+    def _prior_draw(self) -> dict[str, Any]:
+        """Optuna samples drawn at random from the space's priors.
+
+        TPE keeps proposing near its best points, so in a narrow space (a ``qnormal`` with few
+        likely values) its candidates can all be repeats while unproposed values remain likely
+        under the prior.
+        """
+        if self._prior is None:
+            self._prior = optuna.create_study(
+                storage=optuna.storages.InMemoryStorage(),
+                # not ``self._seed``: TPE's startup trials draw that stream already
+                sampler=optuna.samplers.RandomSampler(seed=int(self._rng.randint(2**31))))
+        trial = self._prior.ask()
+        ss.sample(trial, self._parameters)
+        self._prior.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return dict(trial.params)
 
     def _constrain(
         self, params: dict[str, Any], trial: optuna.trial.Trial, *, perturb: bool = False

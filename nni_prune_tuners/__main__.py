@@ -1,4 +1,4 @@
-"""Command line: ``python -m nni_prune_tuners {register,unregister,check,export,profile}``.
+"""The ``nni-prune-tuners`` command (also ``python -m nni_prune_tuners``): register, check, export, profile.
 
 A failure is one line ``error: ...`` and no traceback: exit status 2 when the input is wrong
 (the command line, the config or the files they name: fix it and run again), 1 when the work
@@ -22,9 +22,15 @@ from nni_prune_tuners import registration
 _logger = logging.getLogger(__name__)
 
 
+def _prog() -> str:
+    """The name the user typed: the installed command, or ``python -m nni_prune_tuners``."""
+    if Path(sys.argv[0]).name.startswith("nni-prune-tuners"):  # also nni-prune-tuners.exe
+        return "nni-prune-tuners"
+    return "python -m nni_prune_tuners"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m nni_prune_tuners",
-                                     description=(__doc__ or "").split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=_prog(), description=(__doc__ or "").split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("register", help="register PruneTPE and PruneEarlyStop with nnictl")
     commands.add_parser("unregister", help="remove them from nnictl")
@@ -73,9 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from nni_prune_tuners.config_check import check_config
 
             checked = check_config(args.config)
-            _logger.info("%s is valid: trial code in %s; target branches: %s; %d warm starts",
+            _logger.info("%s is valid: trial code in %s; target branches: %s; %d warm starts%s",
                          args.config, checked.code_directory,
-                         ", ".join(checked.branches) or "none", checked.warm_starts)
+                         ", ".join(checked.branches) or "none", checked.warm_starts,
+                         _seed_note(checked.tuner, checked.seed))
         elif args.command == "export":
             from nni_prune_tuners.export import export_best
 
@@ -88,6 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _logger.error("error: %s", _one_line(error))
         return 1
     return 0
+
+
+def _seed_note(tuner: str | None, seed: int | None) -> str:
+    """What ``check`` says of PruneTPE's seed: it checks with a probe, not the experiment's tuner."""
+    if tuner != "PruneTPE":
+        return ""
+    if seed is not None:
+        return f"; seed {seed}"
+    return ("; seed: drawn when the experiment starts (dispatcher.log says 'PruneTPE seed N'; "
+            "set classArgs seed to fix it)")
 
 
 def _one_line(error: Exception) -> str:

@@ -26,6 +26,8 @@ from nni.utils import ClassArgsValidator
 from optuna.trial import TrialState, create_trial
 from schema import And, Optional, Or, Schema, SchemaError
 
+from nni_prune_tuners._class_args import unknown_key_message
+
 __all__ = ["PruneEarlyStopAssessor", "PruneEarlyStopClassArgsValidator"]
 
 _logger = logging.getLogger(__name__)
@@ -152,13 +154,11 @@ class PruneEarlyStopClassArgsValidator(ClassArgsValidator):
     """Rejects bad ``PruneEarlyStop`` classArgs before an experiment starts, naming the key."""
 
     def validate_class_args(self, **kwargs: Any) -> None:
-        """Raise :class:`schema.SchemaError` naming the first unknown key or bad value."""
-        unknown = sorted(set(kwargs) - set(_CLASS_ARGS))
-        if unknown:
-            raise SchemaError(
-                f"PruneEarlyStop classArgs: unknown key {unknown[0]!r} "
-                f"(expected some of {', '.join(_CLASS_ARGS)})"
-            )
+        """Raise :class:`schema.SchemaError` naming the first unknown key (and the closest valid
+        one) or bad value."""
+        unknown = unknown_key_message("PruneEarlyStop", kwargs, _CLASS_ARGS)
+        if unknown is not None:
+            raise SchemaError(unknown)
         Schema(
             {
                 Optional("optimize_mode"): And(

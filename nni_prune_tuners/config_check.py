@@ -6,13 +6,18 @@ convert; for every current config the tuner is first built inside the dispatcher
 check builds the tuner and assessor exactly as the dispatcher will, on the config's own search
 space read exactly as NNI reads it, so the same error (naming the key and value) reaches the
 user at once, and a config that NNI runs is never refused.
+
+The tuner built here is a probe: its own log lines (the seed it drew, Optuna's study creation,
+the search-space summary) are not shown, so that an error is the only line and the seed shown
+is never mistaken for the one the experiment will draw.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,17 +32,40 @@ from nni_prune_tuners.upload_check import check_training_service
 
 _logger = logging.getLogger(__name__)
 
+#: Loggers whose INFO lines describe the probe tuner rather than the experiment.
+_PROBE_LOGGERS = ("nni_prune_tuners.tuner", "nni_prune_tuners.allocation_sampler", "optuna")
+
 
 @dataclass(frozen=True)
 class CheckedConfig:
     """What the check found: the resolved search space, the branches the target covers, and
-    warnings about input that NNI accepts although it is not what it should be."""
+    warnings about input that NNI accepts although it is not what it should be.
+
+    ``seed`` is PruneTPE's classArgs seed; ``None`` when the tuner is not PruneTPE or draws its
+    seed when the experiment starts (``dispatcher.log`` then says ``PruneTPE seed N``).
+    """
 
     search_space: dict[str, Any]
     code_directory: Path
     branches: tuple[str, ...]
     warm_starts: int
     warnings: tuple[str, ...] = ()
+    tuner: str | None = None
+    seed: int | None = None
+
+
+@contextmanager
+def _quiet_probe() -> Iterator[None]:
+    """Hide the INFO lines of the probe tuner and its Optuna study; warnings still show."""
+    loggers = [logging.getLogger(name) for name in _PROBE_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def read_search_space_file(path: Path) -> tuple[Any, str | None]:
@@ -138,8 +166,9 @@ def check_config(path: str | Path) -> CheckedConfig:
         if isinstance(tuner_args.get("profile"), str):
             # as the dispatcher will resolve it: against the trial code directory
             tuner_args["profile"] = str(resolve_path(tuner_args["profile"], code_directory))
-        tuner = PruneTPETuner(**tuner_args)
-        tuner.update_search_space(dict(space))
+        with _quiet_probe():
+            tuner = PruneTPETuner(**tuner_args)
+            tuner.update_search_space(dict(space))
         if tuner_args.get("target_sparsity") is not None:
             branches = tuple(active.label for active in ss.active_sets(tuner.parameters))
         warm_starts = tuner.pending_warm_starts
@@ -153,9 +182,13 @@ def check_config(path: str | Path) -> CheckedConfig:
             PruneEarlyStopClassArgsValidator().validate_class_args(**assessor_args)
         except SchemaError as error:
             message = str(error.code).strip().splitlines()[-1]
-            raise ValueError(f"assessor PruneEarlyStop: {message}") from None
+            if not message.startswith("PruneEarlyStop"):
+                message = f"assessor PruneEarlyStop: {message}"
+            raise ValueError(message) from None
     # what NNI would upload (remote and cluster platforms) and the remote platform's pitfalls
     for warning in check_training_service(config, code_directory):
         _logger.warning("warning: %s", warning)
         warnings.append(warning)
-    return CheckedConfig(dict(space), code_directory, branches, warm_starts, tuple(warnings))
+    seed = tuner_args.get("seed") if tuner_name == "PruneTPE" else None
+    return CheckedConfig(dict(space), code_directory, branches, warm_starts, tuple(warnings),
+                         tuner=tuner_name, seed=seed)

@@ -70,7 +70,7 @@ def test_check_bad_assessor_class_args_is_one_line_without_traceback(tmp_path: P
      "assessor classArgs must be a mapping of option: value, got 'maximize'"),
     ({"assessor": {"name": "PruneEarlyStop", "classArgs": {"rule": "mean"}}},
      "assessor PruneEarlyStop: rule must be one of"),
-    ({"tuner": {"name": "PruneTPE", "classArgs": {"bogus": 1}}}, "Wrong key 'bogus'"),
+    ({"tuner": {"name": "PruneTPE", "classArgs": {"bogus": 1}}}, "unknown key 'bogus'"),
 ])
 def test_check_bad_config_is_a_usage_error(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, overrides: dict[str, object], expected: str

@@ -60,7 +60,7 @@ def assert_meets_target(params: dict[str, Any]) -> None:
         ({"target_sparsity": 0, "layer_params": {"a": 1}}, r"target_sparsity must be .* \(0, 1\)"),
         ({"target_sparsity": "0.9", "layer_params": {"a": 1}}, "target_sparsity must be"),
         ({"target_sparsity": 0.9}, "target_sparsity=0.9 needs 'profile'"),
-        ({"warm_up": 3}, "Wrong key 'warm_up'"),
+        ({"warm_up": 3}, "unknown key 'warm_up': the keys are optimize_mode, seed, target_sparsity"),
         ({"seed": -1}, "seed must be a non-negative integer"),
         ({"n_startup_trials": 2.5}, "n_startup_trials must be an integer"),
         ({"weight_by": "bytes"}, "weight_by must be 'params' or 'flops'"),

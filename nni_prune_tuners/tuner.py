@@ -29,8 +29,8 @@ from nni.tuner import Tuner
 from schema import And, Optional, Or, Schema, SchemaError, Use
 
 from nni_prune_tuners import allocation, sparsity
-from nni_prune_tuners._class_args import unknown_key_message
 from nni_prune_tuners import search_space as ss
+from nni_prune_tuners._class_args import unknown_key_message
 from nni_prune_tuners.allocation_sampler import AllocationSampler, blocks_for
 from nni_prune_tuners.dedup import SeenConfigurations
 from nni_prune_tuners.profile import LayerProfile, ModelProfile, load_profile

@@ -8,6 +8,7 @@ given directly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -15,12 +16,13 @@ import re
 import sqlite3
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nni_prune_tuners.search_space import SPARSITY_SUFFIX
+from nni_prune_tuners.tuner import PruneTPETuner, WarmStart
 
 _logger = logging.getLogger(__name__)
 
@@ -249,6 +251,104 @@ def best_trial(trials: list[TrialRecord], *, maximize: bool = True) -> TrialReco
     return max(scored, key=lambda pair: pair[0])[1]
 
 
+#: Two allocations within this of each other in every layer are the same warm start.
+_SAME_ALLOCATION = 1e-9
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Hide the INFO lines of building a tuner only to read its plan."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def planned_warm_starts(config: Mapping[str, Any]) -> list[WarmStart]:
+    """The warm starts PruneTPE planned for an experiment, rebuilt from its config.
+
+    NNI records neither which trial was a warm start nor the tuner's log in its database, but
+    the plan is a pure function of the classArgs, the profile and the search space. Empty for
+    another tuner; a profile that moved since the run is logged and yields nothing.
+    """
+    tuner = config.get("tuner") or {}
+    if tuner.get("name") != "PruneTPE" and tuner.get("className") != "PruneTPETuner":
+        return []
+    class_args = dict(tuner.get("classArgs") or {})
+    if class_args.get("target_sparsity") is None:
+        return []
+    profile = class_args.get("profile")
+    code_directory = config.get("trialCodeDirectory")
+    if isinstance(profile, str) and code_directory and not Path(profile).is_absolute():
+        class_args["profile"] = str(Path(code_directory) / profile)
+    class_args.setdefault("seed", 0)  # the plan does not depend on it; drawing one logs
+    try:
+        with _quiet("nni_prune_tuners.tuner", "optuna"):
+            planner = PruneTPETuner(**class_args)
+            planner.update_search_space(config.get("searchSpace") or {})
+    except (ValueError, OSError) as error:
+        _logger.warning("cannot tell which trials were warm starts: %s", error)
+        return []
+    return planner.warm_starts
+
+
+def warm_start_of(trial: TrialRecord, warm_starts: Iterable[WarmStart]) -> WarmStart | None:
+    """The warm start ``trial`` ran, if it ran one: same branch, same layer sparsities."""
+    method, sparsities = layer_sparsities(trial.parameters)
+    for warm_start in warm_starts:
+        if method is not None and f"={method}" not in warm_start.branch:
+            continue
+        if sparsities.keys() == warm_start.sparsities.keys() and all(
+            abs(sparsities[layer] - value) <= _SAME_ALLOCATION
+            for layer, value in warm_start.sparsities.items()
+        ):
+            return warm_start
+    return None
+
+
+def compare_with_warm_starts(
+    best: TrialRecord, trials: list[TrialRecord], warm_starts: list[WarmStart], *,
+    maximize: bool = True,
+) -> dict[str, Any] | None:
+    """Which heuristic the best trial was, or the best warm start's trial and what the search
+    gained over it (in the metric's own units, positive when the search found better)."""
+    if not warm_starts:
+        return None
+    own = warm_start_of(best, warm_starts)
+    sign = 1.0 if maximize else -1.0
+    ran = [(sign * t.score, t, w) for t in trials if t.status == "SUCCEEDED" and t.score is not None
+           for w in [warm_start_of(t, warm_starts)] if w is not None]
+    summary: dict[str, Any] = {
+        "best_is": None if own is None else {"heuristic": own.heuristic, "branch": own.branch},
+        "best_warm_start": None, "gain": None,
+    }
+    if ran and best.score is not None:
+        oriented, trial, warm_start = max(ran, key=lambda entry: entry[0])
+        summary["best_warm_start"] = {"trial_id": trial.trial_id, "heuristic": warm_start.heuristic,
+                                      "branch": warm_start.branch, "metric": trial.score}
+        summary["gain"] = sign * best.score - oriented
+    return summary
+
+
+def describe_comparison(best_trial_id: str, comparison: Mapping[str, Any] | None) -> str:
+    """One sentence for the log and the demo report: the heuristic, or the search's gain."""
+    if comparison is None:
+        return "no warm starts to compare with"
+    if comparison["best_is"] is not None:
+        return (f"best trial {best_trial_id} is the {comparison['best_is']['heuristic']} warm "
+                f"start ({comparison['best_is']['branch']})")
+    rival = comparison["best_warm_start"]
+    if rival is None:
+        return "no warm start finished, so none to compare with"
+    return (f"the search beat the best warm start ({rival['heuristic']}, {rival['branch']}, "
+            f"trial {rival['trial_id']}: {rival['metric']:.6g}) by {comparison['gain']:+.6g}")
+
+
 def export_best(experiment_id: str, out: Path, *, experiment_dir: Path | None = None) -> dict[str, Any]:
     """Write the best trial of an experiment as JSON holding its NNI ``config_list``, and how
     many trials ended in each status (the assessor's kills as ``EARLY_STOPPED``)."""
@@ -257,6 +357,8 @@ def export_best(experiment_id: str, out: Path, *, experiment_dir: Path | None = 
     tuner = config.get("tuner") or {}
     mode = (tuner.get("classArgs") or {}).get("optimize_mode", "maximize")
     best = best_trial(trials, maximize=mode != "minimize")
+    comparison = compare_with_warm_starts(best, trials, planned_warm_starts(config),
+                                          maximize=mode != "minimize")
     manager_log = folder / "log" / "nnimanager.log"
     killed = early_stopped(manager_log.read_text(errors="replace")) if manager_log.exists() else set()
     statuses = dict(Counter(shown_status(trial, killed) for trial in trials))
@@ -272,6 +374,7 @@ def export_best(experiment_id: str, out: Path, *, experiment_dir: Path | None = 
         "config_list": to_config_list(sparsities),
         "trials": len(trials),
         "statuses": statuses,
+        "warm_starts": comparison,
     }
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -281,4 +384,5 @@ def export_best(experiment_id: str, out: Path, *, experiment_dir: Path | None = 
     _logger.info("best of %d trials (%s): %s (%s) -> %s", len(trials),
                  ", ".join(f"{count} {status}" for status, count in sorted(statuses.items())),
                  best.trial_id, best.final, out)
+    _logger.info("%s", describe_comparison(best.trial_id, comparison))
     return result

@@ -263,6 +263,15 @@ class _SparsityGroup:
     budget: allocation.Block
 
 
+@dataclass(frozen=True)
+class WarmStart:
+    """One planned warm start: a heuristic's allocation in one branch, at the target."""
+
+    heuristic: str
+    branch: str
+    sparsities: Mapping[str, float]  # layer -> sparsity
+
+
 class PruneTPETuner(Tuner):
     """Optuna TPE over NNI search spaces whose suggestions meet a global sparsity target.
 
@@ -306,7 +315,8 @@ class PruneTPETuner(Tuner):
         self._generation = 0
         self._running: dict[int, tuple[int, optuna.trial.Trial]] = {}
         self._completed: list[tuple[dict[str, Any], float]] = []
-        self._warm_starts: list[dict[str, Any]] = []
+        self._warm_start_plan: list[tuple[WarmStart, dict[str, Any]]] = []
+        self._warm_starts: list[tuple[WarmStart, dict[str, Any]]] = []
         self._seen = SeenConfigurations()
         self._repeats_rejected = 0
         self._configurations: list[dict[str, Any]] | None = None
@@ -331,6 +341,11 @@ class PruneTPETuner(Tuner):
     def pending_warm_starts(self) -> int:
         """Heuristic allocations not yet proposed."""
         return len(self._warm_starts)
+
+    @property
+    def warm_starts(self) -> list[WarmStart]:
+        """Every warm start planned for the current search space, in the order proposed."""
+        return [warm_start for warm_start, _ in self._warm_start_plan]
 
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         with warnings.catch_warnings():
@@ -391,11 +406,12 @@ class PruneTPETuner(Tuner):
                 self._add_finished(params, value, reason="after the search space changed")
         else:
             self._study.sampler = self._sampler(self._seed + self._generation)
-        self._warm_starts = [
+        self._warm_start_plan = [
             self._warm_start(group, heuristic)
             for heuristic in self._options.warm_start
             for group in groups
         ]
+        self._warm_starts = list(self._warm_start_plan)
         _logger.info(
             "search space with %d parameters, %d branch combinations, %d warm starts",
             len(list(ss.walk(parameters))), len(ss.active_sets(parameters)),
@@ -450,8 +466,10 @@ class PruneTPETuner(Tuner):
             groups.append(_SparsityGroup(active.label, active.choices, layers, budget))
         return groups
 
-    def _warm_start(self, group: _SparsityGroup, heuristic: str) -> dict[str, Any]:
-        """Optuna parameters (choices + layer sparsities) of one heuristic in one branch."""
+    def _warm_start(
+        self, group: _SparsityGroup, heuristic: str
+    ) -> tuple[WarmStart, dict[str, Any]]:
+        """One heuristic in one branch, and its Optuna parameters (choices + layer sparsities)."""
         options = self._options
         assert options.profile is not None and options.target_sparsity is not None
         layers = [options.profile.layers[p.layer] for p in group.parameters]
@@ -472,10 +490,12 @@ class PruneTPETuner(Tuner):
                 [getattr(layer, field) for layer in layers], [layer.params for layer in layers],
                 share,
             )
-        values = budget.rescale(np.maximum(raw, 1e-6))  # a zero share cannot be scaled
-        return {
+        values = [float(v) for v in budget.rescale(np.maximum(raw, 1e-6))]  # zero cannot scale
+        warm_start = WarmStart(heuristic, group.label,
+                               {p.layer: v for p, v in zip(group.parameters, values, strict=True)})
+        return warm_start, {
             **group.choices,
-            **{p.name: float(v) for p, v in zip(group.parameters, values, strict=True)},
+            **{p.name: v for p, v in zip(group.parameters, values, strict=True)},
         }
 
     # -- suggestions -----------------------------------------------------------------------
@@ -527,6 +547,10 @@ class PruneTPETuner(Tuner):
             self._repeats_rejected += repeats
             _logger.info("parameter %s: %d candidates rejected as repeats (%d in all)",
                          parameter_id, repeats, self._repeats_rejected)
+        heuristic = trial.user_attrs.get("warm_start")
+        if heuristic is not None:
+            _logger.info("parameter %s: the %s warm start (%s)", parameter_id, heuristic,
+                         trial.user_attrs["branch"])
         self._seen.add(params)
         self._running[parameter_id] = (self._generation, trial)
         return params
@@ -578,9 +602,10 @@ class PruneTPETuner(Tuner):
     def _enqueue_warm_start(self) -> bool:
         """Queue the next heuristic allocation that nothing has tried yet (also after resume)."""
         while self._warm_starts:
-            candidate = self._warm_starts.pop(0)
+            warm_start, candidate = self._warm_starts.pop(0)
             if not any(_same_params(candidate, t.params) for t in self._study.get_trials(deepcopy=False)):
-                self._study.enqueue_trial(candidate)
+                self._study.enqueue_trial(candidate, user_attrs={
+                    "warm_start": warm_start.heuristic, "branch": warm_start.branch})
                 return True
         return False
 

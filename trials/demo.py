@@ -41,6 +41,7 @@ import yaml
 from nni_prune_tuners.config_check import check_config
 from nni_prune_tuners.export import (
     TrialRecord,
+    describe_comparison,
     early_stopped,
     export_best,
     load_running,
@@ -388,6 +389,8 @@ def run(args: argparse.Namespace, out: Path, manager: NniManager) -> int:
     print("4/5 best trials\n" + table)
     best = export_best(experiment_id, out / "best.json",
                        experiment_dir=out / "nni-experiments" / experiment_id)
+    against_heuristics = describe_comparison(best["trial_id"], best["warm_starts"])
+    print(f"    {against_heuristics}")
     level_sparsity = check_level_pruner(best["config_list"])
     options = trial_options(config["trialCommand"])
     rerun = run_trial(best["parameters"], epochs=options["epochs"], seed=options["seed"])
@@ -402,7 +405,8 @@ def run(args: argparse.Namespace, out: Path, manager: NniManager) -> int:
         f"`make demo` ({max_trials} trials, PruneTPE at target {target} with PruneEarlyStop, "
         f"2 in flight; {best['statuses'].get('EARLY_STOPPED', 0)} early-stopped by "
         f"PruneEarlyStop). Dense validation accuracy {dense:.4f}.\n\n"
-        f"{table}\n\n![best accuracy so far](best_so_far.png)\n\n"
+        f"{table}\n\nAgainst the heuristics: {against_heuristics}.\n\n"
+        f"![best accuracy so far](best_so_far.png)\n\n"
         f"Best configuration as an NNI `config_list` (`best.json`), accepted by NNI's "
         f"`LevelPruner` (masks at {level_sparsity:.4f} global sparsity):\n\n"
         f"```json\n{json.dumps(best['config_list'], indent=2)}\n```\n\n"

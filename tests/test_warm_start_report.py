@@ -1,0 +1,92 @@
+"""Which trial was which warm start: the tuner logs it, export says it (issue 28.4)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nni_prune_tuners.export import (
+    TrialRecord,
+    compare_with_warm_starts,
+    describe_comparison,
+    planned_warm_starts,
+)
+from nni_prune_tuners.tuner import PruneTPETuner
+from tests.profiles import write_profile
+from trials import analytic_trial
+
+SPACE = analytic_trial.search_space()
+
+
+def _config(code: Path) -> dict[str, Any]:
+    write_profile(code / "profile.json")
+    return {"trialCodeDirectory": str(code), "searchSpace": SPACE,
+            "tuner": {"name": "PruneTPE", "classArgs": {"target_sparsity": 0.9,
+                                                        "profile": "profile.json", "seed": 3,
+                                                        "warm_start": ["uniform", "lamp"]}}}
+
+
+def _tuner(config: dict[str, Any]) -> PruneTPETuner:
+    args = dict(config["tuner"]["classArgs"])
+    args["profile"] = str(Path(config["trialCodeDirectory"]) / args["profile"])
+    tuner = PruneTPETuner(**args)
+    tuner.update_search_space(SPACE)
+    return tuner
+
+
+def test_each_warm_start_is_logged_by_heuristic_and_branch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tuner = _tuner(_config(tmp_path))
+    with caplog.at_level(logging.INFO, logger="nni_prune_tuners.tuner"):
+        for parameter_id in range(5):
+            tuner.generate_parameters(parameter_id)
+    lines = [r.getMessage() for r in caplog.records if "warm start (" in r.getMessage()]
+    assert lines == [
+        "parameter 0: the uniform warm start (prune_method=agp)",
+        "parameter 1: the uniform warm start (prune_method=level)",
+        "parameter 2: the lamp warm start (prune_method=agp)",
+        "parameter 3: the lamp warm start (prune_method=level)",
+    ]
+
+
+def _records(tuner: PruneTPETuner, scores: list[float]) -> list[TrialRecord]:
+    return [TrialRecord(f"T{i}", tuner.generate_parameters(i), "SUCCEEDED", {"default": score})
+            for i, score in enumerate(scores)]
+
+
+def test_export_names_the_heuristic_the_best_trial_was(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    tuner = _tuner(config)
+    planned = planned_warm_starts(config)
+    assert planned == tuner.warm_starts and len(planned) == 4
+    trials = _records(tuner, [0.80, 0.81, 0.95, 0.82, 0.90])  # T2: lamp in the agp branch
+    comparison = compare_with_warm_starts(trials[2], trials, planned)
+    assert comparison is not None
+    assert comparison["best_is"] == {"heuristic": "lamp", "branch": "prune_method=agp"}
+    assert describe_comparison("T2", comparison) == (
+        "best trial T2 is the lamp warm start (prune_method=agp)")
+
+
+def test_export_says_by_how_much_the_search_beat_the_best_heuristic(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    trials = _records(_tuner(config), [0.80, 0.81, 0.85, 0.82, 0.90])  # T4: the search's own
+    comparison = compare_with_warm_starts(trials[4], trials, planned_warm_starts(config))
+    assert comparison is not None and comparison["best_is"] is None
+    assert comparison["best_warm_start"]["trial_id"] == "T2"
+    assert comparison["gain"] == pytest.approx(0.05)
+    assert "beat the best warm start (lamp, prune_method=agp, trial T2: 0.85) by +0.05" in (
+        describe_comparison("T4", comparison))
+
+
+def test_a_moved_profile_only_loses_the_comparison(tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    config = _config(tmp_path)
+    (tmp_path / "profile.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="nni_prune_tuners.export"):
+        assert planned_warm_starts(config) == []
+    assert "cannot tell which trials were warm starts" in caplog.text
+    assert planned_warm_starts({"tuner": {"name": "TPE", "classArgs": {}}}) == []

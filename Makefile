@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint bench bench-full register clean
+.PHONY: venv demo test test-fast lint docs bench bench-full register clean
 
 $(STAMP): requirements.lock setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: lint
 
 test-fast: lint
 	$(PY) -m pytest -m "not slow"; rc=$$?; [ $$rc -ne 5 ] || echo "make test-fast: no tests" >&2; exit $$rc
+
+# The documentation site (MkDocs, docs/ -> site/); tests/test_docs.py builds it strict in make test.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 # `make bench`: the headline comparisons, about 15 minutes on 2 cores (fewer seeds, fewer
 # landscapes); `make bench-full`: that, then everything else (hours), written under results/full.

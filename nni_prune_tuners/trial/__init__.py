@@ -3,9 +3,12 @@
 Installed with the ``trial`` extra (``pip install nni-prune-tuners[trial]``). The package's own
 ``__init__`` never imports this subpackage, so the tuner and assessor stay free of torch::
 
-    from nni_prune_tuners.trial import Pruner
+    from nni_prune_tuners.trial import Pruner, next_parameters
 
-    pruner = Pruner(model, nni.get_next_parameter(), epochs=epochs, optimizer=optimizer)
+    pruner = Pruner(model, next_parameters(), epochs=epochs, optimizer=optimizer)
+
+``next_parameters()`` is ``nni.get_next_parameter()`` inside NNI; run by hand, it reads the
+configuration from ``NNI_PRUNE_PARAMS``.
 
 ``python -m nni_prune_tuners.trial.profile`` writes the model profile the tuner reads.
 """
@@ -23,10 +26,12 @@ from nni_prune_tuners.trial.masking import (
     num_pruned,
     prunable_layers,
 )
+from nni_prune_tuners.trial.parameters import PARAMS_ENV, next_parameters
 from nni_prune_tuners.trial.pruner import METHODS, Pruner, parse_params
 
 __all__ = [
     "METHODS",
+    "PARAMS_ENV",
     "AgpSchedule",
     "Pruner",
     "WeightMasker",
@@ -34,6 +39,7 @@ __all__ = [
     "agp_sparsity",
     "level_mask",
     "measured_sparsity",
+    "next_parameters",
     "num_pruned",
     "parse_params",
     "prunable_layers",

@@ -19,6 +19,8 @@ setup(
     description="Pruning-aware NNI tuner (Optuna TPE with a global-sparsity constraint) and assessor",
     long_description=(_HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
+    license_expression="MIT",  # PEP 639: License-Expression in the METADATA (setuptools>=77)
+    license_files=["LICENSE"],
     python_requires=">=3.11",
     packages=find_packages(include=["nni_prune_tuners", "nni_prune_tuners.*"]),
     package_data={"nni_prune_tuners": ["meta/*.yml", "py.typed"]},

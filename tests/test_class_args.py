@@ -55,7 +55,8 @@ def test_unknown_key_message_takes_the_first_unknown_in_order() -> None:
     assert unknown_key_message("X", [3], ("a",)) == "X classArgs: unknown key 3: the keys are a"
 
 
-def write_config(tmp_path: Path, tuner_args: dict[str, object], assessor_args: dict[str, object] | None = None,
+def write_config(tmp_path: Path, tuner_args: dict[str, object],
+                 assessor_args: dict[str, object] | None = None,
                  space: dict[str, object] | None = None) -> Path:
     config: dict[str, object] = {
         "searchSpace": SPACE if space is None else space,

@@ -214,6 +214,9 @@ class PruneEarlyStopAssessor(Assessor):
 
     Raises:
         ValueError: An option is out of range or of the wrong type; the message names it.
+        TypeError: An unknown option, named with the closest valid one. Inside NNI's dispatcher
+            either ends the dispatcher with the message instead
+            (:func:`nni_prune_tuners.tuner.exit_dispatcher`).
     """
 
     def __init__(
@@ -224,14 +227,26 @@ class PruneEarlyStopAssessor(Assessor):
         percentile: float | None = None,
         min_trials: int = 5,
         start_step: int = 1,
+        **unknown: Any,
     ) -> None:
-        kept_percentile = _check_options(
-            optimize_mode=optimize_mode,
-            rule=rule,
-            percentile=percentile,
-            min_trials=min_trials,
-            start_step=start_step,
-        )
+        try:
+            message = unknown_key_message("PruneEarlyStop", unknown, _CLASS_ARGS)
+            if message is not None:
+                raise TypeError(message)
+            kept_percentile = _check_options(
+                optimize_mode=optimize_mode,
+                rule=rule,
+                percentile=percentile,
+                min_trials=min_trials,
+                start_step=start_step,
+            )
+        except (TypeError, ValueError) as error:
+            from nni_prune_tuners.tuner import exit_dispatcher
+
+            text = str(error)
+            exit_dispatcher(text if text.startswith("PruneEarlyStop") else
+                            f"PruneEarlyStop classArgs: {text}")
+            raise
         self._maximize = optimize_mode == "maximize"
         self._pruner = optuna.pruners.PercentilePruner(
             kept_percentile,

@@ -17,7 +17,7 @@ import yaml
 from schema import SchemaError
 
 from nni_prune_tuners._class_args import unknown_key_message
-from nni_prune_tuners.assessor import PruneEarlyStopClassArgsValidator
+from nni_prune_tuners.assessor import PruneEarlyStopAssessor, PruneEarlyStopClassArgsValidator
 from nni_prune_tuners.tuner import PruneTPEClassArgsValidator, PruneTPETuner
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,10 +42,13 @@ def test_tuner_unknown_key_without_a_close_one_lists_the_keys() -> None:
 
 
 def test_assessor_typo_names_the_key_and_the_closest_valid_one() -> None:
+    expected = "PruneEarlyStop classArgs: unknown key 'min_trails': did you mean 'min_trials'?"
     with pytest.raises(SchemaError) as info:
         PruneEarlyStopClassArgsValidator().validate_class_args(min_trails=3, rule="median")
-    assert str(info.value) == (
-        "PruneEarlyStop classArgs: unknown key 'min_trails': did you mean 'min_trials'?")
+    assert str(info.value) == expected
+    with pytest.raises(TypeError) as error:  # as Python says of an unknown keyword, with the hint
+        PruneEarlyStopAssessor(min_trails=3, rule="median")
+    assert str(error.value) == expected
 
 
 def test_unknown_key_message_takes_the_first_unknown_in_order() -> None:

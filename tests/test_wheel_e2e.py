@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -73,7 +75,22 @@ def fresh_environment(folder: Path, wheel: Path) -> Installed:
     return installed
 
 
-def test_wheel_installed_outside_the_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def pip_user(tmp_path: Path) -> Iterator[Installed]:
+    """The fresh environment; removed afterwards (1.5 GB, and pytest keeps three runs' folders)."""
+    started = time.monotonic()
+    installed = fresh_environment(tmp_path, build_wheel(tmp_path / "build"))
+    print(f"wheel e2e: built and installed in {time.monotonic() - started:.1f} s")
+    try:
+        yield installed
+    finally:
+        shutil.rmtree(installed.venv, ignore_errors=True)
+
+
+def test_wheel_installed_outside_the_checkout(
+    pip_user: Installed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pip = pip_user
     timings: dict[str, float] = {}
     clock = time.monotonic()
 
@@ -82,10 +99,6 @@ def test_wheel_installed_outside_the_checkout(tmp_path: Path, monkeypatch: pytes
         timings[name] = round(time.monotonic() - clock, 1)
         clock = time.monotonic()
 
-    wheel = build_wheel(tmp_path / "build")
-    lap("build")
-    pip = fresh_environment(tmp_path, wheel)
-    lap("venv+install")
     work = tmp_path / "work"  # outside the checkout; the user's model and trial live here
     work.mkdir()
 

@@ -1,11 +1,13 @@
-"""The ``nni-prune-tuners`` command (also ``python -m nni_prune_tuners``): register, check, export, profile.
+"""The ``nni-prune-tuners`` command (``python -m nni_prune_tuners``): register, check, export, profile,
+presearch.
 
 A failure is one line ``error: ...`` and no traceback: exit status 2 when the input is wrong
 (the command line, the config or the files they name: fix it and run again), 1 when the work
 itself failed (nnictl, a corrupt database, an output that cannot be written).
 
-``profile`` is the torch-side profiler (:mod:`nni_prune_tuners.trial.profile`, the ``trial``
-extra), imported only when that command runs, so the other commands never load torch.
+``profile`` and ``presearch`` are torch-side (:mod:`nni_prune_tuners.trial.profile` and
+:mod:`nni_prune_tuners.trial.presearch`, the ``trial`` extra), imported only when that command
+runs, so the other commands never load torch.
 """
 
 from __future__ import annotations
@@ -48,23 +50,31 @@ def _parser() -> argparse.ArgumentParser:
         "profile", add_help=False,
         help="write a model's profile JSON (needs torch: the 'trial' extra); "
         "'profile --help' lists its options")
+    commands.add_parser(
+        "presearch", add_help=False,
+        help="search allocations on a one-shot proxy and store the best few in the profile "
+        "(needs torch); 'presearch --help' lists its options")
     return parser
 
 
-def _profile(argv: Sequence[str], prog: str) -> int:
+def _torch_command(command: str, argv: Sequence[str], prog: str) -> int:
     try:
-        from nni_prune_tuners.trial.profile import main as profile_main
+        if command == "presearch":
+            from nni_prune_tuners.trial.presearch import main as command_main
+        else:
+            from nni_prune_tuners.trial.profile import main as command_main
     except ImportError as error:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        _logger.error("error: profile needs torch: pip install 'nni-prune-tuners[trial]' (%s)", error)
+        _logger.error("error: %s needs torch: pip install 'nni-prune-tuners[trial]' (%s)",
+                      command, error)
         return 1
-    return profile_main(argv, prog=prog)
+    return command_main(argv, prog=prog)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["profile"]:  # its own parser, in the torch-side module
-        return _profile(argv[1:], prog=f"{_parser().prog} profile")
+    if argv[:1] in (["profile"], ["presearch"]):  # its own parser, in the torch-side module
+        return _torch_command(argv[0], argv[1:], prog=f"{_parser().prog} {argv[0]}")
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from nni_prune_tuners.export import ExportError

@@ -3,8 +3,8 @@
 ``nni-prune-tuners profile`` (:mod:`nni_prune_tuners.trial.profile`) writes it from a real
 ``nn.Module``; here we load and validate it, so a malformed profile fails at ``nnictl create``
 (through the classArgs validator) with the offending key, rather than mid-experiment. Optional
-fields (FLOPs, sensitivity curves) are read when present; an option that needs a missing one says
-how to get it.
+fields (FLOPs, sensitivity curves, the ``proxy`` results of ``nni-prune-tuners presearch``,
+Contract 9) are read when present; an option that needs a missing one says how to get it.
 """
 
 from __future__ import annotations
@@ -78,11 +78,38 @@ class LayerProfile:
 
 
 @dataclass(frozen=True)
+class ProxyEvaluation:
+    """One allocation scored on the one-shot proxy: ``{layer: sparsity}`` and its metric."""
+
+    sparsities: Mapping[str, float]
+    score: float
+
+
+@dataclass(frozen=True)
+class ProxyResults:
+    """What ``nni-prune-tuners presearch`` found on a one-shot proxy (Contract 9).
+
+    The finalists are exact allocations at ``target`` under ``weight_by``; the tuner proposes
+    them first when the experiment has the same target and weighting.
+    """
+
+    target: float
+    weight_by: str
+    finalists: tuple[Mapping[str, float], ...]
+    evaluations: tuple[ProxyEvaluation, ...] = ()
+    method: str = "level"
+    metric: str | None = None
+    calibrated: bool | None = None
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
 class ModelProfile:
     """The prunable layers of a model, keyed by the names that search spaces use."""
 
     model: str
     layers: Mapping[str, LayerProfile]
+    proxy: ProxyResults | None = None
 
     @property
     def prunable_params(self) -> int:
@@ -200,6 +227,72 @@ def _layer(index: int, raw: Any) -> LayerProfile:
     )
 
 
+def _allocation(key: str, value: Any, layers: Mapping[str, LayerProfile]) -> dict[str, float]:
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError(f"{key} must be a non-empty object of layer: sparsity, got {value!r}")
+    allocation = {}
+    for layer, sparsity in value.items():
+        if layer not in layers:
+            raise ValueError(f"{key} names layer {layer!r}, which is not in the profile's layers")
+        if (isinstance(sparsity, bool) or not isinstance(sparsity, int | float)
+                or not (math.isfinite(sparsity) and 0.0 <= sparsity < 1.0)):
+            raise ValueError(f"{key}[{layer!r}] must be a number in [0, 1), got {sparsity!r}")
+        allocation[str(layer)] = float(sparsity)
+    return allocation
+
+
+def _proxy(value: Any, layers: Mapping[str, LayerProfile]) -> ProxyResults | None:
+    """The optional ``proxy`` field (Contract 9); unknown keys inside it are ignored."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"proxy must be an object, got {value!r}")
+    target = value.get("target")
+    if (isinstance(target, bool) or not isinstance(target, int | float)
+            or not 0.0 < target < 1.0):
+        raise ValueError(f"proxy.target must be a number in (0, 1), got {target!r}")
+    weight_by = value.get("weight_by")
+    if weight_by not in ("params", "flops"):
+        raise ValueError(f"proxy.weight_by must be 'params' or 'flops', got {weight_by!r}")
+    method = value.get("method", "level")
+    if not isinstance(method, str):
+        raise ValueError(f"proxy.method must be a string, got {method!r}")
+    metric = value.get("metric")
+    if metric is not None and not isinstance(metric, str):
+        raise ValueError(f"proxy.metric must be a string, got {metric!r}")
+    calibrated = value.get("calibrated")
+    if calibrated is not None and not isinstance(calibrated, bool):
+        raise ValueError(f"proxy.calibrated must be true or false, got {calibrated!r}")
+    seconds = value.get("seconds")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int | float)
+                                or not math.isfinite(seconds) or seconds < 0):
+        raise ValueError(f"proxy.seconds must be a number >= 0, got {seconds!r}")
+    raw_evaluations = value.get("evaluations", [])
+    if not isinstance(raw_evaluations, list):
+        raise ValueError(f"proxy.evaluations must be a list, got {raw_evaluations!r}")
+    evaluations = []
+    for index, raw in enumerate(raw_evaluations):
+        where = f"proxy.evaluations[{index}]"
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"{where} must be an object with 'sparsities' and 'score', got {raw!r}")
+        score = raw.get("score")
+        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+            raise ValueError(f"{where}.score must be a finite number, got {score!r}")
+        evaluations.append(ProxyEvaluation(
+            _allocation(f"{where}.sparsities", raw.get("sparsities"), layers), float(score)))
+    raw_finalists = value.get("finalists")
+    if not isinstance(raw_finalists, list):
+        raise ValueError(f"proxy.finalists must be a list of layer: sparsity objects, "
+                         f"got {raw_finalists!r}")
+    finalists = tuple(_allocation(f"proxy.finalists[{index}]", raw, layers)
+                      for index, raw in enumerate(raw_finalists))
+    return ProxyResults(
+        target=float(target), weight_by=weight_by, finalists=finalists,
+        evaluations=tuple(evaluations), method=method, metric=metric, calibrated=calibrated,
+        seconds=None if seconds is None else float(seconds),
+    )
+
+
 def parse_profile(data: Any) -> ModelProfile:
     """Validate decoded profile JSON; errors name the offending key and value."""
     if not isinstance(data, Mapping):
@@ -215,7 +308,8 @@ def parse_profile(data: Any) -> ModelProfile:
         if layer.name in layers:
             raise ValueError(f"layers[{index}]: duplicate layer name {layer.name!r}")
         layers[layer.name] = layer
-    profile = ModelProfile(model=str(data.get("model", "model")), layers=layers)
+    profile = ModelProfile(model=str(data.get("model", "model")), layers=layers,
+                           proxy=_proxy(data.get("proxy"), layers))
     declared = data.get("prunable_params")
     if declared is not None and declared != profile.prunable_params:
         raise ValueError(

@@ -4,7 +4,9 @@ Each suggestion is asked from an Optuna study (multivariate, grouped TPE, so tha
 of a nested ``choice`` are modelled apart), its layer sparsities are rescaled so that the
 weighted global sparsity equals ``target_sparsity`` (Contract 3), and it is returned in exactly
 the shape NNI's own TPE would send. Before TPE's random start-up, the tuner proposes the
-allocations of classic heuristics (uniform, global magnitude, LAMP, ERK) for every branch.
+finalists of a one-shot presearch when the profile has them (``nni-prune-tuners presearch``,
+Contract 9), then the allocations of classic heuristics (uniform, global magnitude, LAMP, ERK)
+for every branch.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ _MAX_ATTEMPTS = 100
 #: Repeated candidates asked again before candidates are drawn from the priors instead and
 #: their layer sparsities perturbed.
 _REDRAWS = 10
+#: How close the proxy's target must be to the experiment's (Contract 9).
+_PROXY_TARGET_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class TunerOptions:
     weight_by: str
     sparsity_scope: str
     warm_start: tuple[str, ...]
+    proxy: bool
     n_startup_trials: int
     constant_liar: bool
     learn_from: str
@@ -82,6 +87,7 @@ _CLASS_ARGS_SCHEMA = Schema(
                                        "'searched' or 'model', got {!r}"),
         Optional("warm_start"): Or(None, [Or(*HEURISTICS)], error="warm_start must be a list "
                                    f"drawn from {list(HEURISTICS)}, got {{!r}}"),
+        Optional("proxy"): And(bool, error="proxy must be true or false, got {!r}"),
         Optional("n_startup_trials"): And(int, lambda x: not isinstance(x, bool) and x >= 0,
                                           error="n_startup_trials must be an integer >= 0, "
                                           "got {!r}"),
@@ -239,6 +245,7 @@ def _parse_tuner_options(class_args: Mapping[str, Any], base: Path | None) -> Tu
         weight_by=weight_by,
         sparsity_scope=args.get("sparsity_scope", "searched"),
         warm_start=tuple(dict.fromkeys(warm_start)),
+        proxy=args.get("proxy", True),
         n_startup_trials=args.get("n_startup_trials", 10),
         constant_liar=args.get("constant_liar", True),
         learn_from=args.get("learn_from", "rescaled"),
@@ -265,7 +272,10 @@ class _SparsityGroup:
 
 @dataclass(frozen=True)
 class WarmStart:
-    """One planned warm start: a heuristic's allocation in one branch, at the target."""
+    """One planned warm start: a heuristic's allocation in one branch, at the target.
+
+    ``heuristic`` names where it comes from: a heuristic (``lamp``) or ``proxy finalist N``.
+    """
 
     heuristic: str
     branch: str
@@ -288,6 +298,9 @@ class PruneTPETuner(Tuner):
             ``model``: over every prunable layer of the profile, unsearched ones dense.
         warm_start: Heuristic allocations tried first for every branch; default: all that the
             profile supports.
+        proxy: Propose the finalists of the profile's ``proxy`` field (``nni-prune-tuners
+            presearch``) first, in every branch, when they were found at this target and
+            weighting (default true).
         n_startup_trials: Random trials before TPE takes over (after the warm starts).
         constant_liar: Let TPE treat running trials as bad so that concurrent suggestions
             spread out (a no-op with one trial in flight).
@@ -324,6 +337,7 @@ class PruneTPETuner(Tuner):
         self._saturated = False
         self._prior: optuna.Study | None = None
         self._rng = np.random.RandomState(seed)
+        self._finalists = _proxy_finalists(options)
         self._accept_customized_trials()
 
 
@@ -406,7 +420,14 @@ class PruneTPETuner(Tuner):
                 self._add_finished(params, value, reason="after the search space changed")
         else:
             self._study.sampler = self._sampler(self._seed + self._generation)
-        self._warm_start_plan = [
+        finalists = [
+            planned
+            for index, finalist in enumerate(self._finalists, start=1)
+            for group in groups
+            for planned in [self._finalist_warm_start(group, index, finalist)]
+            if planned is not None
+        ]
+        self._warm_start_plan = finalists + [
             self._warm_start(group, heuristic)
             for heuristic in self._options.warm_start
             for group in groups
@@ -491,12 +512,34 @@ class PruneTPETuner(Tuner):
                 share,
             )
         values = [float(v) for v in budget.rescale(np.maximum(raw, 1e-6))]  # zero cannot scale
-        warm_start = WarmStart(heuristic, group.label,
-                               {p.layer: v for p, v in zip(group.parameters, values, strict=True)})
-        return warm_start, {
-            **group.choices,
-            **{p.name: v for p, v in zip(group.parameters, values, strict=True)},
-        }
+        return _planned(heuristic, group, values)
+
+    def _finalist_warm_start(
+        self, group: _SparsityGroup, index: int, finalist: Mapping[str, float]
+    ) -> tuple[WarmStart, dict[str, Any]] | None:
+        """A proxy finalist in one branch: as it is where it fits, else rescaled to the branch.
+
+        A branch with other bounds, other layers (a missing one starts at the uniform share) or
+        another scope gets the finalist scaled to meet its own budget; one that shares no layer
+        with the finalist does not get it.
+        """
+        assert self._options.target_sparsity is not None
+        name = f"proxy finalist {index}"
+        layers = [p.layer for p in group.parameters]
+        if not any(layer in finalist for layer in layers):
+            _logger.info("the %s names none of the layers of branch %r: not proposed there",
+                         name, group.label)
+            return None
+        budget = group.budget
+        share = min(self._options.target_sparsity * budget.total / float(budget.weights.sum()),
+                    0.999)
+        raw = np.array([finalist.get(layer, share) for layer in layers])
+        fits = (len(finalist) == len(layers)
+                and bool(np.all((budget.lo <= raw) & (raw <= budget.hi)))
+                and abs(sparsity.global_sparsity(raw, budget.weights, total=budget.total)
+                        - budget.target) <= _PROXY_TARGET_TOLERANCE)
+        values = raw if fits else budget.rescale(np.maximum(raw, 1e-6))
+        return _planned(name, group, [float(v) for v in values])
 
     # -- suggestions -----------------------------------------------------------------------
 
@@ -739,6 +782,45 @@ class PruneTPETuner(Tuner):
             )
         )
         return True
+
+
+def _planned(
+    heuristic: str, group: _SparsityGroup, values: Sequence[float]
+) -> tuple[WarmStart, dict[str, Any]]:
+    """A warm start of ``group`` at ``values`` and its Optuna parameters (choices + sparsities)."""
+    warm_start = WarmStart(heuristic, group.label,
+                           {p.layer: v for p, v in zip(group.parameters, values, strict=True)})
+    return warm_start, {
+        **group.choices,
+        **{p.name: v for p, v in zip(group.parameters, values, strict=True)},
+    }
+
+
+def _proxy_finalists(options: TunerOptions) -> tuple[Mapping[str, float], ...]:
+    """The profile's presearch finalists when they were found for this experiment, else none.
+
+    Finalists at another target or weighting are exact for a budget the experiment does not
+    have, so rescaled they would be neither what the proxy scored nor a heuristic: the log says
+    why they are left out.
+    """
+    proxy = options.profile.proxy if options.profile is not None else None
+    if proxy is None or options.target_sparsity is None:
+        return ()
+    found = f"the profile's {len(proxy.finalists)} proxy finalists"
+    if not options.proxy:
+        _logger.info("proxy: false: %s are not proposed", found)
+        return ()
+    if abs(proxy.target - options.target_sparsity) > _PROXY_TARGET_TOLERANCE:
+        _logger.info("ignoring %s: presearch ran at target %s, the experiment's target_sparsity "
+                     "is %s", found, proxy.target, options.target_sparsity)
+        return ()
+    if proxy.weight_by != options.weight_by:
+        _logger.info("ignoring %s: presearch weighted layers by %s, the experiment's weight_by "
+                     "is %s", found, proxy.weight_by, options.weight_by)
+        return ()
+    if proxy.finalists:
+        _logger.info("%s come first among the warm starts", found[0].upper() + found[1:])
+    return proxy.finalists
 
 
 def _sensitivity_prior(layers: Sequence[LayerProfile]) -> allocation.Prior | None:

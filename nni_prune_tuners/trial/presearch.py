@@ -1,0 +1,475 @@
+"""``nni-prune-tuners presearch``: search allocations on a one-shot proxy before the experiment.
+
+Fine-tuning makes every trial of an experiment expensive; scoring an allocation one-shot (Level
+masks on the trained weights, BatchNorm statistics re-estimated, no training) costs a forward
+pass over a validation set. This command runs PruneTPE's allocation engine in-process against
+that proxy (a real :class:`~nni_prune_tuners.tuner.PruneTPETuner` driven through
+``generate_parameters`` / ``receive_trial_result``, on the Level branch of the user's space) and
+writes what it found into the profile as the ``proxy`` field (Contract 9). The experiment's
+PruneTPE then proposes the proxy's finalists first, before the heuristic warm starts::
+
+    nni-prune-tuners presearch --model mypkg.models:make --state-dict trained.pt \\
+        --profile profile.json --search-space space.json --target 0.9 \\
+        --eval mypkg.eval:accuracy --calibrate mypkg.data:train_batches --out profile.json
+
+Ctrl-C keeps what was evaluated: the profile is written with those evaluations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nni_prune_tuners.profile import ModelProfile, load_profile
+from nni_prune_tuners.trial.batchnorm import recalibrate_batchnorm
+from nni_prune_tuners.trial.masking import layer_weight, level_mask, prunable_layers
+from nni_prune_tuners.trial.profile import _load_weights, _score, load_factory, load_object, write_json
+from nni_prune_tuners.trial.pruner import METHOD_KEY, SPARSITY_SUFFIX
+from nni_prune_tuners.tuner import PruneTPETuner
+
+_logger = logging.getLogger(__name__)
+
+#: Evaluations by default: the warm starts plus about 55 proposals of the allocation model, the
+#: budget of the allocation benchmarks (60 suggestions).
+DEFAULT_EVALUATIONS = 60
+#: Finalists kept by default, and how far apart (largest per-layer difference) they must be.
+DEFAULT_FINALISTS = 3
+DEFAULT_MIN_DISTANCE = 0.05
+#: Loggers whose per-suggestion INFO lines would drown the progress lines.
+_QUIET_LOGGERS = ("nni_prune_tuners.tuner", "nni_prune_tuners.allocation_sampler", "optuna")
+#: Exit status after Ctrl-C, as a shell reports SIGINT.
+EXIT_INTERRUPTED = 130
+
+
+def level_space(space: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The Level branch's layer sparsities of an NNI space, as a flat space, and where they were.
+
+    The proxy prunes with Level masks, so it searches the ``level`` option of a ``prune_method``
+    choice (the seed's shape); a space without that choice is searched through its top-level
+    ``*_sparsity`` keys. Other hyperparameters (a learning rate) play no part in a one-shot score
+    and are left out.
+
+    Raises:
+        ValueError: the space is not an object, its ``prune_method`` has no ``level`` option, or
+            no layer sparsity is left.
+    """
+    if not isinstance(space, Mapping):
+        raise ValueError(f"the search space must be a JSON object, got {type(space).__name__}")
+    flat = {key: spec for key, spec in space.items()
+            if isinstance(key, str) and key.endswith(SPARSITY_SUFFIX)}
+    where = "the top level"
+    choice = space.get(METHOD_KEY)
+    if isinstance(choice, Mapping) and choice.get("_type") == "choice":
+        options = choice.get("_value")
+        level = [o for o in options if isinstance(o, Mapping) and o.get("_name") == "level"] \
+            if isinstance(options, list) else []
+        if not level:
+            raise ValueError(f"the search space's {METHOD_KEY!r} choice has no 'level' option: "
+                             f"presearch scores Level masks")
+        flat.update({key: spec for key, spec in level[0].items()
+                     if isinstance(key, str) and key.endswith(SPARSITY_SUFFIX)})
+        where = f"{METHOD_KEY}=level"
+    if not flat:
+        raise ValueError(f"the search space has no layer sparsity (*{SPARSITY_SUFFIX} key) in "
+                         f"{where}")
+    return flat, where
+
+
+def select_finalists(
+    evaluations: Sequence[tuple[Mapping[str, float], float]],
+    *,
+    count: int = DEFAULT_FINALISTS,
+    min_distance: float = DEFAULT_MIN_DISTANCE,
+) -> list[dict[str, float]]:
+    """A few good and different allocations: the best first, then greedily the next best one
+    whose largest per-layer difference from every one chosen exceeds ``min_distance``.
+
+    Diversity matters because the proxy ranks allocations only roughly like fine-tuned accuracy:
+    several near-copies of the proxy's best would spend the experiment's first trials on one
+    guess. Ties keep the order of ``evaluations``. Fewer than ``count`` come back when fewer are
+    that far apart.
+
+    Raises:
+        ValueError: ``count`` < 1 or ``min_distance`` < 0.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be an integer >= 1, got {count!r}")
+    if not (isinstance(min_distance, int | float) and min_distance >= 0):
+        raise ValueError(f"min_distance must be a number >= 0, got {min_distance!r}")
+    order = sorted(range(len(evaluations)), key=lambda i: -evaluations[i][1])
+    chosen: list[dict[str, float]] = []
+    for index in order:
+        candidate = dict(evaluations[index][0])
+        if all(_distance(candidate, other) > min_distance for other in chosen):
+            chosen.append(candidate)
+            if len(chosen) == count:
+                break
+    return chosen
+
+
+def _distance(a: Mapping[str, float], b: Mapping[str, float]) -> float:
+    """Largest per-layer difference; a layer only one of them names counts as fully different."""
+    if a.keys() != b.keys():
+        return math.inf
+    return max(abs(a[layer] - b[layer]) for layer in a)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One evaluation: the exact allocation, its proxy score, and which warm start it was."""
+
+    sparsities: Mapping[str, float]
+    score: float
+    warm_start: str | None = None
+
+
+@dataclass
+class Setup:
+    """Everything checked before the first evaluation."""
+
+    model: nn.Module
+    evaluate: Callable[[nn.Module], float]
+    calibrate: Callable[[], Iterable[torch.Tensor]] | None
+    tuner: PruneTPETuner
+    profile: ModelProfile
+    profile_data: dict[str, Any]
+    branch: str
+    target: float
+    weight_by: str
+    evaluations: int
+    finalists: int
+    seed: int
+    metric: str
+    dense_score: float
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The tuner's and Optuna's INFO lines off: presearch reports each evaluation itself."""
+    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _read_json(path: Path, option: str) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ValueError(f"{option} {str(path)!r} cannot be read: {error.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{option} {str(path)!r} is not valid JSON: {error.msg} at line "
+                         f"{error.lineno}, column {error.colno}") from None
+
+
+def prepare(args: argparse.Namespace) -> Setup:
+    """Check every input, cheapest first, and score the dense model: no search has run yet.
+
+    Raises:
+        ValueError: naming the bad option, file, layer or function.
+    """
+    target = args.target
+    if not (math.isfinite(target) and 0.0 < target < 1.0):
+        raise ValueError(f"--target must be a number in (0, 1), got {target!r}")
+    if args.evaluations < 1:
+        raise ValueError(f"--evaluations must be at least 1, got {args.evaluations}")
+    if args.finalists < 1:
+        raise ValueError(f"--finalists must be at least 1, got {args.finalists}")
+    profile = load_profile(args.profile)
+    profile_data = _read_json(args.profile, "--profile")
+    space, branch = level_space(_read_json(args.search_space, "--search-space"))
+    tuner = PruneTPETuner(
+        optimize_mode="maximize", seed=args.seed, target_sparsity=target,
+        profile=str(args.profile), weight_by=args.weight_by, allocation="model",
+        proxy=False,  # the search starts afresh, whatever an earlier presearch left in IN
+    )
+    try:
+        tuner.update_search_space(space)
+    except ValueError as error:
+        raise ValueError(f"--search-space {str(args.search_space)!r} ({branch}): {error}") from None
+    factory = load_factory(args.model)
+    evaluate = load_object(args.eval_fn, what="eval")
+    calibrate = (load_object(args.calibrate, what="calibrate")
+                 if args.calibrate is not None else None)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise ValueError(f"--device {args.device!r}: {error}") from None
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{args.model} returned {type(model).__name__}, not an nn.Module")
+    state = _load_weights(args, factory, None)
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            raise ValueError(f"the weights do not fit {args.model}: {error}") from None
+    _check_layers(model, profile, [key[: -len(SPARSITY_SUFFIX)] for key in space])
+    model.to(device)
+    model.eval()
+    dense_score = _score(evaluate, model, "the dense model")
+    if calibrate is not None and _has_batchnorm(model):
+        _check_calibration(model, calibrate, args.calibrate)
+    else:
+        calibrate = None
+    return Setup(
+        model=model, evaluate=evaluate, calibrate=calibrate, tuner=tuner, profile=profile,
+        profile_data=profile_data, branch=branch, target=float(target), weight_by=args.weight_by,
+        evaluations=args.evaluations, finalists=args.finalists, seed=args.seed,
+        metric=args.eval_fn, dense_score=dense_score,
+    )
+
+
+def _check_layers(model: nn.Module, profile: ModelProfile, layers: Sequence[str]) -> None:
+    """The searched layers exist in the model, with the weight counts the profile says."""
+    prunable = prunable_layers(model)
+    unknown = [name for name in layers if name not in prunable]
+    if unknown:
+        raise ValueError(f"the search space names layers {unknown} that the model does not have; "
+                         f"its prunable layers: {list(prunable)}")
+    for name in layers:
+        numel = layer_weight(prunable[name]).numel()
+        if numel != profile.layers[name].params:
+            raise ValueError(f"layer {name!r} has {numel} weights in the model but "
+                             f"{profile.layers[name].params} in the profile: re-profile the model")
+
+
+def _check_calibration(
+    model: nn.Module, calibrate: Callable[[], Iterable[torch.Tensor]], spec: str
+) -> None:
+    """Run the calibration once on the dense model, then put its statistics back."""
+    saved = copy.deepcopy(model.state_dict())
+    batches = calibrate()
+    try:
+        iter(batches)
+    except TypeError:
+        raise ValueError(f"calibrate {spec!r} returned {type(batches).__name__}, not an "
+                         f"iterable of input batches") from None
+    try:
+        recalibrate_batchnorm(model, batches)
+    except ValueError as error:
+        raise ValueError(f"calibrate {spec!r} gave no batch ({error})") from None
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"the batches of calibrate {spec!r} do not run through the model: "
+                         f"{error}") from None
+    finally:
+        model.load_state_dict(saved)
+
+
+def search(setup: Setup) -> Iterator[Scored]:
+    """Ask the tuner, prune, recalibrate, score, tell; one :class:`Scored` per evaluation.
+
+    Every evaluation starts from the dense weights and BatchNorm statistics, which are back in
+    the model when the generator ends, however it ends (Ctrl-C included). A non-finite score
+    (a broken pruned model) is logged and told to the tuner as a failed trial.
+    """
+    model, tuner = setup.model, setup.tuner
+    dense = copy.deepcopy(model.state_dict())
+    layers = prunable_layers(model)
+    warm_starts = tuner.warm_starts
+    try:
+        for index in range(setup.evaluations):
+            params = tuner.generate_parameters(index)
+            sparsities = {key[: -len(SPARSITY_SUFFIX)]: float(value)
+                          for key, value in params.items()}
+            model.load_state_dict(dense)
+            with torch.no_grad():
+                for name, value in sparsities.items():
+                    weight = layer_weight(layers[name])
+                    weight.mul_(level_mask(weight, value))
+            if setup.calibrate is not None:
+                recalibrate_batchnorm(model, setup.calibrate())
+            try:
+                score = _score(setup.evaluate, model, f"evaluation {index + 1}")
+            except ValueError as error:
+                _logger.warning("evaluation %d/%d: %s; told to the tuner as failed",
+                                index + 1, setup.evaluations, error)
+                tuner.trial_end(index, success=False)
+                continue
+            tuner.receive_trial_result(index, params, score)
+            yield Scored(sparsities, score, _warm_start_name(sparsities, warm_starts))
+    finally:
+        model.load_state_dict(dense)
+
+
+def _warm_start_name(sparsities: Mapping[str, float], warm_starts: Sequence[Any]) -> str | None:
+    for warm_start in warm_starts:
+        planned = warm_start.sparsities
+        if planned.keys() == sparsities.keys() and all(
+                math.isclose(planned[k], sparsities[k], abs_tol=1e-9) for k in planned):
+            return str(warm_start.heuristic)
+    return None
+
+
+def proxy_field(
+    setup: Setup, evaluated: Sequence[Scored], *, seconds: float, interrupted: bool = False
+) -> dict[str, Any]:
+    """The profile's ``proxy`` field (Contract 9) for the evaluations done."""
+    return {
+        "target": setup.target,
+        "weight_by": setup.weight_by,
+        "method": "level",
+        "metric": setup.metric,
+        "calibrated": setup.calibrate is not None,
+        "seconds": round(seconds, 3),
+        "evaluations": [{"sparsities": dict(e.sparsities), "score": e.score} for e in evaluated],
+        "finalists": select_finalists([(e.sparsities, e.score) for e in evaluated],
+                                      count=setup.finalists),
+        "dense_score": setup.dense_score,
+        "branch": setup.branch,
+        "seed": setup.seed,
+        "interrupted": interrupted,
+    }
+
+
+def build_parser(prog: str = "python -m nni_prune_tuners.trial.presearch") -> argparse.ArgumentParser:
+    """The options of Contract 9's ``presearch`` command."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Search layer sparsities on a one-shot proxy (Level masks on the trained "
+        "weights, BatchNorm re-estimated, no fine-tuning) and store the best few in the "
+        "profile: PruneTPE proposes them first.",
+    )
+    parser.add_argument("--model", required=True, help="module:factory returning an nn.Module")
+    parser.add_argument("--state-dict", type=Path, help="trained weights to load into the model")
+    parser.add_argument("--profile", required=True, type=Path,
+                        help="the model's profile JSON (nni-prune-tuners profile)")
+    parser.add_argument("--search-space", required=True, type=Path,
+                        help="the experiment's NNI search space; its Level branch is searched")
+    parser.add_argument("--target", required=True, type=float,
+                        help="the experiment's target_sparsity, in (0, 1)")
+    parser.add_argument("--weight-by", choices=("params", "flops"), default="params",
+                        help="the experiment's weight_by (default: params)")
+    parser.add_argument("--eval", dest="eval_fn", required=True, metavar="MODULE:FN",
+                        help="fn(model) -> float, higher is better (e.g. validation accuracy; "
+                        "called in eval mode under torch.no_grad, data on the model's device)")
+    parser.add_argument("--calibrate", metavar="MODULE:FN",
+                        help="fn() -> iterable of input batches (a few training batches) to "
+                        "re-estimate BatchNorm statistics after each pruning; without it a "
+                        "BatchNorm network scores near chance at high sparsity")
+    parser.add_argument(
+        "--evaluations", type=int, default=DEFAULT_EVALUATIONS,
+        help=f"allocations to score (default {DEFAULT_EVALUATIONS}: the heuristic warm starts "
+        f"and some 55 proposals of the allocation model, the allocation benchmarks' budget; at "
+        f"1-3 s per one-shot score on CPU (a forward pass over a few thousand validation "
+        f"samples, plus a few calibration batches) that is a few minutes)")
+    parser.add_argument("--finalists", type=int, default=DEFAULT_FINALISTS,
+                        help=f"distinct allocations kept for the experiment (default "
+                        f"{DEFAULT_FINALISTS})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the search (default 0)")
+    parser.add_argument("--device", default="cpu", help="device of the model (default cpu)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="profile JSON to write, with the proxy field (may be --profile)")
+    return parser
+
+
+def run(args: argparse.Namespace, *, command: str = "presearch") -> int:
+    """Presearch as ``args`` say; bad input is one line ``<command>: error: ...`` and exit 2.
+
+    Ctrl-C writes the evaluations done and returns 130; an evaluation that raises writes them
+    too and returns 1.
+    """
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # console scripts do not put the working directory there
+    try:
+        with _quiet():
+            setup = prepare(args)
+    except ValueError as error:
+        _say(f"{command}: error: {error}")
+        return 2
+    _report_setup(setup, args)
+    evaluated: list[Scored] = []
+    start = time.perf_counter()
+    failure: BaseException | None = None
+    try:
+        with _quiet():
+            for scored in search(setup):
+                evaluated.append(scored)
+                best = max(e.score for e in evaluated)
+                _logger.info("evaluation %d/%d: %.4f (best %.4f)%s", len(evaluated),
+                             setup.evaluations, scored.score, best,
+                             f", the {scored.warm_start} warm start" if scored.warm_start else "")
+    except KeyboardInterrupt as interrupt:
+        failure = interrupt
+    except Exception as error:  # the user's eval or calibration code: keep what was done
+        failure = error
+    seconds = time.perf_counter() - start
+    interrupted = isinstance(failure, KeyboardInterrupt)
+    status = EXIT_INTERRUPTED if interrupted else 1 if failure is not None else 0
+    why = ("interrupted" if interrupted else
+           f"error: evaluation {len(evaluated) + 1} failed: {type(failure).__name__}: {failure}"
+           if failure is not None else "")
+    if not evaluated:
+        _say(f"{command}: {why or 'error: no evaluation gave a finite score'}; nothing written")
+        return status or 1
+    proxy = proxy_field(setup, evaluated, seconds=seconds, interrupted=interrupted)
+    data = dict(setup.profile_data)
+    data["proxy"] = proxy
+    try:
+        write_json(args.out, data)
+    except OSError as error:
+        _say(f"{command}: error: cannot write {str(args.out)!r}: {error.strerror}")
+        return 1
+    best = max(e.score for e in evaluated)
+    done = (f"{len(evaluated)} evaluations in {seconds:.1f} s, best {best:.4f} (dense "
+            f"{setup.dense_score:.4f}); {len(proxy['finalists'])} finalists in {args.out}")
+    if failure is not None:
+        _say(f"{command}: {why}; wrote the {done}")
+    else:
+        _logger.info("%s", done)
+    return status
+
+
+def _say(line: str) -> None:
+    """The CLI's own last line, on stderr beside the log (as ``profile`` prints its errors)."""
+    print(line, file=sys.stderr, flush=True)  # noqa: T201 - the CLI's one line
+
+
+def _report_setup(setup: Setup, args: argparse.Namespace) -> None:
+    """What the search runs on, once every input is known to be good."""
+    if args.state_dict is None:
+        _logger.warning("searching on the weights %s returns (no --state-dict)", args.model)
+    if setup.calibrate is None and _has_batchnorm(setup.model):
+        _logger.warning("the model has BatchNorm but no --calibrate: one-shot scores of pruned "
+                        "BatchNorm networks stay near chance; give a few training batches")
+    elif args.calibrate is not None and setup.calibrate is None:
+        _logger.info("the model has no BatchNorm: --calibrate is not needed")
+    _logger.info("presearch: %d evaluations of %d layers (%s) at target %s by %s; dense model "
+                 "scores %.4f", setup.evaluations, len(setup.tuner.parameters), setup.branch,
+                 setup.target, setup.weight_by, setup.dense_score)
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """CLI entry; returns the exit status (2 on bad input, 130 after Ctrl-C)."""
+    args = build_parser(prog or "python -m nni_prune_tuners.trial.presearch").parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -90,6 +90,16 @@ class Job:
     profile: str | None
 
 
+@dataclass(frozen=True)
+class HeuristicJob:
+    """One of PruneTPE's warm starts evaluated alone with one (fine-tuning) seed."""
+
+    objective: str
+    tuner: str  # "<heuristic> (<branch>)": run_jobs names the job by it
+    seed: int
+    params: str  # NNI parameters as JSON
+
+
 # -- objectives --------------------------------------------------------------------------------
 
 
@@ -218,18 +228,11 @@ def run_job(job: Job) -> dict[str, Any]:
     space = objective_space(job.objective)
     parameters = ss.parse_search_space(space)
     weights = layer_weights(job.objective, job.profile)
-    evaluate: Callable[[Mapping[str, Any]], Evaluation] = (
-        analytic_evaluation if job.objective == "analytic"
-        else partial(digits_evaluation, seed=job.seed, parameters=parameters)
-    )
+    evaluate = evaluation(job.objective, job.seed, parameters)
     if TUNERS[job.tuner].rescale_in_trial:
         evaluate = partial(_rescaled_trial, evaluate=evaluate, parameters=parameters,
                            weights=weights)
-    constraint = (
-        {"profile": job.profile} if job.objective == "digits"
-        else {"layer_params": analytic_trial.layer_params()}
-    )
-    tuner = make_tuner(job.tuner, job.seed, constraint)
+    tuner = make_tuner(job.tuner, job.seed, constraint_for(job.objective, job.profile))
     run = drive(tuner, space, evaluate, budget=job.budget, concurrency=CONCURRENCY)
     return {
         **asdict(job),
@@ -237,6 +240,50 @@ def run_job(job: Job) -> dict[str, Any]:
         "trial_seconds": run.trial_seconds,
         "trials": [asdict(record) for record in run.trials],
     }
+
+
+def evaluation(
+    objective: str, seed: int, parameters: Sequence[ss.Parameter]
+) -> Callable[[Mapping[str, Any]], Evaluation]:
+    """The trial of ``objective``; ``seed`` seeds the digits trial's fine-tuning."""
+    if objective == "analytic":
+        return analytic_evaluation
+    return partial(digits_evaluation, seed=seed, parameters=parameters)
+
+
+def constraint_for(objective: str, profile: str | None) -> dict[str, Any]:
+    """PruneTPE's ``profile`` or ``layer_params`` classArg for ``objective``."""
+    if objective == "digits":
+        return {"profile": profile}
+    return {"layer_params": analytic_trial.layer_params()}
+
+
+def heuristic_jobs(objective: str, profile: str | None, seeds: int) -> list[HeuristicJob]:
+    """PruneTPE's warm starts (its first suggestions, one per heuristic and branch), each to be
+    evaluated with every seed: the heuristics alone, and the noise floor of one configuration."""
+    tuner = make_tuner("prunetpe", 0, constraint_for(objective, profile))
+    tuner.update_search_space(objective_space(objective))
+    planned = [(f"{w.heuristic} ({w.branch})", tuner.generate_parameters(index))
+               for index, w in enumerate(tuner.warm_starts)]
+    return [HeuristicJob(objective, label, seed, json.dumps(params))
+            for label, params in planned for seed in range(seeds)]
+
+
+def run_heuristic(job: HeuristicJob) -> dict[str, Any]:
+    _quiet()
+    parameters = ss.parse_search_space(objective_space(job.objective))
+    result = evaluation(job.objective, job.seed, parameters)(json.loads(job.params))
+    return {**asdict(job), "accuracy": result.accuracy}
+
+
+def summarise_heuristics(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean, sd and values over seeds of each warm start evaluated alone, best mean first."""
+    by_label: dict[str, list[float]] = {}
+    for run in runs:
+        by_label.setdefault(run["tuner"], []).append(run["accuracy"])
+    ranked = sorted(by_label.items(), key=lambda item: -float(np.mean(item[1])))
+    return {label: {"mean": float(np.mean(v)), "std": float(np.std(v)), "values": v}
+            for label, v in ranked}
 
 
 def _rescaled_trial(
@@ -326,8 +373,9 @@ def summarise(runs: Sequence[Mapping[str, Any]], budget: int) -> dict[str, Any]:
     def at(matrix: np.ndarray, n: int) -> dict[str, float | None]:
         column = matrix[:, n - 1]
         if np.isnan(column).any():  # some seed has no qualifying trial yet
-            return {"mean": None, "std": None}
-        return {"mean": float(column.mean()), "std": float(column.std())}
+            return {"mean": None, "std": None, "worst": None}
+        return {"mean": float(column.mean()), "std": float(column.std()),
+                "worst": float(column.min())}
 
     return {
         "seeds": len(runs),
@@ -370,20 +418,24 @@ def reach_table(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[st
 
 
 def _cell(stat: Mapping[str, float | None]) -> str:
-    mean, std = stat["mean"], stat["std"]
+    mean, std, worst = stat["mean"], stat["std"], stat.get("worst")
     if mean is None or std is None:
         return "—"
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}" + ("" if worst is None else f" ({100 * worst:.2f})")
 
 
-def table(objective: str, summaries: Mapping[str, Mapping[str, Any]]) -> str:
-    """Best validation accuracy (%) after n trials, mean ± std over seeds, and target misses."""
+def table(
+    objective: str, summaries: Mapping[str, Mapping[str, Any]],
+    heuristics: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
+    """Best validation accuracy (%) after n trials, mean ± std (worst) over seeds, and target
+    misses; the best heuristic alone, and the noise floor of one configuration, below."""
     budget = next(iter(summaries.values()))["budget"]
     marks = checkpoints(budget)
     seeds = next(iter(summaries.values()))["seeds"]
     lines = [
-        f"**{objective}** — best accuracy (%) after n trials, mean ± std over {seeds} seeds; "
-        f"target global sparsity {TARGET}, {CONCURRENCY} trials in flight",
+        f"**{objective}** — best accuracy (%) after n trials, mean ± std (worst seed) over "
+        f"{seeds} seeds; target global sparsity {TARGET}, {CONCURRENCY} trials in flight",
         "",
         "| tuner | " + " | ".join(f"n={n}" for n in marks)
         + f" | trials off target (>{TOLERANCE:g}) | max abs(sparsity − {TARGET}) | tuner s/run |",
@@ -402,6 +454,17 @@ def table(objective: str, summaries: Mapping[str, Mapping[str, Any]]) -> str:
                 + f" | {100 * s['violation_rate']:.1f}% | {s['max_deviation']:.2e} "
                 f"| {s['tuner_seconds']:.1f} |"
             )
+    if heuristics:
+        label, best = next(iter(heuristics.items()))
+        cell = f"{100 * best['mean']:.2f} ± {100 * best['std']:.2f}"
+        lines.append(f"| best heuristic alone: {label} | " + " | ".join([cell] * len(marks))
+                     + " | | | |")
+        lines += ["", "Heuristics alone (PruneTPE's warm starts), mean ± sd over "
+                  f"{len(best['values'])} seeds of the trial: "
+                  + "; ".join(f"{name} {100 * h['mean']:.2f} ± {100 * h['std']:.2f}"
+                              for name, h in heuristics.items()),
+                  "", f"Noise floor: the sd of one configuration ({label}) over the trial's "
+                  f"seeds, {100 * best['std']:.2f} points."]
     return "\n".join(lines)
 
 
@@ -547,6 +610,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed in range(args.seeds)
     ]
     runs = run_jobs(jobs, workers=args.workers)
+    heuristic_runs = run_jobs(
+        [job for objective in sorted(objectives)
+         for job in heuristic_jobs(objective, None if profile is None else str(profile),
+                                   args.seeds)],
+        workers=args.workers, run=run_heuristic)
     wall = time.perf_counter() - started
 
     results: dict[str, dict[str, Any]] = {}
@@ -557,14 +625,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                               and r["tuner"] == tuner], budget)
             for tuner in tuners
         }
-        results[objective] = {"budget": budget, "summary": summary,
-                              "reach": reach_table(summary)}
+        results[objective] = {
+            "budget": budget, "summary": summary, "reach": reach_table(summary),
+            "heuristics": summarise_heuristics(
+                [r for r in heuristic_runs if r["objective"] == objective]),
+        }
     command = "python -m benchmarks.tuners" + "".join(
         f" {shlex.quote(a)}" for a in (sys.argv[1:] if argv is None else argv)
     )
     sections = [f"`{command}` — {wall / 60:.1f} min wall on {args.workers} worker(s)"]
     for objective, result in results.items():
-        sections.append(table(objective, result["summary"]))
+        sections.append(table(objective, result["summary"], result["heuristics"]))
         reach = reach_markdown(objective, result["reach"], args.seeds)
         if reach:
             sections.append(reach)

@@ -60,7 +60,7 @@ def test_unrescaled_tpe_misses_the_target() -> None:
     run = tuners.run_job(tuners.Job("analytic", tuners.UNCONSTRAINED, 0, BUDGET, None))
     summary = tuners.summarise([run], BUDGET)
     assert summary["violation_rate"] == 1.0  # uniform raw samples are never exactly at 0.9
-    assert summary["best_on_target"][str(BUDGET)] == {"mean": None, "std": None}
+    assert summary["best_on_target"][str(BUDGET)] == {"mean": None, "std": None, "worst": None}
     assert "on-target trials only" in tuners.table("analytic", {tuners.UNCONSTRAINED: summary})
 
 
@@ -110,3 +110,19 @@ def test_summary_helpers() -> None:
     assert tuners.meets_target([0.9, 0.9009, 0.8985]).tolist() == [True, True, False]
     assert tuners.checkpoints(60) == [10, 20, 50, 60]
     assert tuners.checkpoints(20) == [10, 20]
+
+
+def test_heuristics_alone_are_prunetpes_warm_starts(
+    outcome: tuple[dict[str, Any], str, Path]
+) -> None:
+    payload, markdown, _ = outcome
+    heuristics = payload["objectives"]["analytic"]["heuristics"]
+    # the analytic objective has layer_params, not a profile: only the uniform warm start
+    assert set(heuristics) == {"uniform (prune_method=agp)", "uniform (prune_method=level)"}
+    runs = payload["runs"]
+    first_two = sorted(t["accuracy"] for r in runs if r["tuner"] == "prunetpe"
+                       for t in r["trials"][:2])
+    assert sorted(h["mean"] for h in heuristics.values()) == pytest.approx(first_two)
+    assert all(h["std"] == 0.0 for h in heuristics.values())  # the analytic trial is exact
+    assert "| best heuristic alone: uniform" in markdown
+    assert "Noise floor: the sd of one configuration" in markdown

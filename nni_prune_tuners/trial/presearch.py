@@ -305,7 +305,7 @@ def search(setup: Setup) -> Iterator[Scored]:
             if setup.calibrate is not None:
                 recalibrate_batchnorm(model, setup.calibrate())
             try:
-                score = _score(setup.evaluate, model, f"evaluation {index + 1}")
+                score = _score(setup.evaluate, model, "the pruned model")
             except ValueError as error:
                 _logger.warning("evaluation %d/%d: %s; told to the tuner as failed",
                                 index + 1, setup.evaluations, error)

@@ -315,3 +315,28 @@ def test_presearch_restores_the_dense_model(user: Path) -> None:
     assert len(scored) == 2 and scored[0].warm_start == "uniform"
     assert all(torch.equal(v, dense[k]) for k, v in setup.model.state_dict().items())
     assert module.agreement(setup.model) == 1.0
+
+
+def test_weights_of_another_model_are_one_line(user: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.save({"0.weight": torch.zeros(3)}, user / "wrong.pt")
+    assert ps.main(_argv("--state-dict", "wrong.pt")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the weights do not fit presearch_usermod:make" in err, err
+
+
+def test_an_eval_that_raises_mid_search_keeps_the_evaluations(
+    user: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (user / "raising.py").write_text(
+        f"from {MODULE} import agreement\nCALLS = [0]\n\n\ndef score(model):\n"
+        "    CALLS[0] += 1\n    if CALLS[0] == 4:\n        raise RuntimeError('out of memory')\n"
+        "    return agreement(model)\n")
+    argv = _argv("--out", "out.json")
+    argv[argv.index("--eval") + 1] = "raising:score"
+    assert ps.main(argv) == 1
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        "presearch: error: the search failed after 2 evaluations: RuntimeError: out of memory; "
+        "wrote the 2 evaluations in ")
+    proxy = load_profile(user / "out.json").proxy
+    assert proxy is not None and len(proxy.evaluations) == 2
+    sys.modules.pop("raising", None)

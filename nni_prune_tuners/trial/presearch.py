@@ -275,10 +275,16 @@ def _check_calibration(
     except ValueError as error:
         raise ValueError(f"calibrate {spec!r} gave no batch ({error})") from None
     except (RuntimeError, TypeError) as error:
-        raise ValueError(f"the batches of calibrate {spec!r} do not run through the model: "
-                         f"{error}") from None
+        raise ValueError(f"the batches of calibrate {spec!r} do not run through the model "
+                         f"(input tensors on its device, not (input, target) pairs): "
+                         f"{_one_line(error)}") from None
     finally:
         model.load_state_dict(saved)
+
+
+def _one_line(error: BaseException) -> str:
+    """The message on one line: PyTorch's load and shape errors span several."""
+    return " | ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 def search(setup: Setup) -> Iterator[Scored]:
@@ -370,8 +376,9 @@ def build_parser(prog: str = "python -m nni_prune_tuners.trial.presearch") -> ar
                         "called in eval mode under torch.no_grad, data on the model's device)")
     parser.add_argument("--calibrate", metavar="MODULE:FN",
                         help="fn() -> iterable of input batches (a few training batches) to "
-                        "re-estimate BatchNorm statistics after each pruning; without it a "
-                        "BatchNorm network scores near chance at high sparsity")
+                        "re-estimate BatchNorm statistics after each pruning (input tensors on "
+                        "the model's device); without it a BatchNorm network scores near chance "
+                        "at high sparsity")
     parser.add_argument(
         "--evaluations", type=int, default=DEFAULT_EVALUATIONS,
         help=f"allocations to score (default {DEFAULT_EVALUATIONS}: the heuristic warm starts "
@@ -400,8 +407,11 @@ def run(args: argparse.Namespace, *, command: str = "presearch") -> int:
         with _quiet():
             setup = prepare(args)
     except ValueError as error:
-        _say(f"{command}: error: {error}")
+        _say(f"{command}: error: {_one_line(error)}")
         return 2
+    except KeyboardInterrupt:
+        _say(f"{command}: interrupted before the first evaluation; nothing written")
+        return EXIT_INTERRUPTED
     _report_setup(setup, args)
     evaluated: list[Scored] = []
     start = time.perf_counter()
@@ -422,8 +432,8 @@ def run(args: argparse.Namespace, *, command: str = "presearch") -> int:
     interrupted = isinstance(failure, KeyboardInterrupt)
     status = EXIT_INTERRUPTED if interrupted else 1 if failure is not None else 0
     why = ("interrupted" if interrupted else
-           f"error: evaluation {len(evaluated) + 1} failed: {type(failure).__name__}: {failure}"
-           if failure is not None else "")
+           f"error: the search failed after {len(evaluated)} evaluations: "
+           f"{type(failure).__name__}: {_one_line(failure)}" if failure is not None else "")
     if not evaluated:
         _say(f"{command}: {why or 'error: no evaluation gave a finite score'}; nothing written")
         return status or 1

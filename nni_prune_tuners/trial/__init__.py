@@ -10,7 +10,9 @@ Installed with the ``trial`` extra (``pip install nni-prune-tuners[trial]``). Th
 ``next_parameters()`` is ``nni.get_next_parameter()`` inside NNI; run by hand, it reads the
 configuration from ``NNI_PRUNE_PARAMS``.
 
-``python -m nni_prune_tuners.trial.profile`` writes the model profile the tuner reads.
+``python -m nni_prune_tuners.trial.profile`` writes the model profile the tuner reads;
+``nni-prune-tuners presearch`` (``nni_prune_tuners.trial.presearch``) adds the best few
+allocations of a one-shot proxy search to it, which PruneTPE proposes first.
 """
 
 from __future__ import annotations

@@ -8,6 +8,11 @@ dips while its masks ramp up before it recovers.
 
 Run as an NNI trial with ``python -m trials.analytic_trial`` or standalone with
 ``python -m trials.analytic_trial --params '{"prune_method": {"_name": "agp", ...}}'``.
+
+For end-to-end tests that must see an event happen, not merely make it likely on an idle machine,
+two options make a trial's timing certain: ``--hopeless N`` makes NNI's trial number ``N`` report
+chance accuracy and then wait, re-reporting, until the assessor has it killed; ``--wait-for PATH``
+holds every trial until the test creates ``PATH``.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import argparse
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 _logger = logging.getLogger(__name__)
@@ -37,6 +44,15 @@ EPOCHS = 6
 _METHOD_DAMAGE = {"level": 1.0, "agp": 0.7}
 #: Accuracy still to recover by fine-tuning right after the masks reach their final sparsity.
 _RECOVERY = 0.04
+#: What a hopeless trial reports: chance on ten classes, far below any configuration of
+#: :func:`final_accuracy` (about 0.3 with every layer at 0.98, less ``_RECOVERY`` mid-recovery).
+HOPELESS_ACCURACY = 0.1
+#: A hopeless trial re-reports its last epoch this often: NNI consults the assessor only when a
+#: report arrives, and the assessor can stop it only once enough trials have completed.
+REPEAT_SECONDS = 1.0
+#: A trial that waits (hopeless, or for ``--wait-for``) gives up after this long and fails, so that
+#: a test that went wrong never leaves it running for good.
+WAIT_LIMIT_SECONDS = 600.0
 
 
 def layer_params() -> dict[str, int]:
@@ -111,6 +127,20 @@ def history(method: str, sparsities: Mapping[str, float]) -> list[dict[str, Any]
     return reports
 
 
+def hopeless_history(sparsities: Mapping[str, float], *, judged_step: int = 1) -> list[dict[str, Any]]:
+    """Reports of a trial that never learns: AGP's schedule at :data:`HOPELESS_ACCURACY`.
+
+    Whatever its branch, it ramps its masks as AGP does (``pruned: false`` at chance accuracy
+    first, reports an assessor must not judge) and stops at aligned step ``judged_step``, the
+    first step the assessor judges by default (``start_step: 1``). Every completed trial has
+    that step, AGP's four aligned steps and Level's six alike, so the assessor's comparison always
+    has its references.
+    """
+    first_pruned = AGP_END_EPOCH - 1
+    return [{**report, "default": HOPELESS_ACCURACY}
+            for report in history("agp", sparsities)[: first_pruned + judged_step + 1]]
+
+
 def parse_parameters(params: Mapping[str, Any]) -> tuple[str, dict[str, float]]:
     """Split NNI parameters (Contract 2) into the method name and ``{layer: sparsity}``."""
     branch = params.get("prune_method")
@@ -138,12 +168,48 @@ def run(params: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]
     return reports, final
 
 
+def _wait_for(path: Path) -> bool:
+    """Wait until ``path`` exists, at most :data:`WAIT_LIMIT_SECONDS`; False when it never did."""
+    deadline = time.monotonic() + WAIT_LIMIT_SECONDS
+    while not path.exists():
+        if time.monotonic() > deadline:
+            print(f"analytic_trial: no {path} after {WAIT_LIMIT_SECONDS:.0f} s", file=sys.stderr)
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _run_hopeless(nni: Any, params: Mapping[str, Any], epoch_seconds: float) -> int:
+    """Report :func:`hopeless_history`, then its last report again until killed (or give up)."""
+    reports = hopeless_history(parse_parameters(params)[1])
+    for report in reports:
+        nni.report_intermediate_result(report)
+        time.sleep(epoch_seconds)
+    deadline = time.monotonic() + WAIT_LIMIT_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(REPEAT_SECONDS)
+        nni.report_intermediate_result(reports[-1])
+    print(f"analytic_trial: hopeless trial not stopped after {WAIT_LIMIT_SECONDS:.0f} s",
+          file=sys.stderr)
+    return 1
+
+
+def _sequence_numbers(text: str) -> frozenset[int]:
+    return frozenset(int(part) for part in text.split(",") if part.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", help="JSON parameters; without it, ask NNI for them")
     parser.add_argument("--epoch-seconds", type=float, default=0.0,
                         help="pause after each intermediate report, as a real epoch would take "
                              "(lets an assessor's kill arrive before the trial ends)")
+    parser.add_argument("--hopeless", type=_sequence_numbers, default=frozenset(), metavar="N[,N]",
+                        help="NNI trial numbers (sequence ids) that run hopeless: chance accuracy "
+                             "on AGP's schedule, then the last report again every second until "
+                             "the assessor has the trial killed; never a final result")
+    parser.add_argument("--wait-for", type=Path, metavar="PATH",
+                        help="before anything else, wait until PATH exists (a test's go-ahead)")
     args = parser.parse_args(argv)
     if args.params is not None:
         _, final = run(json.loads(args.params))
@@ -152,7 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import nni
 
-    reports, final = run(nni.get_next_parameter())
+    if args.wait_for is not None and not _wait_for(args.wait_for):
+        return 1
+    params = nni.get_next_parameter()
+    if nni.get_sequence_id() in args.hopeless:
+        return _run_hopeless(nni, params, args.epoch_seconds)
+    reports, final = run(params)
     for report in reports:
         nni.report_intermediate_result(report)
         time.sleep(args.epoch_seconds)

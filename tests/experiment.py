@@ -3,8 +3,12 @@
 Usage::
 
     with nni_experiment(config, workdir=tmp_path) as exp:
-        exp.wait(timeout=300)             # until DONE (raises on ERROR or timeout)
+        exp.wait()                        # until DONE (raises on ERROR or timeout)
         trials = exp.trials()             # TrialRecords: parameters, status, metrics
+
+Deadlines here guard against hangs on a loaded machine; they are never what a test asserts. An
+event a test needs (an early stop, a trial still running at an update) is made certain by the
+trial itself (``analytic_config(hopeless=..., wait_for=...)``), not by racing the clock.
 
 The experiment listens on a free loopback port; its working directory (logs, trial output) is
 inside ``workdir`` so that a failing test leaves evidence there and nothing in ``~``. The
@@ -15,13 +19,15 @@ its error message.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +42,15 @@ REPO = Path(__file__).resolve().parent.parent
 #: ``nniManagerIp`` of every test experiment (NNI's server still listens on all interfaces).
 LOOPBACK = "127.0.0.1"
 NNICTL = nnictl_command()[0]
+#: Generous on purpose: on two busy cores one nnictl call or REST answer can take many seconds.
+NNICTL_SECONDS = 300.0
+REST_SECONDS = 60.0
+#: The default wait for an experiment: minutes, so that only a hang runs into it.
+WAIT_SECONDS = 600.0
+#: Trial states NNI never leaves.
+FINISHED = frozenset({"SUCCEEDED", "FAILED", "USER_CANCELED", "EARLY_STOPPED", "SYS_CANCELED"})
+#: What the assessor logs (dispatcher.log) when it stops a trial.
+_ASSESSOR_STOP = re.compile(r"PruneEarlyStop: stopping trial (\w+) at aligned step (\d+)")
 
 
 def free_port() -> int:
@@ -44,7 +59,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def nnictl(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def nnictl(
+    *args: str, check: bool = True, timeout: float = NNICTL_SECONDS
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [NNICTL, *args], capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -56,13 +73,27 @@ def nnictl(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
 def rest(port: int, path: str) -> Any:
     """GET ``path`` of the NNI manager's REST API on ``port``, decoded."""
     url = f"http://127.0.0.1:{port}/api/v1/nni/{path}"
-    with urllib.request.urlopen(url, timeout=10) as response:
+    with urllib.request.urlopen(url, timeout=REST_SECONDS) as response:
         return json.loads(response.read())
 
 
 def dispatcher_log(workdir: Path) -> str:
     """Every dispatcher log under ``workdir`` (one per experiment run), joined."""
     return "\n".join(p.read_text() for p in workdir.rglob("dispatcher.log"))
+
+
+def manager_log(workdir: Path) -> str:
+    """Every NNI manager log under ``workdir``, joined."""
+    return "\n".join(p.read_text() for p in workdir.rglob("nnimanager.log"))
+
+
+def assessor_stops(workdir: Path) -> dict[str, int]:
+    """``{trial id: aligned step}`` of every stop PruneEarlyStop decided (its dispatcher log).
+
+    A decision, not its outcome: the kill of a trial on its last epoch may land after the trial
+    has already succeeded.
+    """
+    return {trial: int(step) for trial, step in _ASSESSOR_STOP.findall(dispatcher_log(workdir))}
 
 
 @dataclass
@@ -77,20 +108,29 @@ class Experiment:
     def status(self) -> dict[str, Any]:
         return dict(self.get("check-status"))
 
+    def sequence_ids(self) -> dict[str, int]:
+        """``{trial id: NNI's trial number}`` (the ``NNI_TRIAL_SEQ_ID`` each trial ran with)."""
+        return {job["trialJobId"]: int(job["sequenceId"]) for job in self.get("trial-jobs")}
+
     def wait(
-        self, *, timeout: float = 300.0, until: tuple[str, ...] = ("DONE",), trials: int = 0
+        self, *, timeout: float = WAIT_SECONDS, until: tuple[str, ...] = ("DONE",), trials: int = 0
     ) -> None:
         """Poll until the experiment reaches one of ``until`` with at least ``trials`` trial jobs.
 
         Raises on ERROR or timeout. ``trials`` matters after ``nnictl resume``: the experiment
-        still reports its old DONE until the raised trial number has been applied.
+        still reports its old DONE until the raised trial number has been applied, so DONE
+        counts only once every trial job has finished too (a stale DONE read just before new
+        jobs appeared cannot pass).
         """
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}
         while time.monotonic() < deadline:
             status = self.status()
-            if status.get("status") in until and len(self.get("trial-jobs")) >= trials:
-                return
+            if status.get("status") in until:
+                jobs = self.get("trial-jobs")
+                finished = status["status"] != "DONE" or all(j["status"] in FINISHED for j in jobs)
+                if len(jobs) >= trials and finished:
+                    return
             if status.get("status") == "ERROR":
                 raise RuntimeError(f"experiment {self.id} failed: {status}\n{self.logs()}")
             time.sleep(0.25)
@@ -157,11 +197,22 @@ def analytic_config(
     concurrency: int = 2,
     assessor: Mapping[str, Any] | None = None,
     epoch_seconds: float = 0.0,
+    hopeless: Sequence[int] = (),
+    wait_for: Path | None = None,
 ) -> dict[str, Any]:
-    """An experiment running the torch-free analytic trial on the local training service."""
+    """An experiment running the torch-free analytic trial on the local training service.
+
+    ``hopeless``: NNI trial numbers that report chance accuracy and wait to be stopped (an early
+    stop that is certain, not likely); ``wait_for``: every trial waits until that file exists.
+    """
+    command = f"{sys.executable} -m trials.analytic_trial --epoch-seconds {epoch_seconds}"
+    if hopeless:
+        command += f" --hopeless {','.join(str(n) for n in hopeless)}"
+    if wait_for is not None:
+        command += f" --wait-for {shlex.quote(str(wait_for))}"
     config: dict[str, Any] = {
         "searchSpace": dict(search_space),
-        "trialCommand": f"{sys.executable} -m trials.analytic_trial --epoch-seconds {epoch_seconds}",
+        "trialCommand": command,
         "trialCodeDirectory": str(REPO),
         "trialConcurrency": concurrency,
         "maxTrialNumber": max_trials,

@@ -29,15 +29,16 @@ TUNER = prune_tpe(seed=5)
 def test_resume_keeps_history(registered: list[str], tmp_path: Path) -> None:
     config = analytic_config(tuner=TUNER, search_space=analytic_trial.search_space(), max_trials=2)
     with nni_experiment(config, workdir=tmp_path) as experiment:
-        experiment.wait(timeout=300)
+        experiment.wait()
         first = experiment.trials()
         experiment_id = experiment.id
     port = free_port()
-    nnictl("resume", experiment_id, "--port", str(port))
     try:
+        nnictl("resume", experiment_id, "--port", str(port))
         nnictl("update", "trialnum", experiment_id, "--value", "4")
         resumed = Experiment(id=experiment_id, port=port, workdir=tmp_path)
-        resumed.wait(timeout=300, trials=4)
+        # DONE with four trial jobs, all of them finished: the resumed DONE is not the old one
+        resumed.wait(trials=4)
         trials = resumed.trials()
     finally:
         nnictl("stop", "--port", str(port), check=False)
@@ -82,7 +83,7 @@ def test_legacy_config_format_runs(registered: list[str], tmp_path: Path) -> Non
     try:
         assert created.returncode == 0, created.stdout + created.stderr
         experiment = Experiment(id="", port=port, workdir=tmp_path)
-        experiment.wait(timeout=300)
+        experiment.wait()
         trials = experiment.trials()
     finally:
         nnictl("stop", "--port", str(port), check=False)
@@ -98,5 +99,5 @@ def test_bad_class_args_fail_the_experiment_with_the_key(registered: list[str], 
                                                 "layer_params": analytic_trial.layer_params()}}
     config = analytic_config(tuner=tuner, search_space=analytic_trial.search_space())
     with nni_experiment(config, workdir=tmp_path) as experiment, pytest.raises(RuntimeError):
-        experiment.wait(timeout=120)
+        experiment.wait()  # raises RuntimeError at ERROR; a TimeoutError would fail the test
     assert "target_sparsity must be a number in (0, 1)" in dispatcher_log(tmp_path)

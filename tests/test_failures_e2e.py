@@ -31,7 +31,7 @@ def test_trailing_comma_space_runs_in_nni_and_passes_check(registered: list[str]
     assert len(checked.warnings) == 1 and "is not strict JSON" in checked.warnings[0]
 
     with nni_experiment(config, workdir=tmp_path / "run") as experiment:
-        experiment.wait(timeout=300)
+        experiment.wait()
         trials = experiment.trials()
     assert [t.status for t in trials] == ["SUCCEEDED"] * 2
     for trial in trials:

@@ -100,7 +100,7 @@ def test_own_model_trial_under_nnictl(registered: list[str], tmp_path: Path) -> 
         "trainingService": {"platform": "local"},
     }
     with nni_experiment(config, workdir=tmp_path) as experiment:
-        experiment.wait(timeout=240)
+        experiment.wait()
         trials = experiment.trials()
     assert len(trials) == 4
     for trial in trials:

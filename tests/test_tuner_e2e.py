@@ -29,7 +29,7 @@ def test_experiment_meets_target(registered: list[str], tmp_path: Path) -> None:
         concurrency=2,
     )
     with nni_experiment(config, workdir=tmp_path) as experiment:
-        experiment.wait(timeout=300)
+        experiment.wait()
         trials = experiment.trials()
     assert len(trials) == 6
     for trial in trials:

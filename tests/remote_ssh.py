@@ -106,8 +106,11 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path, time
 
 
 @contextmanager
-def loopback_sshd(directory: Path, *, timeout: float = 20.0) -> Iterator[Sshd]:
-    """Start sshd (foreground, ``-D``) on a free loopback port; stop it by its pid at the end."""
+def loopback_sshd(directory: Path, *, timeout: float = 120.0) -> Iterator[Sshd]:
+    """Start sshd (foreground, ``-D``) on a free loopback port; stop it by its pid at the end.
+
+    ``timeout`` only guards against an sshd that never listens: a busy machine may be slow.
+    """
     binary = sshd_path()
     if binary is None:
         raise FileNotFoundError("sshd not found: apt-get install openssh-server")

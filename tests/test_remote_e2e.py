@@ -19,7 +19,14 @@ import pytest
 
 from nni_prune_tuners.config_check import check_config
 from nni_prune_tuners.export import early_stopped
-from tests.experiment import REPO, analytic_config, nni_experiment, prune_tpe, write_config
+from tests.experiment import (
+    REPO,
+    analytic_config,
+    manager_log,
+    nni_experiment,
+    prune_tpe,
+    write_config,
+)
 from tests.remote_ssh import Sshd, loopback_sshd, sshd_path
 from trials import analytic_trial
 
@@ -27,8 +34,15 @@ pytestmark = pytest.mark.slow
 
 # .ci/run installs openssh-server and sets this: there the test must run, never skip.
 REQUIRED = os.environ.get("PRUNE_REMOTE_E2E") == "required"
-EPOCH_SECONDS = 0.6
+EPOCH_SECONDS = 0.3
 MAX_TRIALS = 12
+MIN_TRIALS = 3
+# The planted hopeless trial (NNI's trial number): it waits for the assessor's kill, so an early
+# stop is certain. It starts once five trials have ended, the first three of which all completed
+# (nothing is stopped before MIN_TRIALS have), so the assessor has its references.
+HOPELESS = 6
+#: How long NNI may take to end its trial keepers after ``nnictl stop`` (a guard, not a verdict).
+KEEPER_SECONDS = 120.0
 
 
 def remote_config(sshd: Sshd, venv_link: Path) -> dict[str, object]:
@@ -38,8 +52,9 @@ def remote_config(sshd: Sshd, venv_link: Path) -> dict[str, object]:
         search_space=analytic_trial.search_space(),
         max_trials=MAX_TRIALS,
         concurrency=2,
-        assessor={"name": "PruneEarlyStop", "classArgs": {"min_trials": 3}},
+        assessor={"name": "PruneEarlyStop", "classArgs": {"min_trials": MIN_TRIALS}},
         epoch_seconds=EPOCH_SECONDS,
+        hopeless=[HOPELESS],
     )
     config["trainingService"] = {"platform": "remote", "machineList": [
         sshd.machine(python_path=str(Path(sys.executable).parent)),
@@ -75,13 +90,14 @@ def test_remote_experiment_over_loopback_ssh(registered: list[str], tmp_path: Pa
         assert check_config(write_config(config, workdir)).warnings == ()
         try:
             with nni_experiment(config, workdir=workdir) as experiment:
-                experiment.wait(timeout=240)
+                experiment.wait()
                 trials = experiment.trials()
+                sequence = experiment.sequence_ids()
                 logs = experiment.logs()
                 experiment_id = experiment.id
         finally:
             keepers = trial_keeper_pids(sshd.home)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + KEEPER_SECONDS
             while any(alive(p) for p in keepers) and time.monotonic() < deadline:
                 time.sleep(0.2)
             left = [p for p in keepers if alive(p)]
@@ -97,14 +113,17 @@ def test_remote_experiment_over_loopback_ssh(registered: list[str], tmp_path: Pa
         if trial.final is not None:
             assert trial.final["sparsity"] == pytest.approx(0.9, abs=1e-9), trial
 
-    manager_log = "\n".join(p.read_text() for p in workdir.rglob("nnimanager.log"))
+    manager = manager_log(workdir)
     # as on the local platform, NNI 3.0 marks assessor kills USER_CANCELED (README, Validation)
-    killed = early_stopped(manager_log)
+    killed = early_stopped(manager)
     stopped = [t for t in trials if t.status in ("EARLY_STOPPED", "USER_CANCELED")]
-    assert stopped and {t.trial_id for t in stopped} <= killed, (killed, logs)
-    # both machines ran trials, each from its own uploaded copy without the environment
-    workers = set(re.findall(r"Created trial \w+ on worker (\d+)", manager_log))
-    assert workers == {"1", "2"}, manager_log[-3000:]
+    assert {t.trial_id for t in stopped} <= killed, (killed, logs)
+    (hopeless,) = [t for t in trials if sequence[t.trial_id] == HOPELESS]
+    assert hopeless in stopped and hopeless.final is None, (hopeless, killed, logs)
+    # both machines ran trials (NNI schedules them round-robin), each from its own uploaded copy
+    # without the environment
+    workers = set(re.findall(r"Created trial \w+ on worker (\d+)", manager))
+    assert workers == {"1", "2"}, manager[-3000:]
     uploads = sorted(sshd.home.glob("nni-experiments/*/environments/*/upload/trial_code"))
     assert len(uploads) == 2, uploads
     for upload in uploads:

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,14 +26,10 @@ from schema import SchemaError
 
 from nni_prune_tuners import search_space as ss
 from nni_prune_tuners.assessor import PruneEarlyStopClassArgsValidator
-from nni_prune_tuners.tuner import PruneTPETuner, resolve_path
+from nni_prune_tuners.tuner import PruneTPETuner, quiet_probe, resolve_path
 from nni_prune_tuners.upload_check import check_training_service
 
 _logger = logging.getLogger(__name__)
-
-#: Loggers whose INFO lines describe the probe tuner rather than the experiment.
-_PROBE_LOGGERS = ("nni_prune_tuners.tuner", "nni_prune_tuners.allocation_sampler", "optuna")
-
 
 @dataclass(frozen=True)
 class CheckedConfig:
@@ -52,20 +47,6 @@ class CheckedConfig:
     warnings: tuple[str, ...] = ()
     tuner: str | None = None
     seed: int | None = None
-
-
-@contextmanager
-def _quiet_probe() -> Iterator[None]:
-    """Hide the INFO lines of the probe tuner and its Optuna study; warnings still show."""
-    loggers = [logging.getLogger(name) for name in _PROBE_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 def read_search_space_file(path: Path) -> tuple[Any, str | None]:
@@ -166,7 +147,7 @@ def check_config(path: str | Path) -> CheckedConfig:
         if isinstance(tuner_args.get("profile"), str):
             # as the dispatcher will resolve it: against the trial code directory
             tuner_args["profile"] = str(resolve_path(tuner_args["profile"], code_directory))
-        with _quiet_probe():
+        with quiet_probe():
             tuner = PruneTPETuner(**tuner_args)
             tuner.update_search_space(dict(space))
         if tuner_args.get("target_sparsity") is not None:

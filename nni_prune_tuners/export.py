@@ -8,7 +8,6 @@ given directly.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -16,13 +15,13 @@ import re
 import sqlite3
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nni_prune_tuners.search_space import SPARSITY_SUFFIX
-from nni_prune_tuners.tuner import PruneTPETuner, WarmStart
+from nni_prune_tuners.tuner import PruneTPETuner, WarmStart, quiet_probe
 
 _logger = logging.getLogger(__name__)
 
@@ -255,20 +254,6 @@ def best_trial(trials: list[TrialRecord], *, maximize: bool = True) -> TrialReco
 _SAME_ALLOCATION = 1e-9
 
 
-@contextlib.contextmanager
-def _quiet(*names: str) -> Iterator[None]:
-    """Hide the INFO lines of building a tuner only to read its plan."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
 def planned_warm_starts(config: Mapping[str, Any]) -> list[WarmStart]:
     """The warm starts PruneTPE planned for an experiment, rebuilt from its config.
 
@@ -288,7 +273,7 @@ def planned_warm_starts(config: Mapping[str, Any]) -> list[WarmStart]:
         class_args["profile"] = str(Path(code_directory) / profile)
     class_args.setdefault("seed", 0)  # the plan does not depend on it; drawing one logs
     try:
-        with _quiet("nni_prune_tuners.tuner", "optuna"):
+        with quiet_probe():
             planner = PruneTPETuner(**class_args)
             planner.update_search_space(config.get("searchSpace") or {})
     except (ValueError, OSError) as error:

@@ -12,13 +12,14 @@ for every branch.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import math
 import os
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,26 @@ def report_to_nni_manager(message: str) -> None:
         channel.disconnect()
     except Exception as failure:  # the error is already logged; a broken channel adds nothing
         _logger.warning("could not report the error to the NNI manager: %s", failure)
+
+
+#: What a tuner built only to be read or checked would log at INFO: its seed, its search space,
+#: the allocation sampler's notes, Optuna's "A new study created in memory".
+_PROBE_LOGGERS = ("nni_prune_tuners.tuner", "nni_prune_tuners.allocation_sampler", "optuna")
+
+
+@contextlib.contextmanager
+def quiet_probe() -> Iterator[None]:
+    """Hide the INFO lines of a tuner built only to check a config or read its plan (``check``,
+    ``export``, ``presearch``); warnings still show."""
+    loggers = [logging.getLogger(name) for name in _PROBE_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def exit_dispatcher(message: str) -> None:

@@ -18,7 +18,6 @@ Ctrl-C keeps what was evaluated: the profile is written with those evaluations.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import logging
@@ -39,7 +38,7 @@ from nni_prune_tuners.trial.batchnorm import recalibrate_batchnorm
 from nni_prune_tuners.trial.masking import layer_weight, level_mask, prunable_layers
 from nni_prune_tuners.trial.profile import _load_weights, _score, load_factory, load_object, write_json
 from nni_prune_tuners.trial.pruner import METHOD_KEY, SPARSITY_SUFFIX
-from nni_prune_tuners.tuner import PruneTPETuner
+from nni_prune_tuners.tuner import PruneTPETuner, quiet_probe
 
 _logger = logging.getLogger(__name__)
 
@@ -49,8 +48,6 @@ DEFAULT_EVALUATIONS = 60
 #: Finalists kept by default, and how far apart (largest per-layer difference) they must be.
 DEFAULT_FINALISTS = 3
 DEFAULT_MIN_DISTANCE = 0.05
-#: Loggers whose per-suggestion INFO lines would drown the progress lines.
-_QUIET_LOGGERS = ("nni_prune_tuners.tuner", "nni_prune_tuners.allocation_sampler", "optuna")
 #: Exit status after Ctrl-C, as a shell reports SIGINT.
 EXIT_INTERRUPTED = 130
 
@@ -155,20 +152,6 @@ class Setup:
     seed: int
     metric: str
     dense_score: float
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The tuner's and Optuna's INFO lines off: presearch reports each evaluation itself."""
-    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 def _has_batchnorm(model: nn.Module) -> bool:
@@ -404,7 +387,7 @@ def run(args: argparse.Namespace, *, command: str = "presearch") -> int:
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # console scripts do not put the working directory there
     try:
-        with _quiet():
+        with quiet_probe():
             setup = prepare(args)
     except ValueError as error:
         _say(f"{command}: error: {_one_line(error)}")
@@ -417,7 +400,7 @@ def run(args: argparse.Namespace, *, command: str = "presearch") -> int:
     start = time.perf_counter()
     failure: BaseException | None = None
     try:
-        with _quiet():
+        with quiet_probe():
             for scored in search(setup):
                 evaluated.append(scored)
                 best = max(e.score for e in evaluated)

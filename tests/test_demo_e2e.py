@@ -8,24 +8,54 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.experiment import rest
+from tests.experiment import WAIT_SECONDS, nnictl, rest
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
+#: A guard against a demo that hangs, never a verdict: real digits trials on two busy cores.
+DEMO_SECONDS = 900.0
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def stop_demo(demo: subprocess.Popen[str], port: int | None) -> None:
+    """Leave no demo and no experiment behind, whatever the test did: Ctrl-C first (the demo
+    stops its experiment), then kill; then ``nnictl stop`` if its manager still answers."""
+    if demo.poll() is None:
+        demo.send_signal(signal.SIGINT)
+        try:
+            demo.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            demo.communicate()
+    if port is not None and listening(port):
+        nnictl("stop", "--port", str(port), check=False)
+
+
+def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m trials.demo ARGS`` to its end; interrupted (so stopped) if it hangs."""
+    demo = subprocess.Popen([sys.executable, "-m", "trials.demo", *args], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        stdout, stderr = demo.communicate(timeout=DEMO_SECONDS)
+    finally:
+        stop_demo(demo, None)
+    return subprocess.CompletedProcess(demo.args, demo.returncode, stdout, stderr)
 
 
 def test_demo_and_export(registered: list[str], tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    run = subprocess.run(
-        [sys.executable, "-m", "trials.demo", "--max-trials", "3", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
-    )
+    run = run_demo("--max-trials", "3", "--out", str(out))
     assert run.returncode == 0, run.stdout + run.stderr
     assert "[  3/3]" in run.stdout and "best trials" in run.stdout
     # the saved weights come from re-running the best trial: same accuracy as in the experiment
@@ -38,14 +68,13 @@ def test_demo_and_export(registered: list[str], tmp_path: Path) -> None:
 
     # the experiment was stopped: its port no longer answers
     port = int(run.stdout.split("--port ")[1].split()[0])
-    with socket.socket() as sock:
-        assert sock.connect_ex(("127.0.0.1", port)) != 0
+    assert not listening(port)
 
     # export again, finding the experiment through nnictl's registry as a user would
     exported = tmp_path / "best.json"
     subprocess.run(
         [sys.executable, "-m", "nni_prune_tuners", "export", "--experiment", experiment_id,
-         "--out", str(exported)], check=True, cwd=REPO,
+         "--out", str(exported)], check=True, cwd=REPO, timeout=300,
     )
     config_list = json.loads(exported.read_text())["config_list"]
     assert config_list == best["config_list"]
@@ -82,20 +111,26 @@ def test_interrupted_demo_stops_its_experiment(
     )
     assert demo.stdout is not None
     port = None
-    for line in demo.stdout:
-        if "--port " in line:
-            port = int(line.split("--port ")[1].split()[0])
-        if line.startswith("3/5 running"):
-            break
-    assert port is not None
-    # interrupt mid-experiment, while a trial is running
-    deadline = time.monotonic() + 120
-    while not any(job.get("status") == "RUNNING" for job in rest(port, "trial-jobs")):
-        assert time.monotonic() < deadline, "no trial started"
-        time.sleep(0.25)
-    demo.send_signal(signum)
-    output = demo.communicate(timeout=120)[0]
+    # a demo that hangs without a line is interrupted, which ends the loop below
+    guard = threading.Timer(DEMO_SECONDS, demo.send_signal, (signal.SIGINT,))
+    guard.start()
+    try:
+        for line in demo.stdout:
+            if "--port " in line:
+                port = int(line.split("--port ")[1].split()[0])
+            if line.startswith("3/5 running"):
+                break
+        assert port is not None
+        # interrupt mid-experiment, while a trial is running
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not any(job.get("status") == "RUNNING" for job in rest(port, "trial-jobs")):
+            assert time.monotonic() < deadline, "no trial started"
+            time.sleep(0.25)
+        demo.send_signal(signum)
+        output = demo.communicate(timeout=WAIT_SECONDS)[0]
+    finally:
+        guard.cancel()
+        stop_demo(demo, port)
     assert demo.returncode == 130, output
     assert "the experiment was stopped" in output
-    with socket.socket() as sock:
-        assert sock.connect_ex(("127.0.0.1", port)) != 0
+    assert not listening(port)

@@ -51,6 +51,9 @@ def test_ctrl_c_during_create_stops_the_manager(
         [sys.executable, "-m", "trials.demo", "--max-trials", "4", "--out", str(tmp_path)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
+        # as a terminal's child: a shell without job control starts background jobs with
+        # SIGINT ignored, and an ignored signal stays ignored across exec
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert demo.stdout is not None
     port = None

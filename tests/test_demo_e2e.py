@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from nni_prune_tuners.tuner import HEURISTICS
 from tests.experiment import WAIT_SECONDS, nnictl, rest
 
 pytestmark = pytest.mark.slow
@@ -65,6 +66,11 @@ def test_demo_and_export(registered: list[str], tmp_path: Path) -> None:
         assert (out / name).stat().st_size > 0, name
     best = json.loads((out / "best.json").read_text())
     experiment_id = best["experiment_id"]
+    # three trials are three of PruneTPE's eight warm starts: the report names the best one's
+    heuristic = best["warm_starts"]["best_is"]["heuristic"]
+    assert heuristic in HEURISTICS
+    assert (f"Against the heuristics: best trial {best['trial_id']} is the {heuristic} warm start"
+            in (out / "report.md").read_text())
 
     # the experiment was stopped: its port no longer answers
     port = int(run.stdout.split("--port ")[1].split()[0])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -157,13 +158,37 @@ def write_config(config: Mapping[str, Any], workdir: Path) -> Path:
     return path
 
 
+#: ``nnictl create`` gives NNI's manager 3 s to answer ``/check-status`` and then kills it; on a
+#: loaded machine node can take longer to start. Such a create is tried again on a fresh port.
+_CREATE_ATTEMPTS = 3
+
+
+_CREATED_ID = re.compile(r"Experiment ID: (?:\x1b\[[0-9;]*m)?(\w+)")
+
+
+def _create(path: Path, workdir: Path) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """``nnictl create`` on a free port; again while the manager was too slow to start, with the
+    folder of the attempt that failed removed (tests read the experiment's logs under
+    ``workdir``)."""
+    for _ in range(_CREATE_ATTEMPTS):
+        port = free_port()
+        created = nnictl("create", "--config", str(path), "--port", str(port), check=False)
+        output = created.stdout + created.stderr
+        if created.returncode == 0 or "/check-status" not in output:
+            break
+        nnictl("stop", "--port", str(port), check=False)
+        failed = _CREATED_ID.search(output)
+        if failed:
+            shutil.rmtree(workdir / "nni-experiments" / failed.group(1), ignore_errors=True)
+    return port, created
+
+
 @contextmanager
 def nni_experiment(config: Mapping[str, Any], *, workdir: Path) -> Iterator[Experiment]:
     """Create an experiment from ``config`` (NNI v2 format), yield it, and always stop it."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     path = write_config(config, workdir)
-    created = nnictl("create", "--config", str(path), "--port", str(port), check=False)
+    port, created = _create(path, workdir)
     experiment = Experiment(id="", port=port, workdir=workdir)
     try:
         if created.returncode != 0:

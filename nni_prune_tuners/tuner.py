@@ -518,7 +518,7 @@ class PruneTPETuner(Tuner):
         # heuristics prune a share of the *weights*; the rescaling below then meets the target
         # as the constraint defines it (FLOPs weighting, model scope, bounds)
         budget = group.budget
-        share = min(options.target_sparsity * budget.total / float(budget.weights.sum()), 0.999)
+        share = _weight_share(budget)
         if heuristic == "sensitivity":
             raw = allocation.sensitivity_allocation(budget)
         elif heuristic == "uniform":
@@ -552,8 +552,7 @@ class PruneTPETuner(Tuner):
                          name, group.label)
             return None
         budget = group.budget
-        share = min(self._options.target_sparsity * budget.total / float(budget.weights.sum()),
-                    0.999)
+        share = _weight_share(budget)
         raw = np.array([finalist.get(layer, share) for layer in layers])
         fits = (len(finalist) == len(layers)
                 and bool(np.all((budget.lo <= raw) & (raw <= budget.hi)))
@@ -815,6 +814,12 @@ def _planned(
         **group.choices,
         **{p.name: v for p, v in zip(group.parameters, values, strict=True)},
     }
+
+
+def _weight_share(budget: allocation.Block) -> float:
+    """The share of the branch's weights that meets its target when every layer prunes alike
+    (the uniform allocation; capped below 1 so that rescaling can still move it)."""
+    return min(budget.target * budget.total / float(budget.weights.sum()), 0.999)
 
 
 def _proxy_finalists(options: TunerOptions) -> tuple[Mapping[str, float], ...]:

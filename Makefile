@@ -25,11 +25,16 @@ lint: venv
 	$(VENV)/bin/mypy
 
 # pytest exits 5 when it collected nothing: say so instead of passing silently.
+# Two pytest-xdist workers: the end-to-end tests mostly wait on NNI, and each test owns its
+# experiment folder, port and NNI registry, so two run side by side (TEST_WORKERS=0: one process).
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
+
 test: lint
-	$(PY) -m pytest; rc=$$?; [ $$rc -ne 5 ] || echo "make test: pytest collected no tests" >&2; exit $$rc
+	$(PYTEST); rc=$$?; [ $$rc -ne 5 ] || echo "make test: pytest collected no tests" >&2; exit $$rc
 
 test-fast: lint
-	$(PY) -m pytest -m "not slow"; rc=$$?; [ $$rc -ne 5 ] || echo "make test-fast: no tests" >&2; exit $$rc
+	$(PYTEST) -m "not slow"; rc=$$?; [ $$rc -ne 5 ] || echo "make test-fast: no tests" >&2; exit $$rc
 
 # The documentation site (MkDocs, docs/ -> site/); tests/test_docs.py builds it strict in make test.
 docs: venv

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 # Paced like real epochs, the assessor judges each report while the trial still runs (its kill
 # may or may not land before a good trial ends: nothing below depends on which).
 EPOCH_SECONDS = 0.3
-MAX_TRIALS = 16
+MAX_TRIALS = 10
 # NNI's trial number of the planted hopeless trial. With two trials at a time, trial n starts
 # once n - 1 trials have ended; the first five to end cannot be stopped (min_trials: 5, so
 # nothing is judged before five have completed) and all complete. From trial 6 on, the

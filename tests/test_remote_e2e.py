@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 # .ci/run installs openssh-server and sets this: there the test must run, never skip.
 REQUIRED = os.environ.get("PRUNE_REMOTE_E2E") == "required"
 EPOCH_SECONDS = 0.3
-MAX_TRIALS = 12
+MAX_TRIALS = 8
 MIN_TRIALS = 3
 # The planted hopeless trial (NNI's trial number): it waits for the assessor's kill, so an early
 # stop is certain. It starts once five trials have ended, the first three of which all completed

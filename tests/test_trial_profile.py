@@ -181,11 +181,23 @@ def test_installed_cli_profiles_a_user_model(tmp_path: Path, how: str) -> None:
         (["--out", "p.json", "--input-shape", "1,2,2"], "input shape"),
     ],
 )
-def test_cli_rejects_bad_input(tmp_path: Path, argv: list[str], message: str) -> None:
-    done = _run_outside_checkout(tmp_path, sys.executable, "-m", "nni_prune_tuners.trial.profile",
-                                 "--model", "usermod:make", *argv)
-    assert done.returncode == 2
-    assert "profile: error:" in done.stderr and message in done.stderr
+def test_cli_rejects_bad_input(
+    tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process (each subprocess would spend 3 s importing torch); the console's own one-line
+    error is tested in test_failures_trial.py."""
+    (tmp_path / "usermod.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "usermod", raising=False)
+    try:
+        status = tp.main(["--model", "usermod:make", *argv])
+    except SystemExit as exited:  # argparse's own errors
+        status = exited.code
+    assert status == 2
+    stderr = capsys.readouterr().err
+    assert "profile: error:" in stderr and message in stderr
     assert not (tmp_path / "p.json").exists()
 
 

@@ -4,9 +4,12 @@ Accuracy after pruning is modelled as a sum of per-layer response curves, ``y = 
 each curve a linear combination of hinge functions of the layer's log-density ``x = -ln(1 - s)``
 (knots where the density halves). The coefficients are a shared curve plus a per-layer deviation
 (a hierarchical Gaussian prior), so that a few trials teach the common shape and later ones the
-layer specifics. One posterior draw per suggestion (Thompson sampling) is maximised under the linear
-sparsity budget exactly by a multiple-choice knapsack over a per-layer grid, then rescaled to the
-target (Contract 3). Everything is numpy and scipy; nothing here knows Optuna or NNI.
+layer specifics. Curves known before any trial enter as terms with one coefficient each, which the
+trials confirm or discount: the profile's one-shot sensitivity curves, and a cheap proxy's own
+additive model (``presearch``, a second fidelity). One posterior draw per suggestion (Thompson
+sampling) is maximised under the linear sparsity budget exactly by a multiple-choice knapsack over
+a per-layer grid, then rescaled to the target (Contract 3). Everything is numpy and scipy; nothing
+here knows Optuna or NNI.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ _SHARED = 1.0
 _INTERCEPT = 1.0
 #: Prior variance of the sensitivity curves' coefficient around 1 (the curves taken at face value).
 _PRIOR_CURVE = 0.5
+#: Prior mean and variance of the proxy term's coefficient (standardised metric per unit of the
+#: proxy model's spread): centred on no trust, wide enough that a few trials that follow the
+#: proxy give it their weight.
+_PROXY_MEAN = 0.0
+_PROXY_VARIANCE = 1.0
 #: Grid points per layer and budget units of the knapsack.
 GRID = 48
 BUDGET_UNITS = 800
@@ -54,15 +62,25 @@ def basis(s: FloatArray | Sequence[float]) -> FloatArray:
 
 @dataclass(frozen=True)
 class Prior:
-    """Predicted drop of the metric per layer (one-shot sensitivity curves of the profile).
+    """Predicted drop of the metric per layer, a term of the model with one coefficient.
+
+    The profile's one-shot sensitivity curves are one (in the metric's units, taken at face
+    value: coefficient centred on 1); a proxy's fitted model is another (:func:`proxy_term`).
 
     Attributes:
         sparsities: per layer, the increasing grid of its curve.
         drops: per layer, the metric lost with that layer alone pruned to each grid point.
+        mean: prior mean of the coefficient.
+        variance: prior variance of the coefficient.
+        metric_units: whether the drops are in the metric's units (standardised with it), or
+            already unitless.
     """
 
     sparsities: tuple[FloatArray, ...]
     drops: tuple[FloatArray, ...]
+    mean: float = 1.0
+    variance: float = _PRIOR_CURVE
+    metric_units: bool = True
 
     def drop(self, s: FloatArray) -> FloatArray:
         """Per-layer predicted drops of sparsities ``s`` (``(..., L)``), linear in between."""
@@ -73,25 +91,38 @@ class Prior:
         return out
 
 
-def design(samples: FloatArray, prior: Prior | None = None, prior_scale: float = 1.0) -> FloatArray:
+def _term_scale(term: Prior, metric_scale: float) -> float:
+    return metric_scale if term.metric_units else 1.0
+
+
+def design(
+    samples: FloatArray, terms: Sequence[Prior] = (), metric_scale: float = 1.0
+) -> FloatArray:
     """Design matrix of ``(n, L)`` sparsities.
 
-    Columns: intercept, shared curve, per-layer curves, and with a ``prior`` the summed predicted
-    drop (negated, times ``prior_scale``), whose coefficient the data can confirm or discount.
+    Columns: intercept, shared curve, per-layer curves, and per term its summed predicted drop
+    (negated; times ``metric_scale`` where it is in the metric's units), whose coefficient the
+    data can confirm or discount.
     """
     phi = basis(samples)  # (n, L, K)
     n = samples.shape[0]
     columns = [np.ones((n, 1)), phi.sum(axis=1), phi.reshape(n, -1)]
-    if prior is not None:
-        columns.append(-prior_scale * prior.drop(samples).sum(axis=1, keepdims=True))
+    for term in terms:
+        columns.append(-_term_scale(term, metric_scale)
+                       * term.drop(samples).sum(axis=1, keepdims=True))
     return np.concatenate(columns, axis=1)
 
 
-def prior_variances(layers: int, layer_var: float, *, with_prior: bool = False) -> FloatArray:
+def prior_variances(layers: int, layer_var: float, terms: Sequence[Prior] = ()) -> FloatArray:
     """Prior variance of each coefficient, in :func:`design`'s column order."""
     k = len(KNOTS)
     return np.concatenate([[_INTERCEPT], np.full(k, _SHARED / layers), np.full(layers * k, layer_var),
-                           [_PRIOR_CURVE] if with_prior else []])
+                           [term.variance for term in terms]])
+
+
+def prior_means(layers: int, terms: Sequence[Prior] = ()) -> FloatArray:
+    """Prior mean of each coefficient: the terms' own, 0 elsewhere."""
+    return np.concatenate([np.zeros(1 + len(KNOTS) * (layers + 1)), [term.mean for term in terms]])
 
 
 @dataclass(frozen=True)
@@ -106,7 +137,7 @@ class Posterior:
         cholesky: lower Cholesky factor of ``features @ diag(prior_var) @ features.T + noise I``.
         target: standardised metric.
         mean, scale: the standardisation, to map draws back.
-        prior: the sensitivity curves, if the block has them (the last feature).
+        terms: the block's terms (the last features, in order).
     """
 
     features: FloatArray
@@ -117,15 +148,21 @@ class Posterior:
     target: FloatArray
     mean: float
     scale: float
-    prior: Prior | None = None
+    terms: tuple[Prior, ...] = ()
 
     @property
     def offset(self) -> FloatArray:
-        """Prior mean of the coefficients: 1 for the sensitivity curves, 0 elsewhere."""
-        mean = np.zeros(len(self.prior_var))
-        if self.prior is not None:
-            mean[-1] = 1.0
-        return mean
+        """Prior mean of the coefficients: the terms' own, 0 elsewhere."""
+        return prior_means(self.layers, self.terms)
+
+    @property
+    def layers(self) -> int:
+        return (len(self.prior_var) - len(self.terms) - 1) // len(KNOTS) - 1
+
+    @property
+    def term_coefficients(self) -> FloatArray:
+        """Posterior mean of each term's coefficient: the weight the trials gave it."""
+        return self.coefficients[len(self.prior_var) - len(self.terms):]
 
     @property
     def variances(self) -> tuple[float, float]:
@@ -158,14 +195,14 @@ def fit(
     values: FloatArray,
     *,
     variances: tuple[float, float] | None = None,
-    prior: Prior | None = None,
+    terms: Sequence[Prior] = (),
 ) -> Posterior:
     """Fit the additive model to ``(n, L)`` sparsities and their metric (larger is better).
 
     The noise and per-layer variances are chosen by marginal likelihood over a small grid, so a
     noisy metric gets a smooth model and a clean one a sharp model, with nothing for the user to
-    tune; pass the ``variances`` of an earlier fit to skip that search. With a ``prior``, the
-    summed predicted drop enters in standardised units with a coefficient centred on 1.
+    tune; pass the ``variances`` of an earlier fit to skip that search. Each of the ``terms``
+    enters with a coefficient centred on its prior mean.
     """
     samples = np.asarray(samples, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
@@ -174,16 +211,17 @@ def fit(
     scale = float(values.std()) if n > 1 else 0.0
     scale = scale if scale > 1e-12 else 1.0
     target = (values - mean) / scale
-    features = design(samples, prior, 1.0 / scale)
-    if prior is not None:
-        target = target - features[:, -1]  # the prior mean's prediction; the fit learns the rest
+    terms = tuple(terms)
+    features = design(samples, terms, 1.0 / scale)
     k = len(KNOTS)
     separable = 1 + k + layers * k
+    term_features = features[:, separable:]
+    # the prior means' prediction; the fit learns the rest
+    target = target - term_features @ np.array([term.mean for term in terms])
     shared, own = features[:, 1 : k + 1], features[:, k + 1 : separable]
     # the Gram matrix is linear in the variances: two products serve every candidate
     shared_gram = _INTERCEPT + shared @ shared.T * (_SHARED / layers)
-    if prior is not None:
-        shared_gram = shared_gram + _PRIOR_CURVE * np.outer(features[:, -1], features[:, -1])
+    shared_gram = shared_gram + (term_features * [term.variance for term in terms]) @ term_features.T
     own_gram = own @ own.T
     candidates = [variances] if variances is not None else [
         (noise, layer) for noise in _NOISE for layer in _LAYER
@@ -197,16 +235,19 @@ def fit(
         alpha = _cho_solve(lower, target)
         evidence = -0.5 * float(target @ alpha) - float(np.log(np.diag(lower)).sum())
         if best is None or evidence > best[0]:
-            prior_var = prior_variances(layers, layer, with_prior=prior is not None)
+            prior_var = prior_variances(layers, layer, terms)
             best = (evidence, Posterior(features, prior_var, noise, layer, lower, target, mean,
-                                        scale, prior))
+                                        scale, terms))
     if best is None:
         raise ValueError(f"the additive model cannot be fitted to {n} points")
     return best[1]
 
 
 def curves(
-    coefficients: FloatArray, grids: FloatArray, prior: Prior | None = None, prior_scale: float = 1.0
+    coefficients: FloatArray,
+    grids: FloatArray,
+    terms: Sequence[Prior] = (),
+    metric_scale: float = 1.0,
 ) -> FloatArray:
     """Per-layer response ``f_i`` on each layer's grid: ``(L, G)`` from coefficients of the model."""
     layers = grids.shape[0]
@@ -214,8 +255,8 @@ def curves(
     shared = coefficients[1 : k + 1]
     own = coefficients[k + 1 : k + 1 + layers * k].reshape(layers, k)
     response = np.einsum("lgk,lk->lg", basis(grids), own + shared)
-    if prior is not None:
-        response -= coefficients[-1] * prior_scale * prior.drop(grids.T).T
+    for coefficient, term in zip(coefficients[k + 1 + layers * k:], terms, strict=True):
+        response -= coefficient * _term_scale(term, metric_scale) * term.drop(grids.T).T
     return response
 
 
@@ -300,6 +341,12 @@ class Block:
     total: float
     target: float
     prior: Prior | None = None
+    proxy: Prior | None = None
+
+    @property
+    def terms(self) -> tuple[Prior, ...]:
+        """The model's terms: the sensitivity curves, then the proxy, where the block has them."""
+        return tuple(term for term in (self.prior, self.proxy) if term is not None)
 
     def rescale(self, raw: FloatArray) -> FloatArray:
         """``raw`` scaled to meet the target exactly inside the bounds."""
@@ -326,20 +373,21 @@ def propose(
             region around the best configuration, for a local move).
         radius: half-width of the trust region in log-density (0.35: about 30% density change).
     """
-    prior_scale = 1.0
+    metric_scale = 1.0
+    terms = block.terms
     if posterior is None:
-        prior_var = prior_variances(len(block.lo), _LAYER[-1], with_prior=block.prior is not None)
+        prior_var = prior_variances(len(block.lo), _LAYER[-1], terms)
         coefficients = rng.standard_normal(len(prior_var)) * np.sqrt(prior_var)
-        if block.prior is not None:
-            # no data yet: the curves' own optimum, perturbed by the other terms' prior
+        if terms:
+            # no data yet: the terms' prior means, perturbed by the other coefficients' prior
             coefficients *= 0.1
-            coefficients[-1] = 1.0
+            coefficients[len(prior_var) - len(terms):] = [term.mean for term in terms]
     else:
         coefficients = posterior.draw(rng)
-        prior_scale = 1.0 / posterior.scale
+        metric_scale = 1.0 / posterior.scale
 
     def response(grids: FloatArray) -> FloatArray:
-        return curves(coefficients, grids, block.prior, prior_scale)
+        return curves(coefficients, grids, terms, metric_scale)
 
     budget = block.target * block.total
     if incumbent is not None:
@@ -356,10 +404,11 @@ def propose(
     return block.rescale(solve_budget(response(grids), grids, block.weights, budget))
 
 
-def predict(coefficients: FloatArray, samples: FloatArray, prior: Prior | None = None,
-            prior_scale: float = 1.0) -> FloatArray:
+def predict(coefficients: FloatArray, samples: FloatArray, terms: Sequence[Prior] = (),
+            metric_scale: float = 1.0) -> FloatArray:
     """The model's value of ``(n, L)`` allocations under ``coefficients`` (intercept left out)."""
-    return curves(coefficients, np.asarray(samples, dtype=np.float64).T, prior, prior_scale).sum(axis=0)
+    return curves(coefficients, np.asarray(samples, dtype=np.float64).T, terms,
+                  metric_scale).sum(axis=0)
 
 
 #: Share of the layers a few-layer move changes, and how many such moves one draw ranks.
@@ -393,7 +442,7 @@ def few_layer_move(
                         for row in steps])
     if posterior is None:
         return np.asarray(options[0])
-    scores = predict(posterior.draw(rng), options, block.prior, 1.0 / posterior.scale)
+    scores = predict(posterior.draw(rng), options, block.terms, 1.0 / posterior.scale)
     return np.asarray(options[int(np.argmax(scores))])
 
 
@@ -473,3 +522,30 @@ def sensitivity_allocation(block: Block, *, points: int = 200) -> FloatArray:
     drops = block.prior.drop(grids.T).T
     return block.rescale(solve_budget(-drops, grids, block.weights, block.target * block.total,
                                       units=4 * BUDGET_UNITS))
+
+
+def proxy_term(
+    samples: FloatArray, scores: FloatArray, lo: FloatArray, hi: FloatArray, *, points: int = GRID
+) -> Prior | None:
+    """A cheap proxy's evaluations as a term of the model of the expensive metric.
+
+    The additive model is fitted to the proxy's ``(n, L)`` sparsities and scores; its per-layer
+    curves, divided by the spread (standard deviation) of its predictions over the evaluated
+    allocations, become a unitless term whose coefficient is centred on zero. The fine-tuned
+    trials set that coefficient: it grows where they follow the proxy and stays near zero where
+    they do not, whether the proxy is noise or predicts something else. ``None`` when the fitted
+    model is flat (nothing to learn from).
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    if len(samples) < 2:
+        return None
+    fitted = fit(samples, np.asarray(scores, dtype=np.float64))
+    coefficients = fitted.coefficients
+    spread = float(np.std(predict(coefficients, samples)))
+    if spread < 1e-9:
+        return None
+    grids = layer_grids(np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64), points)
+    response = curves(coefficients, grids)
+    drops = -(response - response[:, :1]) / spread  # 0 at each layer's lower bound
+    return Prior(tuple(grids), tuple(drops), mean=_PROXY_MEAN, variance=_PROXY_VARIANCE,
+                 metric_units=False)

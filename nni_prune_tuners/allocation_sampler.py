@@ -200,9 +200,9 @@ class AllocationSampler(BaseSampler):
         samples = np.vstack([finished, pending]) if len(pending) else finished
         if len(scores) and self._constant_liar:
             lie = np.full(len(pending), scores.mean())
-            posterior = self._fit(index, samples, np.concatenate([scores, lie]), block.budget.prior)
+            posterior = self._fit(index, samples, np.concatenate([scores, lie]), block.budget.terms)
         elif len(scores):
-            posterior = self._fit(index, finished, scores, block.budget.prior)
+            posterior = self._fit(index, finished, scores, block.budget.terms)
         incumbent = None
         radius = self._regions[index].radius
         if len(scores):
@@ -269,13 +269,14 @@ class AllocationSampler(BaseSampler):
         return {kind: (successes, proposals) for kind, (successes, proposals) in tallies.items()}
 
     def _fit(
-        self, index: int, samples: np.ndarray, values: np.ndarray, prior: allocation.Prior | None
+        self, index: int, samples: np.ndarray, values: np.ndarray,
+        terms: Sequence[allocation.Prior],
     ) -> allocation.Posterior:
         """Fit, re-selecting the variances only when the data grew by a tenth since they were."""
         cached = self._variances.get(index)
         if cached is not None and len(values) <= 1.1 * cached[0] + 1:
-            return allocation.fit(samples, values, variances=cached[1], prior=prior)
-        posterior = allocation.fit(samples, values, prior=prior)
+            return allocation.fit(samples, values, variances=cached[1], terms=terms)
+        posterior = allocation.fit(samples, values, terms=terms)
         self._variances[index] = (len(values), posterior.variances)
         return posterior
 

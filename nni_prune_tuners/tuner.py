@@ -36,7 +36,7 @@ from nni_prune_tuners import search_space as ss
 from nni_prune_tuners._class_args import unknown_key_message
 from nni_prune_tuners.allocation_sampler import AllocationSampler, blocks_for
 from nni_prune_tuners.dedup import SeenConfigurations
-from nni_prune_tuners.profile import LayerProfile, ModelProfile, load_profile
+from nni_prune_tuners.profile import LayerProfile, ModelProfile, ProxyResults, load_profile
 
 _logger = logging.getLogger(__name__)
 
@@ -319,9 +319,10 @@ class PruneTPETuner(Tuner):
             ``model``: over every prunable layer of the profile, unsearched ones dense.
         warm_start: Heuristic allocations tried first for every branch; default: all that the
             profile supports.
-        proxy: Propose the finalists of the profile's ``proxy`` field (``nni-prune-tuners
-            presearch``) first, in every branch, when they were found at this target and
-            weighting (default true).
+        proxy: Use the profile's ``proxy`` field (``nni-prune-tuners presearch``) when it was
+            found at this target and weighting (default true): its finalists are proposed
+            first, in every branch, and with ``allocation: model`` or ``local`` its
+            evaluations are a term of the allocation model whose weight the trials set.
         n_startup_trials: Random trials before TPE takes over (after the warm starts).
         constant_liar: Let TPE treat running trials as bad so that concurrent suggestions
             spread out (a no-op with one trial in flight).
@@ -358,7 +359,8 @@ class PruneTPETuner(Tuner):
         self._saturated = False
         self._prior: optuna.Study | None = None
         self._rng = np.random.RandomState(seed)
-        self._finalists = _proxy_finalists(options)
+        self._proxy = _usable_proxy(options)
+        self._finalists = self._proxy.finalists if self._proxy is not None else ()
         self._accept_customized_trials()
 
 
@@ -503,10 +505,37 @@ class PruneTPETuner(Tuner):
                 options.target_sparsity, lo, hi, weights, total=total,
                 where=f"branch {active.label!r}",
             )
-            budget = allocation.Block(weights, lo, hi, total, options.target_sparsity,
-                                      _sensitivity_prior([profile.layers[p.layer] for p in layers]))
+            budget = allocation.Block(
+                weights, lo, hi, total, options.target_sparsity,
+                _sensitivity_prior([profile.layers[p.layer] for p in layers]),
+                self._proxy_term(active.label, [p.layer for p in layers], lo, hi))
             groups.append(_SparsityGroup(active.label, active.choices, layers, budget))
         return groups
+
+    def _proxy_term(
+        self, branch: str, layers: Sequence[str], lo: np.ndarray, hi: np.ndarray
+    ) -> allocation.Prior | None:
+        """The presearch evaluations as a term of the branch's allocation model (a second
+        fidelity), or None: no usable proxy, ``allocation: tpe``, or evaluations that do not
+        cover the branch's layers."""
+        proxy = self._proxy
+        if proxy is None or self._options.allocation == "tpe" or not proxy.evaluations:
+            return None
+        rows = [[evaluation.sparsities.get(layer) for layer in layers]
+                for evaluation in proxy.evaluations]
+        if any(value is None for row in rows for value in row):
+            _logger.info("branch %s: the proxy evaluations do not cover its layers; the "
+                         "allocation model goes without them", branch)
+            return None
+        term = allocation.proxy_term(np.array(rows, dtype=np.float64),
+                                     np.array([e.score for e in proxy.evaluations]), lo, hi)
+        if term is None:
+            _logger.info("branch %s: the proxy's %d evaluations are flat; the allocation model "
+                         "goes without them", branch, len(rows))
+        else:
+            _logger.info("branch %s: the proxy's %d evaluations are a term of the allocation "
+                         "model; the trials set its weight", branch, len(rows))
+        return term
 
     def _warm_start(
         self, group: _SparsityGroup, heuristic: str
@@ -822,31 +851,34 @@ def _weight_share(budget: allocation.Block) -> float:
     return min(budget.target * budget.total / float(budget.weights.sum()), 0.999)
 
 
-def _proxy_finalists(options: TunerOptions) -> tuple[Mapping[str, float], ...]:
-    """The profile's presearch finalists when they were found for this experiment, else none.
+def _usable_proxy(options: TunerOptions) -> ProxyResults | None:
+    """The profile's presearch results when they were found for this experiment, else None.
 
-    Finalists at another target or weighting are exact for a budget the experiment does not
-    have, so rescaled they would be neither what the proxy scored nor a heuristic: the log says
-    why they are left out.
+    Results at another target or weighting describe a budget the experiment does not have:
+    rescaled, the finalists would be neither what the proxy scored nor a heuristic, and the
+    evaluations would teach the model about allocations it never proposes. The log says why
+    they are left out.
     """
     proxy = options.profile.proxy if options.profile is not None else None
     if proxy is None or options.target_sparsity is None:
-        return ()
-    found = f"the profile's {len(proxy.finalists)} proxy finalists"
+        return None
+    found = (f"the profile's proxy results ({len(proxy.finalists)} finalists, "
+             f"{len(proxy.evaluations)} evaluations)")
     if not options.proxy:
-        _logger.info("proxy: false: %s are not proposed", found)
-        return ()
+        _logger.info("proxy: false: %s are not used", found)
+        return None
     if abs(proxy.target - options.target_sparsity) > _PROXY_TARGET_TOLERANCE:
         _logger.info("ignoring %s: presearch ran at target %s, the experiment's target_sparsity "
                      "is %s", found, proxy.target, options.target_sparsity)
-        return ()
+        return None
     if proxy.weight_by != options.weight_by:
         _logger.info("ignoring %s: presearch weighted layers by %s, the experiment's weight_by "
                      "is %s", found, proxy.weight_by, options.weight_by)
-        return ()
+        return None
     if proxy.finalists:
-        _logger.info("%s come first among the warm starts", found[0].upper() + found[1:])
-    return proxy.finalists
+        _logger.info("the profile's %d proxy finalists come first among the warm starts",
+                     len(proxy.finalists))
+    return proxy
 
 
 def _sensitivity_prior(layers: Sequence[LayerProfile]) -> allocation.Prior | None:

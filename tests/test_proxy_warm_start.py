@@ -107,7 +107,8 @@ def test_finalists_come_first_in_every_branch_before_the_heuristics(
         ({"target": TARGET + 1e-6}, {}, "presearch ran at target 0.900001"),
         ({"weight_by": "flops"}, {}, "presearch weighted layers by flops, the experiment's "
                                      "weight_by is params"),
-        ({}, {"proxy": False}, "proxy: false: the profile's 2 proxy finalists are not proposed"),
+        ({}, {"proxy": False},
+         "proxy: false: the profile's proxy results (2 finalists, 2 evaluations) are not used"),
     ],
 )
 def test_proxy_results_for_another_experiment_are_ignored_with_the_reason(

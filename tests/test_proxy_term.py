@@ -1,0 +1,165 @@
+"""The proxy as a second fidelity: a term of the allocation model whose weight the trials set.
+
+Synthetic landscapes with a known truth: a proxy that predicts the fine-tuned metric gets a large
+weight from a few trials, one that is noise or ranks by something else ends near zero (issue #26).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from nni_prune_tuners import allocation
+from nni_prune_tuners.sparsity import global_sparsity
+from nni_prune_tuners.tuner import PruneTPETuner
+from tests.profiles import analytic_profile, write_profile
+from trials import analytic_trial
+
+WEIGHTS = np.array([100.0, 400.0, 800.0, 1600.0, 400.0, 100.0])
+LO, HI = np.zeros(6), np.full(6, 0.98)
+BLOCK = allocation.Block(WEIGHTS, LO, HI, float(WEIGHTS.sum()), 0.8)
+SENSITIVITY = np.array([3.0, 0.5, 0.2, 0.1, 0.6, 4.0])
+#: Another network's sensitivities: a proxy that ranks by these predicts nothing here.
+UNRELATED = np.array([0.2, 3.0, 0.1, 4.0, 0.5, 0.3])
+
+
+def _metric(s: np.ndarray, sensitivity: np.ndarray) -> np.ndarray:
+    return 0.95 - 0.01 * (allocation.log_density(s) ** 2 * sensitivity).sum(axis=-1)
+
+
+def _allocations(rng: np.random.RandomState, n: int) -> np.ndarray:
+    return np.array([BLOCK.rescale(rng.uniform(0.3, 0.97, len(WEIGHTS))) for _ in range(n)])
+
+
+def _weight(proxy_scores: np.ndarray, proxy_at: np.ndarray, trials: np.ndarray,
+            values: np.ndarray) -> float:
+    term = allocation.proxy_term(proxy_at, proxy_scores, LO, HI)
+    assert term is not None
+    return float(allocation.fit(trials, values, terms=(term,)).term_coefficients[0])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_trials_give_weight_to_a_proxy_that_predicts_and_none_to_one_that_does_not(
+    seed: int,
+) -> None:
+    rng = np.random.RandomState(seed)
+    proxy_at = _allocations(rng, 60)
+    trials = _allocations(rng, 30)
+    values = _metric(trials, SENSITIVITY) + rng.normal(0.0, 0.003, len(trials))
+    # a one-shot proxy: another scale and offset, a little noise of its own
+    predicts = 0.5 * _metric(proxy_at, SENSITIVITY) + rng.normal(0.0, 0.002, len(proxy_at))
+    noise = rng.normal(0.0, 1.0, len(proxy_at))
+    unrelated = _metric(proxy_at, UNRELATED)
+    for n in (10, 30):
+        assert _weight(predicts, proxy_at, trials[:n], values[:n]) > 0.5
+    assert abs(_weight(noise, proxy_at, trials, values)) < 0.25
+    assert abs(_weight(unrelated, proxy_at, trials, values)) < 0.25
+
+
+def test_the_term_is_unitless() -> None:
+    """Accuracy in percent or as a fraction, shifted or not: the same term."""
+    rng = np.random.RandomState(0)
+    at = _allocations(rng, 40)
+    scores = _metric(at, SENSITIVITY)
+    fraction = allocation.proxy_term(at, scores, LO, HI)
+    percent = allocation.proxy_term(at, 100.0 * scores - 7.0, LO, HI)
+    assert fraction is not None and percent is not None
+    for a, b in zip(fraction.drops, percent.drops, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-9)
+    assert not fraction.metric_units and fraction.mean == 0.0
+
+
+def test_a_flat_proxy_or_a_single_evaluation_is_no_term() -> None:
+    at = _allocations(np.random.RandomState(1), 20)
+    assert allocation.proxy_term(at, np.full(20, 0.7), LO, HI) is None
+    assert allocation.proxy_term(at[:1], np.array([0.7]), LO, HI) is None
+
+
+def test_proposals_with_the_term_meet_the_target() -> None:
+    rng = np.random.RandomState(2)
+    at = _allocations(rng, 40)
+    term = allocation.proxy_term(at, _metric(at, SENSITIVITY), LO, HI)
+    block = allocation.Block(WEIGHTS, LO, HI, float(WEIGHTS.sum()), 0.8, proxy=term)
+    trials = _allocations(rng, 8)
+    posterior = allocation.fit(trials, _metric(trials, SENSITIVITY), terms=block.terms)
+    for fitted in (None, posterior):
+        for incumbent in (None, trials[0]):
+            s = allocation.propose(block, fitted, rng, incumbent=incumbent)
+            assert global_sparsity(s, WEIGHTS) == pytest.approx(0.8, abs=1e-9)
+            assert np.all(s >= LO - 1e-12) and np.all(s <= HI + 1e-12)
+        s = allocation.few_layer_move(block, fitted, rng, trials[0], step=0.2)
+        assert global_sparsity(s, WEIGHTS) == pytest.approx(0.8, abs=1e-9)
+
+
+# -- in the tuner ----------------------------------------------------------------------------------
+
+TARGET = 0.9
+LAYERS = list(analytic_trial.LAYERS)
+SPACE = {f"{name}_sparsity": {"_type": "uniform", "_value": [0.05, 0.98]} for name in LAYERS}
+PARAMS = np.array([params for params, _ in analytic_trial.LAYERS.values()], dtype=float)
+
+
+def _analytic_accuracy(sparsities: dict[str, float]) -> float:
+    return float(analytic_trial.final_accuracy("level", sparsities))
+
+
+def _presearched_profile(evaluations: int) -> dict[str, Any]:
+    """The analytic profile with proxy evaluations scored by the analytic trial itself."""
+    rng = np.random.RandomState(4)
+    rows = []
+    block = allocation.Block(PARAMS, np.full(len(LAYERS), 0.05), np.full(len(LAYERS), 0.98),
+                             float(PARAMS.sum()), TARGET)
+    for _ in range(evaluations):
+        s = block.rescale(rng.uniform(0.5, 0.98, len(LAYERS)))
+        sparsities = dict(zip(LAYERS, (float(v) for v in s), strict=True))
+        rows.append({"sparsities": sparsities, "score": _analytic_accuracy(sparsities)})
+    data = analytic_profile()
+    data["proxy"] = {"target": TARGET, "weight_by": "params", "evaluations": rows,
+                     "finalists": [rows[0]["sparsities"]]}
+    return data
+
+
+def _tuner(tmp_path: Path, **class_args: Any) -> PruneTPETuner:
+    path = write_profile(tmp_path / "profile.json", _presearched_profile(30))
+    tuner = PruneTPETuner(target_sparsity=TARGET, profile=str(path), seed=5, **class_args)
+    tuner.update_search_space(SPACE)
+    return tuner
+
+
+@pytest.mark.parametrize(("class_args", "term"), [
+    ({}, True), ({"allocation": "local"}, True), ({"allocation": "tpe"}, False),
+    ({"proxy": False}, False),
+])
+def test_the_tuner_makes_the_evaluations_a_term_where_the_model_proposes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, class_args: dict[str, Any], term: bool
+) -> None:
+    with caplog.at_level(logging.INFO, logger="nni_prune_tuners.tuner"):
+        _tuner(tmp_path, **class_args)
+    said = "the proxy's 30 evaluations are a term of the allocation model; the trials set its weight"
+    assert any(said in r.getMessage() for r in caplog.records) == term, caplog.text
+
+
+def test_evaluations_that_miss_a_layer_of_the_branch_are_left_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = _presearched_profile(10)
+    for row in data["proxy"]["evaluations"]:
+        row["sparsities"].pop("fc")
+    path = write_profile(tmp_path / "profile.json", data)
+    with caplog.at_level(logging.INFO, logger="nni_prune_tuners.tuner"):
+        PruneTPETuner(target_sparsity=TARGET, profile=str(path), seed=5).update_search_space(SPACE)
+    assert "the proxy evaluations do not cover its layers" in caplog.text
+
+
+def test_a_tuner_with_the_term_runs_on_and_meets_the_target(tmp_path: Path) -> None:
+    tuner = _tuner(tmp_path)
+    for trial in range(25):
+        params = tuner.generate_parameters(trial)
+        sparsities = {name: params[f"{name}_sparsity"] for name in LAYERS}
+        assert global_sparsity([sparsities[n] for n in LAYERS], PARAMS) == pytest.approx(
+            TARGET, abs=1e-9)
+        tuner.receive_trial_result(trial, params, _analytic_accuracy(sparsities))

@@ -57,7 +57,7 @@ OBJECTIVES = ("digits", "analytic")
 DEFAULT_BUDGETS = {"digits": 60, "analytic": 500}
 DEFAULT_OUTPUT = Path("results") / "bench"
 DIGITS_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "digits.json"
-PRUNETPE = ("prunetpe", "prunetpe-raw")
+PRUNETPE = ("prunetpe", "prunetpe-raw", "prunetpe-presearch")
 UNCONSTRAINED = "tpe-norescale"
 
 
@@ -72,6 +72,8 @@ class TunerSpec:
 TUNERS: dict[str, TunerSpec] = {
     "prunetpe": TunerSpec("PruneTPE", False),
     "prunetpe-raw": TunerSpec("PruneTPE (allocation: tpe, learn_from: raw)", False),
+    # the zoo benchmark only: a presearched profile (benchmarks.zoo_tuners runs the presearch)
+    "prunetpe-presearch": TunerSpec("PruneTPE + presearch", False),
     "tpe": TunerSpec("NNI TPE + in-trial rescaling", True),
     "random": TunerSpec("NNI Random + in-trial rescaling", True),
     "anneal": TunerSpec("NNI Anneal + in-trial rescaling", True),

@@ -21,6 +21,7 @@ import os
 import random
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -32,6 +33,7 @@ import numpy as np
 
 from benchmarks import tuners as bench
 from benchmarks.driver import Evaluation, drive
+from benchmarks.proxy_rank import presearch
 from nni_prune_tuners import search_space as ss
 
 _logger = logging.getLogger(__name__)
@@ -86,10 +88,17 @@ def run_zoo_job(job: ZooJob) -> dict[str, Any]:
     if bench.TUNERS[job.tuner].rescale_in_trial:
         evaluate = partial(bench._rescaled_trial, evaluate=evaluate, parameters=parameters,
                            weights=weights)
-    tuner = bench.make_tuner(job.tuner, job.seed, {"profile": str(profile)})
-    run = drive(tuner, space, evaluate, budget=job.budget, concurrency=bench.CONCURRENCY)
+    presearch_seconds = None
+    with tempfile.TemporaryDirectory() as folder:
+        if job.tuner == "prunetpe-presearch":  # the proxy searched first, with the run's seed
+            profile = Path(folder) / "profile.json"
+            presearch_seconds = presearch(job.objective, bench.TARGET, profile,
+                                          seed=job.seed)["seconds"]
+        tuner = bench.make_tuner(job.tuner, job.seed, {"profile": str(profile)})
+        run = drive(tuner, space, evaluate, budget=job.budget, concurrency=bench.CONCURRENCY)
     return {
         **asdict(job),
+        "presearch_seconds": presearch_seconds,
         "tuner_seconds": run.tuner_seconds,
         "trial_seconds": run.trial_seconds,
         "trials": [asdict(record) for record in run.trials],

@@ -36,3 +36,13 @@ def test_a_tiny_run_on_the_mlp(tmp_path: Path) -> None:
     assert all(s["violation_rate"] == 0.0 for s in summary.values())
     assert set(payload["models"]["mlp_digits"]["heuristics"]) == set(zoo_tuners.WARM_STARTS)
     assert "each heuristic alone" in (tmp_path / "zoo_tuners.md").read_text()
+
+
+def test_a_tiny_presearch_run_on_the_mlp(tmp_path: Path) -> None:
+    """The presearch contender searches the proxy with its seed, then proposes its finalists."""
+    argv = ["--models", "mlp_digits", "--tuners", "prunetpe-presearch", "--seeds", "1",
+            "--budget", "10", "--workers", "1", "--out", str(tmp_path)]
+    assert zoo_tuners.main(argv) == 0
+    (run,) = json.loads((tmp_path / "zoo_tuners.json").read_text())["runs"]
+    assert run["tuner"] == "prunetpe-presearch" and run["presearch_seconds"] > 0
+    assert len(run["trials"]) == 10

@@ -35,8 +35,9 @@ setup(
     ],
     extras_require={
         # nni_prune_tuners.trial (Pruner, profile); the checkout's reference trial also needs
-        # scikit-learn and filelock, pinned in requirements.lock.
-        "trial": ["torch>=2.1"],
+        # scikit-learn and filelock, pinned in requirements.lock. Torch-Pruning's DepGraph finds
+        # the channel groups and does the surgery of the `channel` method (docs/channel.md).
+        "trial": ["torch>=2.1", "torch-pruning==1.6.1"],
     },
     entry_points={"console_scripts": ["nni-prune-tuners=nni_prune_tuners.__main__:main"]},
 )

@@ -4,7 +4,8 @@
 ``nn.Module``; here we load and validate it, so a malformed profile fails at ``nnictl create``
 (through the classArgs validator) with the offending key, rather than mid-experiment. Optional
 fields (FLOPs, sensitivity curves, the ``proxy`` results of ``nni-prune-tuners presearch``,
-Contract 9) are read when present; an option that needs a missing one says how to get it.
+Contract 9, the ``channel_groups`` and per-layer ``in_group``/``out_group`` of the ``channel``
+method, Contract 10) are read when present; an option that needs a missing one says how to get it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,52 @@ class SensitivityCurve:
         return self.accuracy[0] - self.accuracy_at(sparsity)
 
 
+def channels_removed(sparsity: float, channels: int, *, key: str = "sparsity") -> int:
+    """Whole channels a group of ``channels`` loses at ``sparsity``: ``round(s * n)``, never all.
+
+    Shared by the torch side (:func:`nni_prune_tuners.trial.prune_channels`) and the torch-free
+    FLOPs prediction, so both round alike (Python's half-to-even ``round``, as ``num_pruned``).
+
+    Raises:
+        ValueError: naming ``key`` and the value, for a sparsity outside [0, 1) or one that would
+            remove every channel (at most ``(n - 1) / n`` keeps one).
+    """
+    if (isinstance(sparsity, bool) or not isinstance(sparsity, int | float)
+            or not (math.isfinite(sparsity) and 0.0 <= sparsity < 1.0)):
+        raise ValueError(f"{key} must be a number in [0, 1), got {sparsity!r}")
+    removed = round(float(sparsity) * channels)
+    if removed >= channels:
+        raise ValueError(f"{key}={sparsity!r} would remove all {channels} channels; at most "
+                         f"{(channels - 1) / channels:.6g} keeps one")
+    return removed
+
+
+@dataclass(frozen=True)
+class ChannelGroupProfile:
+    """A ``channel`` group (Contract 10): layers whose output channels are removed together.
+
+    ``name`` is the group's first layer in ``named_modules()`` order, the ``<name>_sparsity``
+    key of the ``channel`` branch; ``channels`` is how many output channels the group has.
+    """
+
+    name: str
+    layers: tuple[str, ...]
+    channels: int
+
+    def keep(self, sparsity: float, *, rounded: bool = False) -> float:
+        """Fraction of the group's channels left: ``1 - s``, or whole channels with ``rounded``."""
+        removed = channels_removed(sparsity, self.channels, key=f"{self.name}_sparsity")
+        return 1.0 - (removed / self.channels if rounded else float(sparsity))
+
+
 @dataclass(frozen=True)
 class LayerProfile:
-    """One prunable layer: its weight's size and cost, and score quantiles for the heuristics."""
+    """One prunable layer: its weight's size and cost, and score quantiles for the heuristics.
+
+    ``in_group`` / ``out_group`` (``channel`` profiles only) name the channel groups that set the
+    layer's input channels and its output channels; None where no group does (the classifier's
+    outputs, a depthwise convolution's input: its FLOPs follow its output channels alone).
+    """
 
     name: str
     params: int
@@ -75,6 +119,8 @@ class LayerProfile:
     magnitude_quantiles: tuple[float, ...] | None = None
     lamp_quantiles: tuple[float, ...] | None = None
     sensitivity: SensitivityCurve | None = None
+    in_group: str | None = None
+    out_group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,10 +156,39 @@ class ModelProfile:
     model: str
     layers: Mapping[str, LayerProfile]
     proxy: ProxyResults | None = None
+    channel_groups: Mapping[str, ChannelGroupProfile] = field(default_factory=dict)
 
     @property
     def prunable_params(self) -> int:
         return sum(layer.params for layer in self.layers.values())
+
+    def channel_flops(self, sparsities: Mapping[str, float], *, rounded: bool = False) -> float:
+        """FLOPs left after ``channel`` pruning at ``{group: s}`` (groups not named stay dense).
+
+        ``sum(flops_l * keep(in_group_l) * keep(out_group_l))`` over every layer, ``keep = 1 - s``
+        (or the whole-channel fraction the torch side really keeps, with ``rounded``): removing a
+        group's channels cuts its own layers' FLOPs and those of the layers that read them.
+
+        Raises:
+            ValueError: for a profile without channel groups or FLOPs, a key that is not a group,
+                or a sparsity outside [0, 1) or one that removes every channel.
+        """
+        if not self.channel_groups:
+            raise ValueError("the profile has no channel_groups; re-profile with --methods "
+                             "channel and --input-shape")
+        keep = {}
+        for group, sparsity in sparsities.items():
+            if group not in self.channel_groups:
+                raise ValueError(f"{group}_sparsity={sparsity!r} names no channel group; groups: "
+                                 f"{list(self.channel_groups)}")
+            keep[group] = self.channel_groups[group].keep(sparsity, rounded=rounded)
+        total = 0.0
+        for name, layer in self.layers.items():
+            if layer.flops is None:
+                raise ValueError(f"channel_flops needs 'flops' for layer {name!r}; {FLOPS_HINT}")
+            total += (layer.flops * keep.get(layer.in_group or "", 1.0)
+                      * keep.get(layer.out_group or "", 1.0))
+        return total
 
     def weight(self, name: str, weight_by: str) -> float:
         """The layer's weight in the global sparsity: its parameter count or its FLOPs."""
@@ -214,6 +289,12 @@ def _layer(index: int, raw: Any) -> LayerProfile:
                 f"{where}.params={raw['params']} does not match shape {shape} "
                 f"({math.prod(shape)} weights)"
             )
+    groups = {}
+    for side in ("in_group", "out_group"):
+        group = raw.get(side)
+        if group is not None and (not isinstance(group, str) or not group):
+            raise ValueError(f"{where}.{side} must be a group name or null, got {group!r}")
+        groups[side] = group
     return LayerProfile(
         name=name,
         params=int(raw["params"]),
@@ -224,7 +305,49 @@ def _layer(index: int, raw: Any) -> LayerProfile:
                                        raw.get("magnitude_quantiles")),
         lamp_quantiles=_quantiles(f"{where}.lamp_quantiles", raw.get("lamp_quantiles")),
         sensitivity=_sensitivity(f"{where}.sensitivity", raw.get("sensitivity")),
+        in_group=groups["in_group"],
+        out_group=groups["out_group"],
     )
+
+
+def _channel_groups(value: Any, layers: Mapping[str, LayerProfile]) -> dict[str, ChannelGroupProfile]:
+    """The optional ``channel_groups`` field (Contract 10), checked against the layers' groups."""
+    if value is None:
+        value = []
+    if not isinstance(value, list):
+        raise ValueError(f"channel_groups must be a list of objects, got {value!r}")
+    groups: dict[str, ChannelGroupProfile] = {}
+    for index, raw in enumerate(value):
+        where = f"channel_groups[{index}]"
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"{where} must be an object with name, layers, channels, got {raw!r}")
+        name = raw.get("name")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{where}.name must be a non-empty string, got {name!r}")
+        if name in groups:
+            raise ValueError(f"{where}: duplicate channel group name {name!r}")
+        members = raw.get("layers")
+        if not isinstance(members, list) or not members:
+            raise ValueError(f"{where}.layers must be a non-empty list of layer names, "
+                             f"got {members!r}")
+        for member in members:
+            if member not in layers:
+                raise ValueError(f"{where}.layers names layer {member!r}, which is not in the "
+                                 f"profile's layers")
+        channels = raw.get("channels")
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 2:
+            raise ValueError(f"{where}.channels must be an integer >= 2, got {channels!r}")
+        groups[name] = ChannelGroupProfile(name=name, layers=tuple(members), channels=channels)
+    for index, layer in enumerate(layers.values()):
+        for side in ("in_group", "out_group"):
+            group = getattr(layer, side)
+            if group is not None and group not in groups:
+                raise ValueError(f"layers[{index}] ({layer.name!r}).{side}={group!r} is not a "
+                                 f"channel group; channel_groups: {list(groups)}")
+        if layer.out_group is not None and layer.name not in groups[layer.out_group].layers:
+            raise ValueError(f"layers[{index}] ({layer.name!r}).out_group={layer.out_group!r} but "
+                             f"that group's layers do not list {layer.name!r}")
+    return groups
 
 
 def _allocation(key: str, value: Any, layers: Mapping[str, LayerProfile]) -> dict[str, float]:
@@ -309,7 +432,8 @@ def parse_profile(data: Any) -> ModelProfile:
             raise ValueError(f"layers[{index}]: duplicate layer name {layer.name!r}")
         layers[layer.name] = layer
     profile = ModelProfile(model=str(data.get("model", "model")), layers=layers,
-                           proxy=_proxy(data.get("proxy"), layers))
+                           proxy=_proxy(data.get("proxy"), layers),
+                           channel_groups=_channel_groups(data.get("channel_groups"), layers))
     declared = data.get("prunable_params")
     if declared is not None and declared != profile.prunable_params:
         raise ValueError(

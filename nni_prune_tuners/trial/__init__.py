@@ -13,11 +13,27 @@ configuration from ``NNI_PRUNE_PARAMS``.
 ``python -m nni_prune_tuners.trial.profile`` writes the model profile the tuner reads;
 ``nni-prune-tuners presearch`` (``nni_prune_tuners.trial.presearch``) adds the best few
 allocations of a one-shot proxy search to it, which PruneTPE proposes first.
+
+The ``channel`` method (Contract 10) removes whole output channels for real::
+
+    from nni_prune_tuners.trial import channel_groups, prune_channels
+
+    groups = channel_groups(model, example_inputs)
+    model = prune_channels(model, {group.name: 0.5 for group in groups}, example_inputs)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)   # built after pruning
 """
 
 from __future__ import annotations
 
 from nni_prune_tuners.trial.batchnorm import recalibrate_batchnorm
+from nni_prune_tuners.trial.channel import (
+    ChannelGroup,
+    ChannelLayer,
+    channel_groups,
+    channel_layers,
+    count_flops,
+    prune_channels,
+)
 from nni_prune_tuners.trial.masking import (
     AgpSchedule,
     WeightMasker,
@@ -35,15 +51,21 @@ __all__ = [
     "METHODS",
     "PARAMS_ENV",
     "AgpSchedule",
+    "ChannelGroup",
+    "ChannelLayer",
     "Pruner",
     "WeightMasker",
     "agp_mask",
     "agp_sparsity",
+    "channel_groups",
+    "channel_layers",
+    "count_flops",
     "level_mask",
     "measured_sparsity",
     "next_parameters",
     "num_pruned",
     "parse_params",
     "prunable_layers",
+    "prune_channels",
     "recalibrate_batchnorm",
 ]

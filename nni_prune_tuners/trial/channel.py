@@ -1,0 +1,397 @@
+"""Structured (``channel``) pruning, Contract 10: remove whole output channels for real.
+
+Level and AGP masks keep every tensor dense, so the pruned model is as slow as the dense one
+without sparse kernels. Here whole output channels (Conv) and output features (Linear) are
+removed, and every tensor that reads them shrinks too, so the model gets smaller and faster.
+
+Torch-Pruning's dependency graph (DepGraph, Fang et al., CVPR 2023) finds which layers' channels
+are tied (residual additions, depthwise convolutions, the q/k/v projections an attention product
+joins) and does the surgery; NNI 3.0's ``ModelSpeedup`` cannot trace any model on torch 2.13
+(docs/channel.md). A group Torch-Pruning proposes is kept only if removing one of its channels
+leaves a model that still runs forward to outputs of the original shape: that drops the final
+classifier, and groups a forward pass cannot shrink (e.g. an attention block that reshapes by the
+width of its *input*, as the zoo's ViT does, keeps q/k/v and its residual stream dense).
+
+Usage (the pruned model is ``model`` changed in place)::
+
+    groups = channel_groups(model, example_inputs)            # [ChannelGroup(name, layers, channels)]
+    model = prune_channels(model, {groups[0].name: 0.5}, example_inputs)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)  # build the optimizer AFTER pruning
+
+An optimizer built before pruning holds the old, larger parameters: rebuild it from
+``model.parameters()`` after :func:`prune_channels`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from nni_prune_tuners.profile import channels_removed
+from nni_prune_tuners.trial.masking import PRUNABLE_TYPES, layer_weight, prunable_layers
+
+_logger = logging.getLogger(__name__)
+
+#: ``example_inputs``: one tensor, a tuple of positional inputs, or a dict of keyword inputs.
+ExampleInputs = torch.Tensor | Sequence[Any] | Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Layers whose output channels are removed together (Contract 10).
+
+    Attributes:
+        name: the group's first layer in ``named_modules()`` order; the search-space key is
+            ``<name>_sparsity``.
+        layers: the names of the layers whose output channels the group sets, in model order.
+        channels: the number of output channels each of those layers has (and the group prunes).
+    """
+
+    name: str
+    layers: tuple[str, ...]
+    channels: int
+
+
+@dataclass(frozen=True)
+class ChannelLayer:
+    """A prunable layer's dense FLOPs and the groups that scale them (the profile's fields).
+
+    The FLOPs left after pruning are ``flops * keep(in_group) * keep(out_group)``, ``keep = 1 - s``
+    and 1 for None. ``in_group`` is the group that sets the layer's input channels *per output
+    channel* (``in_channels / groups`` of a convolution): a depthwise convolution's inputs are its
+    outputs' own channels, so its ``in_group`` is None and its FLOPs scale with ``out_group`` once.
+    """
+
+    name: str
+    flops: int
+    in_group: str | None
+    out_group: str | None
+
+
+def _call(model: nn.Module, example_inputs: ExampleInputs) -> Any:
+    if isinstance(example_inputs, Mapping):
+        return model(**example_inputs)
+    if isinstance(example_inputs, tuple | list):
+        return model(*example_inputs)
+    return model(example_inputs)
+
+
+def _output_shapes(output: Any) -> list[tuple[int, ...]]:
+    if isinstance(output, torch.Tensor):
+        return [tuple(output.shape)]
+    if isinstance(output, Mapping):
+        return [shape for value in output.values() for shape in _output_shapes(value)]
+    if isinstance(output, tuple | list):
+        return [shape for value in output for shape in _output_shapes(value)]
+    return []
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Trace in eval mode, so BatchNorm running statistics do not move; restore the mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _output_layers(model: nn.Module, example_inputs: ExampleInputs) -> list[nn.Module]:
+    """Prunable layers whose output tensor is one of the model's outputs (the classifier)."""
+    produced: dict[int, nn.Module] = {}
+    handles: list[RemovableHandle] = []
+    for module in prunable_layers(model).values():
+        def hook(mod: nn.Module, _inp: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                produced[id(out)] = mod
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            output = _call(model, example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    tensors = [output] if isinstance(output, torch.Tensor) else (
+        list(output.values()) if isinstance(output, Mapping) else list(output)
+        if isinstance(output, tuple | list) else [])
+    return [produced[id(t)] for t in tensors if id(t) in produced]
+
+
+def _torch_pruning() -> Any:
+    """Torch-Pruning, imported when first needed: Level and AGP trials do not need it."""
+    try:
+        import torch_pruning
+    except ImportError as exc:
+        raise ImportError("the channel method needs Torch-Pruning: pip install "
+                          "'nni-prune-tuners[trial]' (or torch-pruning==1.6.1)") from exc
+    return torch_pruning
+
+
+def _dependency_graph(model: nn.Module, example_inputs: ExampleInputs) -> Any:
+    """Torch-Pruning's ``DependencyGraph`` of ``model`` traced on ``example_inputs``."""
+    tp = _torch_pruning()
+    try:
+        with warnings.catch_warnings():
+            # cls tokens and position embeddings: pruning their last dimension is what we want
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    except Exception as exc:  # Torch-Pruning raises whatever the traced ops raise
+        raise ValueError(f"the dependency analysis of {type(model).__name__} failed on the "
+                         f"example inputs: {type(exc).__name__}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _RawGroup:
+    """A Torch-Pruning group as names: the root (layer, out-channel handler) and its members."""
+
+    group: ChannelGroup
+    root: str
+    outputs: tuple[str, ...]  # prunable layers whose output channels it removes
+    inputs: tuple[str, ...]  # prunable layers whose input channels it removes
+    #: per output layer, (its channel index, the root's channel index) of each tied channel
+    index_maps: tuple[tuple[str, tuple[tuple[int, int], ...]], ...]
+
+
+def _raw_groups(model: nn.Module, example_inputs: ExampleInputs) -> list[_RawGroup]:
+    """Torch-Pruning's groups of ``model`` (classifier excluded), not yet checked by a forward."""
+    names = {module: name for name, module in model.named_modules()}
+    order = {name: index for index, name in enumerate(names.values())}
+    graph = _dependency_graph(model, example_inputs)
+    ignored = _output_layers(model, example_inputs)
+    groups = []
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE_TYPES):
+        outputs: set[str] = set()
+        inputs: set[str] = set()
+        maps: dict[str, tuple[tuple[int, int], ...]] = {}
+        for item in group.items:
+            module = item.dep.target.module
+            if not isinstance(module, PRUNABLE_TYPES) or module not in names:
+                continue
+            if graph.is_out_channel_pruning_fn(item.dep.handler):
+                outputs.add(names[module])
+                maps[names[module]] = tuple((int(getattr(i, "idx", i)), int(getattr(i, "root_idx", i)))
+                                            for i in item.idxs)
+            elif graph.is_in_channel_pruning_fn(item.dep.handler):
+                inputs.add(names[module])
+        members = tuple(sorted(outputs, key=order.__getitem__))
+        channels = len(group.items[0].idxs)
+        if not members or channels < 2:
+            continue
+        root = names[group.items[0].dep.target.module]
+        groups.append(_RawGroup(ChannelGroup(members[0], members, channels), root, members,
+                                tuple(sorted(inputs, key=order.__getitem__)),
+                                tuple((name, maps[name]) for name in members)))
+    return sorted(groups, key=lambda raw: order[raw.group.name])
+
+
+def _prunes_cleanly(
+    model: nn.Module, example_inputs: ExampleInputs, groups: Sequence[_RawGroup],
+    shapes: list[tuple[int, ...]],
+) -> str | None:
+    """Why removing one channel of each of ``groups`` (on a copy) breaks the forward, else None."""
+    trial = copy.deepcopy(model)
+    try:
+        with _eval_mode(trial):
+            _remove(trial, example_inputs, {raw.group.name: [0] for raw in groups}, groups)
+            with torch.no_grad():
+                got = _output_shapes(_call(trial, example_inputs))
+    except Exception as exc:  # any failure of the surgery or the forward means: not prunable
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None if got == shapes else f"the outputs change shape from {shapes} to {got}"
+
+
+def _checked_groups(model: nn.Module, example_inputs: ExampleInputs) -> list[_RawGroup]:
+    """The groups whose channels can really be removed, one channel of each at a time proven."""
+    with _eval_mode(model):
+        raw = _raw_groups(model, example_inputs)
+        with torch.no_grad():
+            shapes = _output_shapes(_call(model, example_inputs))
+        if not raw or _prunes_cleanly(model, example_inputs, raw, shapes) is None:
+            return raw
+        kept: list[_RawGroup] = []
+        for candidate in raw:  # greedy: a group joins if the groups kept so far still prune
+            reason = _prunes_cleanly(model, example_inputs, [*kept, candidate], shapes)
+            if reason is None:
+                kept.append(candidate)
+            else:
+                _logger.info("channel group %s (%s) is not prunable, it stays dense: %s",
+                             candidate.group.name, ", ".join(candidate.group.layers), reason)
+        return kept
+
+
+def channel_groups(model: nn.Module, example_inputs: ExampleInputs) -> list[ChannelGroup]:
+    """The channel groups of ``model`` in ``named_modules()`` order of their first layer.
+
+    Layers whose output channels are tied (residual additions, depthwise and grouped
+    convolutions, projections joined by an attention product) form one group; the final
+    classifier (whose outputs are the model's outputs) and groups whose removal breaks the
+    forward pass are left out. ``example_inputs`` is what ``model`` is called with (a tensor, a
+    tuple of positional inputs or a dict of keyword inputs); the model is traced in eval mode and
+    is not changed.
+
+    Raises:
+        ValueError: when the dependency analysis fails on ``example_inputs``.
+    """
+    return [raw.group for raw in _checked_groups(model, example_inputs)]
+
+
+def _importance(module: nn.Module) -> torch.Tensor:
+    """L1 norm of each output channel's weights (Li et al., ICLR 2017)."""
+    weight = layer_weight(module).detach()
+    return weight.abs().reshape(weight.shape[0], -1).sum(dim=1).double().cpu()
+
+
+def _removal(model: nn.Module, raw: _RawGroup, removed: int) -> list[int]:
+    """The ``removed`` channels of lowest L1 norm summed over the group's layers."""
+    layers = prunable_layers(model)
+    score = torch.zeros(raw.group.channels, dtype=torch.float64)
+    for name, pairs in raw.index_maps:
+        norms = _importance(layers[name])
+        for idx, root_idx in pairs:
+            score[root_idx] += norms[idx]
+    order = torch.sort(score, stable=True).indices  # ties: lower index removed first
+    return sorted(int(i) for i in order[:removed])
+
+
+def _remove(
+    model: nn.Module, example_inputs: ExampleInputs, indices: Mapping[str, list[int]],
+    groups: Sequence[_RawGroup],
+) -> None:
+    """Remove ``indices[group]`` output channels of each group (in place)."""
+    graph = _dependency_graph(model, example_inputs)
+    layers = prunable_layers(model)
+    for raw in groups:
+        idxs = indices.get(raw.group.name)
+        if not idxs:
+            continue
+        root = layers[raw.root]
+        handler = graph.get_pruner_of_module(root).prune_out_channels
+        graph.get_pruning_group(root, handler, idxs=idxs).prune()
+
+
+def _check_sparsities(
+    sparsities: Mapping[str, Any], groups: Mapping[str, _RawGroup]
+) -> dict[str, int]:
+    if not isinstance(sparsities, Mapping):
+        raise ValueError(f"sparsities must be a mapping of group name: ratio, got {sparsities!r}")
+    removed = {}
+    for name, sparsity in sparsities.items():
+        if name not in groups:
+            raise ValueError(f"sparsities[{name!r}]={sparsity!r}: {name!r} is not a channel group; "
+                             f"groups: {list(groups)}")
+        removed[name] = channels_removed(sparsity, groups[name].group.channels,
+                                         key=f"sparsities[{name!r}]")
+    return removed
+
+
+def prune_channels(
+    model: nn.Module, sparsities: Mapping[str, float], example_inputs: ExampleInputs
+) -> nn.Module:
+    """Remove ``round(s * channels)`` output channels of each group ``{name: s}``, for real.
+
+    Channels are ranked by L1 norm of their weights summed over the group's layers; at least one
+    channel of every group is kept. Every tensor that reads a removed channel (BatchNorm, the next
+    layers' inputs, a residual branch) shrinks with it, so the result runs forward on the
+    original inputs to outputs of the original shape, with fewer parameters and FLOPs. Groups not
+    named stay dense. The model is changed in place and returned.
+
+    The pruned shapes live in the modules, not in a state dict: save the whole module
+    (``torch.save(model, path)``, loaded with ``torch.load(path, weights_only=False)``), or prune
+    a freshly built model with the same ``sparsities`` before ``load_state_dict``. Build the
+    optimizer after pruning (one built before holds the old, larger parameters).
+
+    Raises:
+        ValueError: naming the key and value, before anything in the model changes, for a key
+            that is not a group of :func:`channel_groups`, a ratio outside [0, 1), or one that
+            would remove every channel of its group.
+    """
+    checked = {raw.group.name: raw for raw in _checked_groups(model, example_inputs)}
+    removed = _check_sparsities(sparsities, checked)
+    chosen = [checked[name] for name in checked if removed.get(name)]
+    indices = {raw.group.name: _removal(model, raw, removed[raw.group.name]) for raw in chosen}
+    with _eval_mode(model):
+        _remove(model, example_inputs, indices, chosen)
+    _logger.info("removed %s channels of %d groups: %d parameters left", sum(removed.values()),
+                 len(chosen), sum(p.numel() for p in model.parameters()))
+    return model
+
+
+def count_flops(model: nn.Module, example_inputs: ExampleInputs) -> dict[str, int]:
+    """Multiply-accumulates per sample of every Conv/Linear layer, counted on the real module.
+
+    Conv: ``output elements * in_channels / groups * kernel size``; Linear: ``out_features *
+    in_features * positions`` (tokens). Divided by the batch size of ``example_inputs``. Layers the
+    forward does not call are left out.
+    """
+    flops: dict[str, int] = {}
+    handles: list[RemovableHandle] = []
+    for name, module in prunable_layers(model).items():
+        def hook(mod: nn.Module, _inp: Any, out: torch.Tensor, name: str = name) -> None:
+            batch = out.shape[0] if out.dim() > 1 else 1
+            if isinstance(mod, nn.Linear):
+                macs = out.numel() * mod.in_features
+            else:
+                conv: Any = mod
+                macs = out.numel() * (conv.in_channels // conv.groups) * math.prod(conv.kernel_size)
+            flops[name] = flops.get(name, 0) + macs // batch
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with _eval_mode(model), torch.no_grad():
+            _call(model, example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return flops
+
+
+def channel_layers(
+    model: nn.Module, example_inputs: ExampleInputs, *, groups: Sequence[ChannelGroup] | None = None
+) -> list[ChannelLayer]:
+    """Per prunable layer, its dense FLOPs and the groups that scale them (profile fields).
+
+    ``groups`` (default: :func:`channel_groups`) must come from the same model. The prediction
+    ``sum(flops * keep(in_group) * keep(out_group))`` equals :func:`count_flops` of the model
+    :func:`prune_channels` returns, with the kept fraction of whole channels as ``keep``.
+
+    Raises:
+        ValueError: for a group not of this model, or a layer the forward pass does not call.
+    """
+    flops = count_flops(model, example_inputs)
+    layers = prunable_layers(model)
+    missing = [name for name in layers if name not in flops]
+    if missing:
+        raise ValueError(f"layers {missing} were not called by the forward pass")
+    with _eval_mode(model):
+        raw = {r.group.name: r for r in _raw_groups(model, example_inputs)}
+    chosen = list(groups) if groups is not None else channel_groups(model, example_inputs)
+    out_group: dict[str, str] = {}
+    in_group: dict[str, str] = {}
+    for group in chosen:
+        if group.name not in raw or raw[group.name].group != group:
+            raise ValueError(f"groups names {group!r}, which is not a channel group of "
+                             f"{type(model).__name__}")
+        for name in raw[group.name].outputs:
+            out_group[name] = group.name
+        for name in raw[group.name].inputs:
+            in_group[name] = group.name
+    result = []
+    for name in layers:
+        source = in_group.get(name)
+        if source is not None and source == out_group.get(name):
+            # depthwise: its inputs are its outputs' own channels; in_channels / groups stays 1
+            source = None
+        result.append(ChannelLayer(name, int(flops[name]), source, out_group.get(name)))
+    return result

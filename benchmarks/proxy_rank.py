@@ -211,9 +211,13 @@ def summarise(data: Mapping[str, Any]) -> dict[str, Any]:
     twice = [(r["0"]["accuracy"], r["1"]["accuracy"]) for r in runs if "1" in r]
     first, second = (np.array(column) for column in zip(*twice, strict=True))
     seconds = float(np.median([r["0"]["seconds"] for r in runs]))
+    # random allocations spread widely; whether the proxy also orders the good ones is what
+    # a search that has found the good region needs
+    top = tuned >= np.median(tuned)
     return {
         "model": data["model"], "target": data["target"], "allocations": len(runs),
         "tau": float(kendalltau(proxy, tuned).statistic),
+        "tau_top_half": float(kendalltau(proxy[top], tuned[top]).statistic),
         "tau_between_seeds": float(kendalltau(first, second).statistic),
         "repeated": len(twice),
         "noise_floor": float(np.std(first - second, ddof=1) / math.sqrt(2)),
@@ -226,13 +230,13 @@ def summarise(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def table(rows: Sequence[Mapping[str, Any]]) -> str:
-    lines = ["| model | target | allocations | tau (proxy, fine-tuned) | tau (seed 0, seed 1) "
-             "| noise floor | sd of fine-tuned | presearch / trial |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | target | allocations | tau (proxy, fine-tuned) | tau, top half "
+             "| tau (seed 0, seed 1) | noise floor | sd of fine-tuned | presearch / trial |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(
             f"| {row['model']} | {row['target']} | {row['allocations']} | {row['tau']:.2f} | "
-            f"{row['tau_between_seeds']:.2f} (n={row['repeated']}) | "
+            f"{row['tau_top_half']:.2f} | {row['tau_between_seeds']:.2f} (n={row['repeated']}) | "
             f"{100 * row['noise_floor']:.2f} | {100 * row['tuned_spread']:.2f} | "
             f"{row['presearch_in_trials']:.2f} |")
     return "\n".join(lines)

@@ -31,7 +31,8 @@ def test_tau_noise_floor_and_presearch_cost() -> None:
     assert row["noise_floor"] == pytest.approx(sd / math.sqrt(2))
     assert row["presearch_in_trials"] == pytest.approx(2.5)
     assert row["best_proxy_pick"] == 0.7 and row["best_tuned"] == 0.8
-    assert "| m | 0.9 | 4 | 0.67 | 1.00 (n=3) |" in proxy_rank.table([row])
+    assert row["tau_top_half"] == pytest.approx(-1.0)  # 0.8 and 0.7: the proxy has them reversed
+    assert "| m | 0.9 | 4 | 0.67 | -1.00 | 1.00 (n=3) |" in proxy_rank.table([row])
 
 
 def test_random_allocations_meet_the_target_inside_the_bounds() -> None:

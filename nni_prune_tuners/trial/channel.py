@@ -322,7 +322,14 @@ def prune_channels(
     chosen = [checked[name] for name in checked if removed.get(name)]
     indices = {raw.group.name: _removal(model, raw, removed[raw.group.name]) for raw in chosen}
     with _eval_mode(model):
+        with torch.no_grad():
+            shapes = _output_shapes(_call(model, example_inputs))
         _remove(model, example_inputs, indices, chosen)
+        with torch.no_grad():
+            got = _output_shapes(_call(model, example_inputs))
+    if got != shapes:  # every group was proven one channel at a time; this would be a bug
+        raise RuntimeError(f"channel pruning at {dict(sparsities)} changed the outputs' shapes "
+                           f"from {shapes} to {got}")
     _logger.info("removed %s channels of %d groups: %d parameters left", sum(removed.values()),
                  len(chosen), sum(p.numel() for p in model.parameters()))
     return model

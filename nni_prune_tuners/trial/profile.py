@@ -6,8 +6,10 @@ of the model a ``module:factory`` returns: parameter counts and quantiles of the
 LAMP scores, which let the torch-free tuner compute global-magnitude and LAMP allocations; FLOPs
 (MACs per sample) when an input shape is known; and with ``--sensitivity --eval mypkg:evaluate``
 the one-shot sensitivity curve of each layer. ``--search-space out.json`` also writes a nested NNI
-space over those layers in the seed's shape. It needs only the installed package and the user's
-module (imported from the working directory or the installed packages).
+space over those layers in the seed's shape. ``--methods ...,channel`` (Contract 10) adds the
+channel groups and each layer's ``in_group``/``out_group`` to the profile, and a ``channel`` branch
+with one ``<group>_sparsity`` per group to the space. It needs only the installed package and the
+user's module (imported from the working directory or the installed packages).
 """
 
 from __future__ import annotations
@@ -30,12 +32,17 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from nni_prune_tuners.sparsity import lamp_scores
+from nni_prune_tuners.trial.channel import ChannelGroup, channel_groups, channel_layers
 from nni_prune_tuners.trial.masking import layer_weight, level_mask, prunable_layers
 from nni_prune_tuners.trial.pruner import METHODS, SPARSITY_SUFFIX
 
 _logger = logging.getLogger(__name__)
 
 PROFILE_FORMAT = 1
+#: The structured method (Contract 10): its branch has one key per channel group, not per layer.
+CHANNEL = "channel"
+#: The branches a search space may have.
+SPACE_METHODS = (*METHODS, CHANNEL)
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 101)
 #: Layer sparsities of a sensitivity curve (0.0, the dense model, is always the first point).
 SENSITIVITY_SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -169,23 +176,43 @@ def sensitivity_curves(
     return curves
 
 
+def _example_input(model: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    return torch.zeros(1, *input_shape, device=device)
+
+
 def profile_model(
-    model: nn.Module, *, name: str, input_shape: Sequence[int] | None = None
+    model: nn.Module, *, name: str, input_shape: Sequence[int] | None = None,
+    channel: bool = False,
 ) -> dict[str, Any]:
     """The Contract 4 profile of ``model``'s prunable layers, in ``named_modules()`` order.
 
     FLOPs need a forward pass, hence an input shape (``input_shape``, else the model's
     ``input_shape`` attribute); without one the profile has params and quantiles only, enough for
-    every allocation but ``weight_by: flops``.
+    every allocation but ``weight_by: flops``. With ``channel`` (which needs the input shape) the
+    profile also has Contract 10's ``channel_groups`` and each layer's ``in_group`` and
+    ``out_group``, from which the torch-free tuner predicts the FLOPs a ``channel`` allocation
+    leaves: ``sum(flops * keep(in_group) * keep(out_group))``.
     """
     layers = prunable_layers(model)
     if not layers:
         raise ValueError(f"model {name!r} has no prunable (Conv1d/2d/3d, Linear) layers")
     shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+    if shape is None and channel:
+        raise ValueError(f"the channel method needs an input shape for {name!r}: give "
+                         f"--input-shape, e.g. 3,32,32")
     if shape is None:
         _logger.info("FLOPs skipped for %s: no input shape (give --input-shape, e.g. 3,32,32, "
                      "for weight_by: flops)", name)
     flops = layer_flops(model, tuple(int(d) for d in shape)) if shape is not None else {}
+    groups: list[ChannelGroup] = []
+    scaled: dict[str, tuple[str | None, str | None]] = {}
+    if channel and shape is not None:
+        example = _example_input(model, tuple(int(d) for d in shape))
+        groups = channel_groups(model, example)
+        scaled = {layer.name: (layer.in_group, layer.out_group)
+                  for layer in channel_layers(model, example, groups=groups)}
     entries: list[dict[str, Any]] = []
     for layer_name, module in layers.items():
         weight = layer_weight(module).detach().cpu().double().numpy()
@@ -197,15 +224,21 @@ def profile_model(
         }
         if layer_name in flops:
             entry["flops"] = int(flops[layer_name])
+        if channel:
+            entry["in_group"], entry["out_group"] = scaled[layer_name]
         entry["magnitude_quantiles"] = quantiles(np.abs(weight))
         entry["lamp_quantiles"] = quantiles(lamp_scores(weight))
         entries.append(entry)
-    return {
+    profile: dict[str, Any] = {
         "format": PROFILE_FORMAT,
         "model": name,
         "prunable_params": sum(int(e["params"]) for e in entries),
         "layers": entries,
     }
+    if channel:
+        profile["channel_groups"] = [
+            {"name": g.name, "layers": list(g.layers), "channels": g.channels} for g in groups]
+    return profile
 
 
 def add_sensitivity(profile: dict[str, Any], curves: Mapping[str, Mapping[str, list[float]]]) -> None:
@@ -216,25 +249,41 @@ def add_sensitivity(profile: dict[str, Any], curves: Mapping[str, Mapping[str, l
 
 
 def search_space(
-    layer_names: Sequence[str], *, methods: Sequence[str], low: float, high: float
+    layer_names: Sequence[str], *, methods: Sequence[str], low: float, high: float,
+    groups: Sequence[ChannelGroup] = (),
 ) -> dict[str, Any]:
     """A nested NNI ``choice`` over ``methods``, each with a uniform sparsity per layer.
 
+    The ``channel`` branch has a uniform sparsity per group of ``groups`` instead, its upper
+    bound lowered to ``(n - 1) / n`` for a group of ``n`` channels, so that every value keeps at
+    least one channel (:func:`~nni_prune_tuners.trial.prune_channels` refuses to remove all).
+
     Raises:
-        ValueError: for no layers, an unknown or repeated method, or bounds outside
-            ``0 <= low < high < 1``.
+        ValueError: for no layers, an unknown or repeated method, bounds outside
+            ``0 <= low < high < 1``, or ``channel`` without groups.
     """
     if not layer_names:
         raise ValueError("layer_names must name at least one layer")
-    if not methods or len(set(methods)) != len(methods) or set(methods) - set(METHODS):
-        raise ValueError(f"methods must be distinct names from {list(METHODS)}, got {methods!r}")
+    if not methods or len(set(methods)) != len(methods) or set(methods) - set(SPACE_METHODS):
+        raise ValueError(f"methods must be distinct names from {list(SPACE_METHODS)}, "
+                         f"got {methods!r}")
     if not (0.0 <= low < high < 1.0):
         raise ValueError(f"need 0 <= low < high < 1, got low={low!r}, high={high!r}")
+    if CHANNEL in methods and not groups:
+        raise ValueError("methods has 'channel' but the model has no prunable channel group")
     options = []
     for method in methods:
         option: dict[str, Any] = {"_name": method}
-        for layer in layer_names:
-            option[f"{layer}{SPARSITY_SUFFIX}"] = {"_type": "uniform", "_value": [low, high]}
+        if method == CHANNEL:
+            for group in groups:
+                top = min(high, (group.channels - 1) / group.channels)
+                if top <= low:
+                    raise ValueError(f"channel group {group.name!r} has {group.channels} channels: "
+                                     f"its sparsity cannot exceed {top:g}, below low={low!r}")
+                option[f"{group.name}{SPARSITY_SUFFIX}"] = {"_type": "uniform", "_value": [low, top]}
+        else:
+            for layer in layer_names:
+                option[f"{layer}{SPARSITY_SUFFIX}"] = {"_type": "uniform", "_value": [low, high]}
         options.append(option)
     return {"prune_method": {"_type": "choice", "_value": options}}
 
@@ -286,7 +335,9 @@ def build_parser(prog: str = "python -m nni_prune_tuners.trial.profile") -> argp
                         "(default: the model's or factory's input_shape attribute; none: no FLOPs)")
     parser.add_argument("--state-dict", type=Path, help="weights to load into the model")
     parser.add_argument("--search-space", type=Path, help="NNI search space JSON to write")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma list, e.g. agp,level")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma list of agp, level, channel (channel: whole output channels "
+                        "removed, needs an input shape; adds the channel groups to the profile)")
     parser.add_argument("--low", type=float, default=0.05, help="lowest layer sparsity")
     parser.add_argument("--high", type=float, default=0.98, help="highest layer sparsity")
     parser.add_argument("--layers", help="comma list of layers to search (default: all prunable)")
@@ -339,9 +390,20 @@ def _run(
         device = torch.device(args.device)
     except RuntimeError as exc:
         raise ValueError(f"--device {args.device!r}: {exc}") from None
+    methods = [m for m in args.methods.split(",") if m]
+    if not methods or set(methods) - set(SPACE_METHODS):
+        raise ValueError(f"--methods must be a comma list of {list(SPACE_METHODS)}, "
+                         f"got {args.methods!r}")
     model = factory()
     if not isinstance(model, nn.Module):
         raise ValueError(f"{args.model} returned {type(model).__name__}, not an nn.Module")
+    if input_shape is None:
+        shape_attr = getattr(model, "input_shape", getattr(factory, "input_shape", None))
+        input_shape = tuple(int(d) for d in shape_attr) if shape_attr is not None else None
+    channel = CHANNEL in methods
+    if channel and input_shape is None:
+        raise ValueError("--methods channel needs --input-shape (one sample's shape, e.g. "
+                         "3,32,32): the channel groups come from a forward pass")
     layers = list(prunable_layers(model))
     space: dict[str, Any] = {}
     if args.search_space is not None:
@@ -349,8 +411,9 @@ def _run(
         unknown = [name for name in chosen if name not in layers]
         if unknown:
             raise ValueError(f"--layers names unknown layers {unknown}; prunable: {layers}")
-        methods = [m for m in args.methods.split(",") if m]
-        space = search_space(chosen, methods=methods, low=args.low, high=args.high)
+        groups = (channel_groups(model.to(device), _example_input(model, input_shape))
+                  if channel and input_shape is not None else [])
+        space = search_space(chosen, methods=methods, low=args.low, high=args.high, groups=groups)
     profile: dict[str, Any] = {}
     if args.out is not None:
         state = _load_weights(args, factory, default_weights)
@@ -361,12 +424,9 @@ def _run(
                 raise ValueError(f"the weights do not fit {args.model}: {exc}") from None
         else:
             _logger.warning("profiling the weights %s returns (no --state-dict)", args.model)
-        if input_shape is None:
-            shape_attr = getattr(model, "input_shape", getattr(factory, "input_shape", None))
-            input_shape = tuple(int(d) for d in shape_attr) if shape_attr is not None else None
         model.to(device)
         name = args.model.partition(":")[2]
-        profile = profile_model(model, name=name, input_shape=input_shape)
+        profile = profile_model(model, name=name, input_shape=input_shape, channel=channel)
         if evaluate is not None:
             add_sensitivity(profile, sensitivity_curves(model, evaluate, sparsities=grid))
             profile["sensitivity_eval"] = args.eval_fn

@@ -276,3 +276,15 @@ def test_grouped_convolutions_that_cannot_shrink_stay_dense() -> None:
     assert channel_groups(model, x) == [ChannelGroup("4", ("4",), 8)]
     prune_channels(model, {"4": 0.5}, x)
     assert model(x).shape == (2, 4)
+
+
+def test_a_classifier_behind_an_op_is_still_no_group() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(6, 12), nn.Linear(12, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.log_softmax(self.fc2(torch.relu(self.fc1(x))), dim=1)
+
+    assert channel_groups(Net(), torch.randn(2, 6)) == [ChannelGroup("fc1", ("fc1",), 12)]

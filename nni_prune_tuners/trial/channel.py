@@ -109,12 +109,12 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 def _output_layers(model: nn.Module, example_inputs: ExampleInputs) -> list[nn.Module]:
     """Prunable layers whose output tensor is one of the model's outputs (the classifier)."""
-    produced: dict[int, nn.Module] = {}
+    produced: dict[int, tuple[nn.Module, torch.Tensor]] = {}  # the tensor kept: ids stay unique
     handles: list[RemovableHandle] = []
     for module in prunable_layers(model).values():
         def hook(mod: nn.Module, _inp: Any, out: Any) -> None:
             if isinstance(out, torch.Tensor):
-                produced[id(out)] = mod
+                produced[id(out)] = (mod, out)
 
         handles.append(module.register_forward_hook(hook))
     try:
@@ -126,7 +126,7 @@ def _output_layers(model: nn.Module, example_inputs: ExampleInputs) -> list[nn.M
     tensors = [output] if isinstance(output, torch.Tensor) else (
         list(output.values()) if isinstance(output, Mapping) else list(output)
         if isinstance(output, tuple | list) else [])
-    return [produced[id(t)] for t in tensors if id(t) in produced]
+    return [produced[id(t)][0] for t in tensors if id(t) in produced and produced[id(t)][1] is t]
 
 
 def _torch_pruning() -> Any:

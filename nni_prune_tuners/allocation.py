@@ -8,8 +8,11 @@ layer specifics. Curves known before any trial enter as terms with one coefficie
 trials confirm or discount: the profile's one-shot sensitivity curves, and a cheap proxy's own
 additive model (``presearch``, a second fidelity). One posterior draw per suggestion (Thompson
 sampling) is maximised under the linear sparsity budget exactly by a multiple-choice knapsack over
-a per-layer grid, then rescaled to the target (Contract 3). Everything is numpy and scipy; nothing
-here knows Optuna or NNI.
+a per-layer grid, then rescaled to the target (Contract 3). A ``channel`` branch's budget is the
+fraction of FLOPs removed, which has product terms (:mod:`nni_prune_tuners.flops`): the knapsack
+is solved on its linearisation around the current allocation, re-linearised around the solution a
+few times (:func:`solve_channel_budget`), and the result rescaled to the FLOPs target exactly.
+Everything is numpy and scipy; nothing here knows Optuna or NNI.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from nni_prune_tuners import sparsity
+from nni_prune_tuners.flops import ChannelBudget, rescale_to_flops
 
 _logger = logging.getLogger(__name__)
 
@@ -47,6 +51,8 @@ _PROXY_VARIANCE = 1.0
 #: Grid points per layer and budget units of the knapsack.
 GRID = 48
 BUDGET_UNITS = 800
+#: Most linearisations of the FLOPs budget per solve (it usually stops changing after 2 or 3).
+LINEARISATIONS = 5
 
 
 def log_density(s: FloatArray | Sequence[float]) -> FloatArray:
@@ -331,9 +337,57 @@ def solve_budget(
     return np.asarray(grids[np.arange(layers), picks])
 
 
+def solve_channel_budget(
+    values: FloatArray,
+    grids: FloatArray,
+    flops: ChannelBudget,
+    target: float,
+    start: FloatArray,
+    *,
+    units: int = BUDGET_UNITS,
+    rounds: int = LINEARISATIONS,
+) -> FloatArray:
+    """Maximise ``sum_i values[i, g_i]`` subject to FLOPs removed ``R(s) >= target``: linearise
+    and iterate.
+
+    ``R`` is multilinear in the group sparsities (a layer between two groups contributes
+    ``keep_a * keep_b``). Around the current allocation ``s0`` it is ``R(s0) + d . (s - s0)`` with
+    ``d = dR/ds(s0)`` (each group's marginal FLOPs, the others fixed): that is the linear budget
+    ``d . s >= target - R(s0) + d . s0`` of :func:`solve_budget`. Its solution is the next ``s0``,
+    until the allocation stops changing or after ``rounds`` solves. The result is near the target,
+    not on it: the caller rescales it exactly (:func:`~nni_prune_tuners.flops.rescale_to_flops`).
+    A linearised budget the grid cannot reach (the linearisation overstates what the upper
+    bounds remove) ends the iteration at the last allocation found.
+
+    Raises:
+        ValueError: if not even the first linearised budget can be met on the grid.
+    """
+    current = np.asarray(start, dtype=np.float64)
+    for round_ in range(rounds):
+        slope = flops.gradient(current)
+        goal = target - flops.removed(current) + float(np.dot(slope, current))
+        try:
+            proposal = solve_budget(values, grids, slope, goal, units=units)
+        except ValueError:
+            if round_ == 0:
+                raise
+            _logger.debug("linearised FLOPs budget unreachable on the grid; keeping %s", current)
+            break
+        if np.array_equal(proposal, current):
+            break
+        current = proposal
+    return current
+
+
 @dataclass(frozen=True)
 class Block:
-    """The layer sparsities of one branch and the budget they share (Contract 3)."""
+    """The layer sparsities of one branch and the budget they share (Contract 3).
+
+    With ``flops`` (a ``channel`` branch, Contract 10) the sparsities are channel groups' and the
+    budget is the fraction of the model's FLOPs removed: ``weights`` are then each group's
+    marginal FLOPs at the dense model and ``total`` is 1, a linear view for heuristics only;
+    :meth:`rescale` and :meth:`solve` use the exact, non-linear FLOPs.
+    """
 
     weights: FloatArray
     lo: FloatArray
@@ -342,6 +396,7 @@ class Block:
     target: float
     prior: Prior | None = None
     proxy: Prior | None = None
+    flops: ChannelBudget | None = None
 
     @property
     def terms(self) -> tuple[Prior, ...]:
@@ -350,9 +405,36 @@ class Block:
 
     def rescale(self, raw: FloatArray) -> FloatArray:
         """``raw`` scaled to meet the target exactly inside the bounds."""
+        if self.flops is not None:
+            return rescale_to_flops(np.maximum(raw, 1e-9), self.lo, self.hi, self.flops,
+                                    self.target)
         return sparsity.rescale_to_target(
             np.maximum(raw, 1e-9), self.lo, self.hi, self.weights, self.target, total=self.total
         )
+
+    def solve(
+        self, values: FloatArray, grids: FloatArray, *, units: int = BUDGET_UNITS,
+        start: FloatArray | None = None,
+    ) -> FloatArray:
+        """The grid allocation maximising ``values`` under the block's budget (not yet rescaled).
+
+        Linear budgets: :func:`solve_budget`, exactly. FLOPs budgets: :func:`solve_channel_budget`
+        from ``start`` (a trust region's incumbent: ``ValueError`` if its grid cannot meet the
+        budget), by default from the uniform ratio that meets the target (kept if even the first
+        linearisation is out of the grid's reach).
+        """
+        if self.flops is None:
+            return solve_budget(values, grids, self.weights, self.target * self.total, units=units)
+        if start is not None:  # a trust region: the caller searches globally if it fails
+            return solve_channel_budget(values, grids, self.flops, self.target, start,
+                                        units=units)
+        uniform = self.rescale(np.ones(len(self.lo)))
+        try:
+            return solve_channel_budget(values, grids, self.flops, self.target, uniform,
+                                        units=units)
+        except ValueError:
+            _logger.debug("linearised FLOPs budget unreachable from the uniform ratio; keeping it")
+            return uniform
 
 
 def propose(
@@ -389,7 +471,6 @@ def propose(
     def response(grids: FloatArray) -> FloatArray:
         return curves(coefficients, grids, terms, metric_scale)
 
-    budget = block.target * block.total
     if incumbent is not None:
         # a dense grid inside the trust region, so that a small region still has choices
         x = log_density(incumbent)
@@ -397,11 +478,11 @@ def propose(
         hi = np.minimum(block.hi, 1.0 - np.exp(-(x + radius)))
         grids = layer_grids(lo, hi)
         try:
-            return block.rescale(solve_budget(response(grids), grids, block.weights, budget))
+            return block.rescale(block.solve(response(grids), grids, start=incumbent))
         except ValueError:
             _logger.debug("trust region cannot meet the budget; searching globally")
     grids = layer_grids(block.lo, block.hi)
-    return block.rescale(solve_budget(response(grids), grids, block.weights, budget))
+    return block.rescale(block.solve(response(grids), grids))
 
 
 def predict(coefficients: FloatArray, samples: FloatArray, terms: Sequence[Prior] = (),
@@ -520,8 +601,7 @@ def sensitivity_allocation(block: Block, *, points: int = 200) -> FloatArray:
         raise ValueError("the sensitivity allocation needs sensitivity curves")
     grids = layer_grids(block.lo, block.hi, points)
     drops = block.prior.drop(grids.T).T
-    return block.rescale(solve_budget(-drops, grids, block.weights, block.target * block.total,
-                                      units=4 * BUDGET_UNITS))
+    return block.rescale(block.solve(-drops, grids, units=4 * BUDGET_UNITS))
 
 
 def proxy_term(

@@ -31,12 +31,18 @@ from nni import ClassArgsValidator
 from nni.tuner import Tuner
 from schema import And, Optional, Or, Schema, SchemaError, Use
 
-from nni_prune_tuners import allocation, sparsity
+from nni_prune_tuners import allocation, flops, sparsity
 from nni_prune_tuners import search_space as ss
 from nni_prune_tuners._class_args import unknown_key_message
 from nni_prune_tuners.allocation_sampler import AllocationSampler, blocks_for
 from nni_prune_tuners.dedup import SeenConfigurations
-from nni_prune_tuners.profile import LayerProfile, ModelProfile, ProxyResults, load_profile
+from nni_prune_tuners.profile import (
+    LayerProfile,
+    ModelProfile,
+    ProxyResults,
+    channels_removed,
+    load_profile,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -50,6 +56,12 @@ _MAX_ATTEMPTS = 100
 _REDRAWS = 10
 #: How close the proxy's target must be to the experiment's (Contract 9).
 _PROXY_TARGET_TOLERANCE = 1e-9
+#: The ``_name`` of the structured method's branch (Contract 10): its keys are channel groups and
+#: its target is the fraction of FLOPs removed.
+CHANNEL = "channel"
+#: The heuristics that apply to channel groups: the others read weight quantiles, shapes or
+#: per-layer sensitivity curves, which describe unstructured pruning of one layer.
+_CHANNEL_HEURISTICS = ("uniform",)
 
 
 @dataclass(frozen=True)
@@ -454,6 +466,7 @@ class PruneTPETuner(Tuner):
             self._warm_start(group, heuristic)
             for heuristic in self._options.warm_start
             for group in groups
+            if group.budget.flops is None or heuristic in _CHANNEL_HEURISTICS
         ]
         self._warm_starts = list(self._warm_start_plan)
         _logger.info(
@@ -482,6 +495,9 @@ class PruneTPETuner(Tuner):
                     f"branch {active.label!r} has no layer sparsity (*_sparsity key) to meet "
                     f"target_sparsity={options.target_sparsity}"
                 )
+            if _is_channel_branch(active, parameters):
+                groups.append(self._channel_group(active, layers))
+                continue
             seen: set[str] = set()
             for parameter in layers:
                 ss.check_layer_sparsity(parameter)
@@ -511,6 +527,66 @@ class PruneTPETuner(Tuner):
                 self._proxy_term(active.label, [p.layer for p in layers], lo, hi))
             groups.append(_SparsityGroup(active.label, active.choices, layers, budget))
         return groups
+
+    def _channel_group(
+        self, active: ss.ActiveSet, parameters: Sequence[ss.Parameter]
+    ) -> _SparsityGroup:
+        """A ``channel`` branch (Contract 10): one key per channel group of the profile, and the
+        target as the fraction of the model's FLOPs removed (:mod:`nni_prune_tuners.flops`)."""
+        options = self._options
+        assert options.profile is not None and options.target_sparsity is not None
+        profile = options.profile
+        if not profile.channel_groups:
+            raise ss.SearchSpaceError(
+                f"branch {active.label!r} is a channel branch but the profile has no "
+                f"channel_groups: profile the model with --methods channel (nni-prune-tuners "
+                f"profile --model pkg:factory --input-shape ... --methods level,channel)"
+            )
+        seen: set[str] = set()
+        for parameter in parameters:
+            ss.check_layer_sparsity(parameter)
+            group = profile.channel_groups.get(parameter.layer)
+            if group is None:
+                raise ss.SearchSpaceError(
+                    f"search space key {parameter.name!r}: {parameter.layer!r} is not a channel "
+                    f"group of the profile; known groups: {list(profile.channel_groups)}"
+                )
+            if parameter.layer in seen:
+                raise ss.SearchSpaceError(
+                    f"branch {active.label!r} names channel group {parameter.layer!r} twice")
+            seen.add(parameter.layer)
+            try:
+                channels_removed(parameter.bounds[1], group.channels, key=f"{parameter.name} "
+                                 f"upper bound")
+            except ValueError as error:
+                raise ss.SearchSpaceError(f"search space key {parameter.name!r}: {error}") from None
+        try:
+            budget = flops.ChannelBudget.from_profile(profile, [p.layer for p in parameters])
+        except ValueError as error:
+            raise ss.SearchSpaceError(f"branch {active.label!r}: {error}") from None
+        lo = np.array([p.bounds[0] for p in parameters])
+        hi = np.array([p.bounds[1] for p in parameters])
+        flops.check_feasible(options.target_sparsity, lo, hi, budget,
+                             where=f"branch {active.label!r}")
+        _logger.info(
+            "branch %s: target_sparsity=%s is the fraction of FLOPs removed over the profile's %d "
+            "prunable layers (weight_by and sparsity_scope do not apply to channel groups); the "
+            "trial removes whole channels, so its measured FLOPs removed differ from the target "
+            "by at most %.4f (half a channel per group); warm starts: %s only",
+            active.label, options.target_sparsity, len(profile.layers),
+            flops.rounding_bound(budget), ", ".join(_CHANNEL_HEURISTICS))
+        skipped = [h for h in options.warm_start if h not in _CHANNEL_HEURISTICS]
+        if skipped:
+            _logger.info("branch %s: warm starts %s do not apply to channel groups (they read "
+                         "weight quantiles, shapes or per-layer sensitivity curves): skipped there",
+                         active.label, skipped)
+        if self._proxy is not None:
+            _logger.info("branch %s: the profile's proxy results (presearch, method %r) rank "
+                         "per-layer sparsities, not channel groups: not used in this branch",
+                         active.label, self._proxy.method)
+        weights = budget.gradient(np.zeros(len(parameters)))
+        block = allocation.Block(weights, lo, hi, 1.0, options.target_sparsity, flops=budget)
+        return _SparsityGroup(active.label, active.choices, tuple(parameters), block)
 
     def _proxy_term(
         self, branch: str, layers: Sequence[str], lo: np.ndarray, hi: np.ndarray
@@ -547,6 +623,10 @@ class PruneTPETuner(Tuner):
         # heuristics prune a share of the *weights*; the rescaling below then meets the target
         # as the constraint defines it (FLOPs weighting, model scope, bounds)
         budget = group.budget
+        if budget.flops is not None:  # a channel branch: the common ratio that meets the target
+            assert heuristic in _CHANNEL_HEURISTICS
+            return _planned(heuristic, group, [float(v) for v in flops.uniform_ratio(
+                budget.lo, budget.hi, budget.flops, budget.target)])
         share = _weight_share(budget)
         if heuristic == "sensitivity":
             raw = allocation.sensitivity_allocation(budget)
@@ -575,6 +655,8 @@ class PruneTPETuner(Tuner):
         """
         assert self._options.target_sparsity is not None
         name = f"proxy finalist {index}"
+        if group.budget.flops is not None:
+            return None  # said once, when the branch was checked
         layers = [p.layer for p in group.parameters]
         if not any(layer in finalist for layer in layers):
             _logger.info("the %s names none of the layers of branch %r: not proposed there",
@@ -843,6 +925,17 @@ def _planned(
         **group.choices,
         **{p.name: v for p, v in zip(group.parameters, values, strict=True)},
     }
+
+
+def _is_channel_branch(active: ss.ActiveSet, parameters: Sequence[ss.Parameter]) -> bool:
+    """Whether one of the branches that select ``active`` is named ``channel`` (Contract 10)."""
+    choices = {p.name: p for p in ss.walk(parameters) if p.type == "choice"}
+    for name, index in active.choices.items():
+        branches = choices[name].branches
+        branch = branches[index] if index < len(branches) else None
+        if branch is not None and branch.name == CHANNEL:
+            return True
+    return False
 
 
 def _weight_share(budget: allocation.Block) -> float:

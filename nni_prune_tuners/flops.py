@@ -1,0 +1,225 @@
+"""The FLOPs budget of a ``channel`` branch (Contract 10): the fraction of the model's FLOPs removed.
+
+In a ``channel`` branch a group's sparsity ``s_g`` is the fraction of its output channels removed,
+so it cuts its own layers' FLOPs and those of the layers that read its channels. With ``keep(g) =
+1 - s_g`` (1 for no group), the FLOPs removed are
+
+    ``R(s) = 1 - sum_l flops_l * keep(in_group_l) * keep(out_group_l) / sum_l flops_l``
+
+over every prunable layer of the profile: not linear in ``s`` (a layer between two searched groups
+contributes a product), so the linear rescale of Contract 3 does not apply. Here are ``R``, its
+gradient (what the allocation model's knapsack linearises with), the feasible range, and the
+rescale to a target: the same family as Contract 3, ``s = clip(c * raw, lo, hi)``, with ``c``
+solved by Brent's method, since ``R(s(c))`` is continuous and monotone (see
+:func:`rescale_to_flops`).
+
+The real model removes whole channels (``round(s * n)`` of a group of ``n``), so the FLOPs it
+measures differ from ``R(s)`` by that rounding: at most half a channel per group,
+:func:`rounding_bound`. Pure numpy; nothing here knows torch, Optuna or NNI.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from nni_prune_tuners.profile import FLOPS_HINT, ModelProfile
+from nni_prune_tuners.sparsity import TOLERANCE
+
+_logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class ChannelBudget:
+    """The FLOPs model of one ``channel`` branch over its searched groups.
+
+    Attributes:
+        groups: the searched groups, in the order of the sparsity arrays.
+        channels: each searched group's number of channels.
+        flops: every prunable layer's dense FLOPs (the denominator is their sum).
+        in_index, out_index: per layer, the index in ``groups`` of the group that sets its input
+            (per output channel) and its output channels; ``-1`` where none of the searched
+            groups does (the layer's FLOPs do not scale on that side).
+    """
+
+    groups: tuple[str, ...]
+    channels: IntArray
+    flops: FloatArray
+    in_index: IntArray
+    out_index: IntArray
+
+    def __post_init__(self) -> None:
+        if not len(self.groups) == len(self.channels):
+            raise ValueError("groups and channels must have the same length")
+        if not len(self.flops) == len(self.in_index) == len(self.out_index) or not len(self.flops):
+            raise ValueError("flops, in_index and out_index must have the same, non-zero length")
+        if np.any(self.flops < 0) or not float(self.flops.sum()) > 0:
+            raise ValueError("flops must be >= 0 with a positive sum")
+        for name, index in (("in_index", self.in_index), ("out_index", self.out_index)):
+            if np.any(index < -1) or np.any(index >= len(self.groups)):
+                raise ValueError(f"{name} must be -1 or a group index < {len(self.groups)}")
+
+    @classmethod
+    def from_profile(cls, profile: ModelProfile, groups: Sequence[str]) -> ChannelBudget:
+        """The budget of ``groups`` (searched; the profile's other groups stay dense).
+
+        Raises:
+            ValueError: naming a group that is not one of the profile's, or a layer without FLOPs.
+        """
+        known = profile.channel_groups
+        for group in groups:
+            if group not in known:
+                raise ValueError(f"{group!r} is not a channel group of the profile; known groups: "
+                                 f"{list(known)}")
+        position = {group: index for index, group in enumerate(groups)}
+        flops = []
+        for name, layer in profile.layers.items():
+            if layer.flops is None:
+                raise ValueError(f"the channel method needs 'flops' for layer {name!r}; "
+                                 f"{FLOPS_HINT}")
+            flops.append(layer.flops)
+        layers = list(profile.layers.values())
+        return cls(
+            groups=tuple(groups),
+            channels=np.array([known[g].channels for g in groups], dtype=np.int64),
+            flops=np.array(flops, dtype=np.float64),
+            in_index=np.array([position.get(layer.in_group or "", -1) for layer in layers],
+                              dtype=np.int64),
+            out_index=np.array([position.get(layer.out_group or "", -1) for layer in layers],
+                               dtype=np.int64),
+        )
+
+    @property
+    def total(self) -> float:
+        """The dense FLOPs of every prunable layer."""
+        return float(self.flops.sum())
+
+    def _keeps(self, sparsities: FloatArray | Sequence[float]) -> tuple[FloatArray, FloatArray]:
+        s = np.asarray(sparsities, dtype=np.float64)
+        if s.shape != (len(self.groups),):
+            raise ValueError(f"expected {len(self.groups)} group sparsities, got shape {s.shape}")
+        keep = np.append(1.0 - s, 1.0)  # index -1: no searched group, keep 1
+        return keep[self.in_index], keep[self.out_index]
+
+    def removed(self, sparsities: FloatArray | Sequence[float]) -> float:
+        """``R(s)``: the fraction of the FLOPs removed, with ``keep = 1 - s``."""
+        keep_in, keep_out = self._keeps(sparsities)
+        return 1.0 - float(np.dot(self.flops, keep_in * keep_out)) / self.total
+
+    def rounded_removed(self, sparsities: FloatArray | Sequence[float]) -> float:
+        """``R`` with the whole channels the real model removes (``round(s * n)``, as
+        :func:`nni_prune_tuners.profile.channels_removed` rounds)."""
+        s = np.asarray(sparsities, dtype=np.float64)
+        whole = np.array([round(float(v) * int(n)) / int(n)
+                          for v, n in zip(s, self.channels, strict=True)])
+        return self.removed(whole)
+
+    def gradient(self, sparsities: FloatArray | Sequence[float]) -> FloatArray:
+        """``dR / ds_g`` at ``s``: the FLOPs (as a fraction) one unit of ``s_g`` removes, the
+        others fixed. Every term is a FLOPs count times a keep in [0, 1], so it is ``>= 0``."""
+        keep_in, keep_out = self._keeps(sparsities)
+        grad = np.zeros(len(self.groups) + 1)
+        # d(keep_in * keep_out) / d s_g = -[in == g] keep_out - [out == g] keep_in (product rule,
+        # also when one layer's input and output are the same group)
+        np.add.at(grad, self.in_index, self.flops * keep_out)
+        np.add.at(grad, self.out_index, self.flops * keep_in)
+        return grad[:-1] / self.total
+
+
+def achievable_range(lo: FloatArray | Sequence[float], hi: FloatArray | Sequence[float],
+                     budget: ChannelBudget) -> tuple[float, float]:
+    """The least and most FLOPs removed that the group bounds allow (``R`` is monotone)."""
+    return budget.removed(lo), budget.removed(hi)
+
+
+def check_feasible(
+    target: float,
+    lo: FloatArray | Sequence[float],
+    hi: FloatArray | Sequence[float],
+    budget: ChannelBudget,
+    *,
+    where: str = "search space",
+) -> None:
+    """Raise ``ValueError`` naming ``where`` and the reachable range if ``target`` is out of it."""
+    low, high = achievable_range(lo, hi, budget)
+    if not low - TOLERANCE <= target <= high + TOLERANCE:
+        raise ValueError(
+            f"target_sparsity={target} (the fraction of FLOPs removed, channel method) is "
+            f"infeasible for {where}: its group bounds allow removing [{low:.6f}, {high:.6f}] of "
+            f"the FLOPs only"
+        )
+
+
+def rescale_to_flops(
+    raw: FloatArray | Sequence[float],
+    lo: FloatArray | Sequence[float],
+    hi: FloatArray | Sequence[float],
+    budget: ChannelBudget,
+    target: float,
+) -> FloatArray:
+    """Scale ``raw`` by one factor ``c >= 0`` so that ``R(clip(c * raw, lo, hi)) = target``.
+
+    Monotone, hence one bracketed root: each ``clip(c * raw_g, lo_g, hi_g)`` is non-decreasing in
+    ``c`` and ``dR/ds_g >= 0`` (:meth:`ChannelBudget.gradient`), so ``R(s(c))`` is continuous and
+    non-decreasing in ``c``, from ``R(lo)`` at ``c = 0`` to ``R(hi)`` at ``c = max(hi / raw)``.
+    Brent's method on that bracket meets the target within :data:`~sparsity.TOLERANCE` (the
+    slope in ``c`` is at most 2, so ``c`` to 1e-15 is plenty); the ratios between groups that are
+    not clipped are kept, as in Contract 3.
+
+    Raises:
+        ValueError: if the target is outside what scaling ``raw`` reaches.
+    """
+    from scipy.optimize import brentq
+
+    r = np.asarray(raw, dtype=np.float64)
+    low = np.asarray(lo, dtype=np.float64)
+    high = np.asarray(hi, dtype=np.float64)
+    if not r.shape == low.shape == high.shape == (len(budget.groups),):
+        raise ValueError("raw, lo and hi must have one value per group")
+    if np.any(r < 0) or np.any(low > high) or not np.all(np.isfinite(r)):
+        raise ValueError("raw must be finite and >= 0, and lo <= hi")
+
+    def gap(c: float) -> float:
+        return budget.removed(np.clip(c * r, low, high)) - target
+
+    positive = r > 0
+    top = float(np.max(high[positive] / r[positive])) if positive.any() else 0.0
+    at_low, at_high = gap(0.0), gap(top)
+    if not at_low <= TOLERANCE or not at_high >= -TOLERANCE:
+        raise ValueError(
+            f"scaling cannot bring the FLOPs removed to {target}: reachable "
+            f"[{at_low + target:.6f}, {at_high + target:.6f}] for raw {r.tolist()}"
+        )
+    if at_low >= 0.0:
+        c = 0.0
+    elif at_high <= 0.0:
+        c = top
+    else:
+        c = float(brentq(gap, 0.0, top, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=200))
+    return np.clip(c * r, low, high)
+
+
+def uniform_ratio(lo: FloatArray | Sequence[float], hi: FloatArray | Sequence[float],
+                  budget: ChannelBudget, target: float) -> FloatArray:
+    """One common ratio for every group that removes ``target`` of the FLOPs (clipped to the
+    bounds, where a bound then holds that group): the ``uniform`` warm start of a channel
+    branch."""
+    return rescale_to_flops(np.ones(len(budget.groups)), lo, hi, budget, target)
+
+
+def rounding_bound(budget: ChannelBudget) -> float:
+    """The most the whole-channel rounding moves the FLOPs removed away from ``R(s)``.
+
+    ``round(s * n)`` is off ``s * n`` by at most half a channel, so each keep moves by at most
+    ``1 / (2 n_g)``; a layer's ``keep_in * keep_out`` (both in [0, 1]) then moves by at most the
+    sum of its two keeps' moves. Summed over the layers: ``sum_g dR/ds_g(0) / (2 n_g)``.
+    """
+    return float(np.dot(budget.gradient(np.zeros(len(budget.groups))),
+                        0.5 / budget.channels.astype(np.float64)))

@@ -1,4 +1,4 @@
-"""The reference NNI trial: parameters -> prune (Level or AGP) -> fine-tune -> report.
+"""The reference NNI trial: parameters -> prune (Level, AGP or channel) -> fine-tune -> report.
 
 Run under NNI as ``python -m trials.prune_trial`` (parameters from ``nni.get_next_parameter()``),
 or standalone as ``python -m trials.prune_trial --params '{"prune_method": {...}}'``, which runs
@@ -7,6 +7,10 @@ the benchmarks and the demo call. ``--model module:factory`` picks any model of 
 (``trials.models:resnet_digits``) or your own; the default is the digits CNN on the 8x8 digits.
 Masks, the AGP schedule and the step hook come from :class:`nni_prune_tuners.trial.Pruner`
 (Contract 7), as in a user's own trial; this module adds the dense training, its cache and the data.
+``prune_method: channel`` (Contract 10) removes whole channels for real with
+:func:`nni_prune_tuners.trial.prune_channels` right after the dense weights are loaded, builds the
+fine-tuning optimizer after that, and reports the FLOPs removed (``flops_removed``, counted on the
+pruned module against the dense one) beside ``sparsity`` (the weights removed).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch.nn.functional as F
 from filelock import FileLock
 from torch import nn
 
-from nni_prune_tuners.trial import Pruner
+from nni_prune_tuners.trial import Pruner, count_flops, prune_channels
 from nni_prune_tuners.trial.profile import load_factory
 from trials.atomic import write_atomic
 from trials.data import DATA_VARIANTS, DigitsSplit, load_split
@@ -37,7 +41,9 @@ from trials.masking import AgpSchedule, layer_weight, measured_sparsity, prunabl
 
 _logger = logging.getLogger(__name__)
 
-METHODS = ("agp", "level")
+METHODS = ("agp", "level", "channel")
+#: The structured method: whole channels removed before fine-tuning (Contract 10).
+CHANNEL = "channel"
 SPARSITY_SUFFIX = "_sparsity"
 #: AGP with the seed's ``end_epoch=3`` then fine-tunes two epochs at its final sparsity.
 DEFAULT_EPOCHS = 5
@@ -136,13 +142,19 @@ class TrialResult:
         accuracy: validation accuracy after fine-tuning (NNI's ``default``).
         test_accuracy: accuracy on the held-out test split.
         dense_accuracy: validation accuracy of the dense model the trial started from.
-        sparsity: parameter-weighted fraction of zero weights over the named layers, measured.
+        sparsity: parameter-weighted fraction of zero weights over the named layers, measured;
+            with ``channel``, the fraction of the prunable layers' weights removed.
         target_sparsity: the tuner's global target, ``sum(n_i * s_i) / sum(n_i)`` over the
-            named layers; ``sparsity`` differs from it only by the rounding of counts.
-        method: ``"level"`` or ``"agp"``.
-        layer_sparsity: measured sparsity of each named layer.
+            named layers; ``sparsity`` differs from it only by the rounding of counts. With
+            ``channel``: the FLOPs removed that the whole-channel ratios predict.
+        method: ``"level"``, ``"agp"`` or ``"channel"``.
+        layer_sparsity: measured sparsity of each named layer (``channel``: each named group's
+            fraction of channels removed).
         history: the intermediate dicts, one per epoch.
         state_dict: the pruned weights (CPU tensors, masks applied).
+        flops_removed: ``channel`` only: the fraction of FLOPs removed, counted on the pruned
+            module against the dense one (:func:`~nni_prune_tuners.trial.count_flops`).
+        model: ``channel`` only: the pruned module, whose shapes a state dict does not hold.
     """
 
     accuracy: float
@@ -154,16 +166,22 @@ class TrialResult:
     layer_sparsity: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    flops_removed: float | None = None
+    model: nn.Module | None = field(default=None, repr=False)
 
     def final_metrics(self) -> dict[str, Any]:
-        """The final result dict: ``default``, ``sparsity``, ``method``, plus ``test_acc``."""
-        return {
+        """The final result dict: ``default``, ``sparsity``, ``method``, plus ``test_acc``
+        (and ``flops_removed`` for ``channel``)."""
+        metrics = {
             "default": self.accuracy,
             "sparsity": self.sparsity,
             "method": self.method,
             "test_acc": self.test_accuracy,
             "dense_acc": self.dense_accuracy,
         }
+        if self.flops_removed is not None:
+            metrics["flops_removed"] = self.flops_removed
+        return metrics
 
 
 def parse_params(params: Any, layer_names: Sequence[str]) -> tuple[str, dict[str, float]]:
@@ -417,9 +435,93 @@ def run_trial(
     variant = data_variant(net, data)
     with torch_threads(num_threads):
         net.load_state_dict(dense_state_dict(cache_dir, model=model, data=variant))
+        split = load_split(variant).to(dev)
+        if method == CHANNEL:
+            return _run_channel(net.to(dev), sparsities, epochs=epochs, seed=seed, data=split,
+                                report=report, recipe=RECIPES.get(model, Recipe()))
         return _run(net.to(dev), params, method, sparsities, epochs=epochs, seed=seed,
-                    data=load_split(variant).to(dev), report=report, schedule=schedule,
+                    data=split, report=report, schedule=schedule,
                     recipe=RECIPES.get(model, Recipe()))
+
+
+def _finetune_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's fine-tuning optimizer over ``model``'s parameters as they are now."""
+    if recipe.finetune_optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=recipe.finetune_lr,
+                                 weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=recipe.finetune_lr, momentum=_MOMENTUM,
+                           weight_decay=_WEIGHT_DECAY)
+
+
+def _run_channel(
+    model: nn.Module,
+    sparsities: Mapping[str, float],
+    *,
+    epochs: int,
+    seed: int,
+    data: DigitsSplit,
+    report: Callable[[dict[str, Any]], None] | None,
+    recipe: Recipe,
+) -> TrialResult:
+    """``channel``: remove the channels for real, then fine-tune the smaller model as Level does.
+
+    The optimizer is built after pruning (one built before would hold the old, larger
+    parameters); the example input is one sample of the data's shape.
+    """
+    from nni_prune_tuners.trial.channel import channel_groups, channel_layers
+
+    dense_acc = accuracy(model, data.x_val, data.y_val)
+    example = data.x_val[:1]
+    dense_flops = count_flops(model, example)
+    dense_params = sum(layer_weight(m).numel() for m in prunable_layers(model).values())
+    groups = {group.name: group for group in channel_groups(model, example)}
+    unknown = [name for name in sparsities if name not in groups]
+    if unknown:  # before any change: the search space names a layer that is no channel group
+        raise ValueError(f"{unknown[0]}_sparsity: {unknown[0]!r} is not a channel group of the "
+                         f"model; groups: {list(groups)}")
+    removed = {name: round(s * groups[name].channels) for name, s in sparsities.items()}
+    keep = {name: 1.0 - removed[name] / groups[name].channels for name in sparsities}
+    predicted = sum(layer.flops * keep.get(layer.in_group or "", 1.0)
+                    * keep.get(layer.out_group or "", 1.0)
+                    for layer in channel_layers(model, example, groups=list(groups.values())))
+    model = prune_channels(model, sparsities, example)
+    pruned_flops = count_flops(model, example)
+    flops_removed = 1.0 - sum(pruned_flops.values()) / sum(dense_flops.values())
+    sparsity = 1.0 - sum(layer_weight(m).numel()
+                         for m in prunable_layers(model).values()) / dense_params
+    optimizer = _finetune_optimizer(model, recipe)  # after pruning: the new, smaller parameters
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+                 if recipe.finetune_cosine else None)
+    generator = torch.Generator().manual_seed(seed)
+    history: list[dict[str, Any]] = []
+    for epoch in range(epochs):
+        train_epoch(model, optimizer, data, generator)
+        if scheduler is not None:
+            scheduler.step()
+        metrics = {"default": accuracy(model, data.x_val, data.y_val), "epoch": epoch,
+                   "sparsity": sparsity, "pruned": True}
+        history.append(metrics)
+        if report is not None:
+            report(metrics)
+    target = 1.0 - predicted / sum(dense_flops.values())
+    if abs(flops_removed - target) > 1e-6:  # the profile's prediction is exact (docs/channel.md)
+        _logger.warning("measured FLOPs removed %.6f is off the whole-channel prediction %.6f",
+                        flops_removed, target)
+    _logger.info("channel: %.4f of the FLOPs and %.4f of the weights removed", flops_removed,
+                 sparsity)
+    return TrialResult(
+        accuracy=accuracy(model, data.x_val, data.y_val),
+        test_accuracy=accuracy(model, data.x_test, data.y_test),
+        dense_accuracy=dense_acc,
+        sparsity=sparsity,
+        target_sparsity=target,
+        method=CHANNEL,
+        layer_sparsity={name: removed[name] / groups[name].channels for name in sparsities},
+        history=history,
+        state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        flops_removed=flops_removed,
+        model=model,
+    )
 
 
 def _run(
@@ -436,13 +538,7 @@ def _run(
     recipe: Recipe,
 ) -> TrialResult:
     dense_acc = accuracy(model, data.x_val, data.y_val)
-    optimizer: torch.optim.Optimizer
-    if recipe.finetune_optimizer == "adamw":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.finetune_lr,
-                                      weight_decay=recipe.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.finetune_lr, momentum=_MOMENTUM,
-                                    weight_decay=_WEIGHT_DECAY)
+    optimizer = _finetune_optimizer(model, recipe)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
                  if recipe.finetune_cosine else None)
     pruner = Pruner(model, params, epochs=epochs, optimizer=optimizer, agp=schedule)
@@ -491,8 +587,9 @@ def _run(
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trials.prune_trial",
-        description="Prune a model (default the digits CNN) with Level or AGP, fine-tune and "
-        "report to NNI. Without --params the parameters come from nni.get_next_parameter().",
+        description="Prune a model (default the digits CNN) with Level, AGP or channel, "
+        "fine-tune and report to NNI. Without --params the parameters come from "
+        "nni.get_next_parameter().",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="module:factory of the model, e.g. trials.models:resnet_digits "
@@ -506,7 +603,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help=f"dense-weights cache (default: ${CACHE_ENV} or trials/cache/)")
     parser.add_argument("--save", type=Path, default=None,
-                        help="save the pruned state_dict (masks applied) here")
+                        help="save the pruned state_dict (masks applied) here; with channel, "
+                        "the whole pruned module (torch.save(model); load it with "
+                        "torch.load(path, weights_only=False))")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads; the model is tiny and trials run side by side")
     defaults = AgpSchedule()
@@ -560,7 +659,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(final), flush=True)
     if args.save is not None:  # after the result is out: a failed save loses nothing else
         try:
-            torch.save(result.state_dict, args.save)
+            if result.model is not None:  # channel: the shapes live in the module
+                torch.save(result.model.cpu(), args.save)
+            else:
+                torch.save(result.state_dict, args.save)
         except OSError as exc:
             print(f"prune_trial: error: cannot save --save {str(args.save)!r}: "
                   f"{exc.strerror or exc}", file=sys.stderr)

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _seed_cache(cache: Path, name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     model = models.ZOO[name]()
-    path = dense_cache_path(cache, model=f"trials.models:{name}", data=model.data_variant)
+    path = dense_cache_path(cache, model=f"trials.models:{name}", data=str(model.data_variant))
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return model

@@ -101,7 +101,7 @@ def test_a_space_with_both_kinds_of_branch(zoo: dict[str, tuple[Path, dict[str, 
     plan = [(w.heuristic, w.branch) for w in tuner.warm_starts]
     assert ("uniform", "prune_method=channel") in plan
     assert [h for h, b in plan if b == "prune_method=channel"] == ["uniform"]
-    weights = {name: layer.flops for name, layer in profile.layers.items()}
+    weights = {name: float(layer.flops or 0) for name, layer in profile.layers.items()}
     for params in _suggest(tuner, 12, lambda p: 0.5):
         branch = params["prune_method"]
         if branch["_name"] == "channel":

@@ -76,6 +76,9 @@ bench-full: bench
 	$(PY) -m benchmarks.zoo
 	$(PY) -m benchmarks.heuristics
 	$(PY) -m benchmarks.zoo_tuners --out $(FULL)
+	$(PY) -m benchmarks.proxy_rank
+	$(PY) -m benchmarks.zoo_tuners --models mlp_digits,resnet_digits --tuners prunetpe-presearch \
+		--budget 20 --out $(FULL)/presearch
 	$(PY) -m benchmarks.remote_overhead
 
 clean:

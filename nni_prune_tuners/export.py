@@ -1,5 +1,10 @@
 """Export the best configuration of a finished NNI experiment as an NNI pruning ``config_list``.
 
+A best trial of a ``channel`` branch (Contract 10) exports its group ratios as they are
+(``"groups": {group: ratio}``) and a ``config_list`` in NNI 3.0's ``L1NormPruner`` vocabulary
+(whole output channels, one dependency group per channel group), not a Level ``sparse_ratio``
+per layer, which would mask scattered weights instead.
+
 Works on stopped experiments too: it reads the experiment's own SQLite database (where NNI keeps
 every trial's parameters and metrics) instead of the REST API of a running one. The experiment
 folder is found through nnictl's experiment registry (``~/nni-experiments/.experiment``), or
@@ -15,11 +20,12 @@ import re
 import sqlite3
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nni_prune_tuners.profile import load_profile
 from nni_prune_tuners.search_space import SPARSITY_SUFFIX
 from nni_prune_tuners.tuner import PruneTPETuner, WarmStart, quiet_probe
 
@@ -241,6 +247,57 @@ def to_config_list(sparsities: Mapping[str, float]) -> list[dict[str, Any]]:
     ]
 
 
+#: The ``_name`` of the structured branch (Contract 10).
+CHANNEL = "channel"
+
+
+def channel_config_list(
+    sparsities: Mapping[str, float], group_layers: Mapping[str, Sequence[str]] | None = None
+) -> list[dict[str, Any]]:
+    """NNI 3.0's channel-pruner ``config_list`` of a ``channel`` allocation ``{group: ratio}``.
+
+    One entry per group: ``op_names`` are the group's layers (``group_layers[group]``; without
+    it, the group's name, which is its first layer), ``sparse_ratio`` the group's ratio,
+    ``granularity: "out_channel"`` (whole filters, what ``L1NormPruner`` does by default) and
+    ``dependency_group_id`` the group, so NNI removes the same channels from every layer of it
+    (a residual stream, a depthwise conv's producer). NNI prunes ``int(n * s)`` channels where
+    ``prune_channels`` prunes ``round(n * s)``: they agree unless the fraction of ``n * s`` is at
+    least one half. Groups at ratio 0 are left out (dense).
+    """
+    layers = group_layers or {}
+    return [
+        {"op_names": list(layers.get(group) or [group]), "target_names": ["weight"],
+         "sparse_ratio": ratio, "granularity": "out_channel", "dependency_group_id": group}
+        for group, ratio in sparsities.items() if ratio > 0
+    ]
+
+
+def _profile_path(config: Mapping[str, Any]) -> Path | None:
+    """The PruneTPE profile of an experiment's config, relative paths under trialCodeDirectory."""
+    profile = ((config.get("tuner") or {}).get("classArgs") or {}).get("profile")
+    if not isinstance(profile, str):
+        return None
+    path = Path(profile)
+    code_directory = config.get("trialCodeDirectory")
+    return Path(code_directory) / path if code_directory and not path.is_absolute() else path
+
+
+def channel_group_layers(config: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """``{group: its layers}`` from the experiment's profile; empty (logged) when unreadable."""
+    path = _profile_path(config)
+    if path is None:
+        _logger.warning("no profile in the experiment's classArgs: the channel config_list names "
+                        "each group by its first layer only")
+        return {}
+    try:
+        groups = load_profile(path).channel_groups
+    except (ValueError, OSError) as error:
+        _logger.warning("cannot read the channel groups' layers from %s (%s): the config_list "
+                        "names each group by its first layer only", path, error)
+        return {}
+    return {name: tuple(group.layers) for name, group in groups.items()}
+
+
 def best_trial(trials: list[TrialRecord], *, maximize: bool = True) -> TrialRecord:
     """The succeeded trial with the best finite final ``default`` metric."""
     sign = 1.0 if maximize else -1.0
@@ -350,13 +407,19 @@ def export_best(experiment_id: str, out: Path, *, experiment_dir: Path | None = 
     method, sparsities = layer_sparsities(best.parameters)
     if not sparsities:
         raise ExportError(f"best trial {best.trial_id} has no *_sparsity parameter: {best.parameters}")
-    result = {
+    result: dict[str, Any] = {
         "experiment_id": experiment_id,
         "trial_id": best.trial_id,
         "method": method,
         "metric": best.final,
         "parameters": best.parameters,
-        "config_list": to_config_list(sparsities),
+    }
+    if method == CHANNEL:  # group ratios of whole channels, not per-layer weight sparsities
+        result["groups"] = sparsities
+        result["config_list"] = channel_config_list(sparsities, channel_group_layers(config))
+    else:
+        result["config_list"] = to_config_list(sparsities)
+    result |= {
         "trials": len(trials),
         "statuses": statuses,
         "warm_starts": comparison,

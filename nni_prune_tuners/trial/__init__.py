@@ -14,7 +14,12 @@ configuration from ``NNI_PRUNE_PARAMS``.
 ``nni-prune-tuners presearch`` (``nni_prune_tuners.trial.presearch``) adds the best few
 allocations of a one-shot proxy search to it, which PruneTPE proposes first.
 
-The ``channel`` method (Contract 10) removes whole output channels for real::
+The ``channel`` method (Contract 10) removes whole output channels for real, in ``Pruner``'s
+constructor (then ``pruner.model`` is the model to train and ``pruner.optimizer`` is built after
+pruning by ``optimizer_factory``) or by hand::
+
+    pruner = Pruner(model, params, epochs=epochs, example_inputs=x,
+                    optimizer_factory=lambda m: torch.optim.SGD(m.parameters(), lr=0.01))
 
     from nni_prune_tuners.trial import channel_groups, prune_channels
 
@@ -45,11 +50,12 @@ from nni_prune_tuners.trial.masking import (
     prunable_layers,
 )
 from nni_prune_tuners.trial.parameters import PARAMS_ENV, next_parameters
-from nni_prune_tuners.trial.pruner import METHODS, Pruner, parse_params
+from nni_prune_tuners.trial.pruner import METHODS, PRUNE_METHODS, Pruner, parse_params
 
 __all__ = [
     "METHODS",
     "PARAMS_ENV",
+    "PRUNE_METHODS",
     "AgpSchedule",
     "ChannelGroup",
     "ChannelLayer",

@@ -1,0 +1,226 @@
+"""CPU latency of channel-pruned zoo models against the dense ones, in the same run (issue #27.4).
+
+For each model (default the zoo ResNet and MobileNet, at their ``input_shape``) and each target
+fraction of FLOPs removed (default 50% and 70%), the channels are removed for real with one common
+ratio for every group: the ratio that meets the target by the profile's FLOPs model
+(:func:`nni_prune_tuners.flops.uniform_ratio`); the FLOPs actually removed are then counted on
+the pruned module (whole channels round). Latency is one forward pass in eval mode under
+``torch.inference_mode``, one torch thread, at each batch size (default 1 and 64): a sample times
+as many forwards as take about ``--sample-seconds`` on the dense model (the same count for every
+variant), the dense and pruned variants are run interleaved (the order reversed every repeat) so
+that load drift on the machine hits all of them, and the median over ``--repeats`` samples after
+one warm-up is reported, with the ratio pruned/dense and the range of the per-repeat ratios.
+Weights are the models' seeded initialisation: latency does not depend on their values.
+
+    python -m benchmarks.channel_latency [--repeats 5] [--models resnet_digits,mobilenet_digits]
+                                         [--targets 0.5,0.7] [--batches 1,64]
+
+Writes ``results/bench/channel_latency.json`` and ``.md`` and prints the markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from nni_prune_tuners.flops import ChannelBudget, uniform_ratio
+from nni_prune_tuners.profile import ModelProfile
+
+_logger = logging.getLogger(__name__)
+RESULTS = Path("results") / "bench"
+MODELS = ("resnet_digits", "mobilenet_digits")
+TARGETS = (0.5, 0.7)
+BATCHES = (1, 64)
+#: The issue's target: latency ratio at batch 64 on the ResNet at 50% FLOPs removed.
+TARGET_RATIO = 0.65
+
+
+def uniform_sparsities(profile: ModelProfile, target: float) -> dict[str, float]:
+    """One common ratio for every channel group of ``profile`` that removes ``target`` of its
+    FLOPs (``keep = 1 - s``), each group capped at ``(n - 1) / n`` so one channel stays."""
+    groups = list(profile.channel_groups)
+    budget = ChannelBudget.from_profile(profile, groups)
+    high = (budget.channels - 1) / budget.channels
+    ratios = uniform_ratio(np.zeros(len(groups)), high, budget, target)
+    return {group: float(ratio) for group, ratio in zip(groups, ratios, strict=True)}
+
+
+def interleaved_medians(
+    runs: Mapping[str, Callable[[], object]], *, repeats: int, warmup: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """The median seconds of each of ``runs`` over ``repeats`` interleaved samples, and the samples.
+
+    Each repeat times every run once, in an order reversed on every other repeat (A B C, C B A,
+    ...), so a slow drift of the machine's load hits every run alike; ``warmup`` rounds go first
+    and are not counted.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    names = list(runs)
+    samples: list[dict[str, float]] = []
+    for round_index in range(warmup + repeats):
+        order = names if round_index % 2 == 0 else names[::-1]
+        times: dict[str, float] = {}
+        for name in order:
+            start = clock()
+            runs[name]()
+            times[name] = clock() - start
+        if round_index >= warmup:
+            samples.append({name: times[name] for name in names})
+    medians = {name: statistics.median(sample[name] for sample in samples) for name in names}
+    return medians, samples
+
+
+def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The results table: one line per model, FLOPs target and batch size."""
+    lines = [
+        "| model | FLOPs removed (target / measured) | uniform ratio | params dense / pruned | "
+        "batch | dense ms | pruned ms | ratio pruned/dense (per-repeat range) |",
+        "|---|---|---:|---|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['model']} | {row['target']:.0%} / {row['flops_removed']:.1%} | "
+            f"{row['ratio_uniform']:.3f} | {row['params_dense']:,} / {row['params_pruned']:,} | "
+            f"{row['batch']} | {row['dense_ms']:.3f} | {row['pruned_ms']:.3f} | "
+            f"**{row['latency_ratio']:.2f}** ({row['ratio_min']:.2f}-{row['ratio_max']:.2f}) |")
+    return "\n".join(lines)
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def bench_model(
+    name: str, *, targets: Sequence[float], batches: Sequence[int], repeats: int,
+    sample_seconds: float,
+) -> list[dict[str, Any]]:
+    """Rows of one zoo model: its pruned variants against the dense one, batch by batch."""
+    import copy
+
+    import torch
+
+    from nni_prune_tuners.profile import parse_profile
+    from nni_prune_tuners.trial import count_flops, prune_channels
+    from nni_prune_tuners.trial.profile import profile_model
+    from trials.models import ZOO
+
+    torch.manual_seed(0)
+    dense = ZOO[name]().eval()
+    shape = tuple(int(d) for d in cast(Sequence[int], dense.input_shape))
+    example = torch.zeros((1, *shape))
+    profile = parse_profile(profile_model(dense, name=name, channel=True))
+    dense_flops = sum(count_flops(dense, example).values())
+    variants: dict[str, torch.nn.Module] = {"dense": dense}
+    facts: dict[str, dict[str, Any]] = {}
+    for target in targets:
+        sparsities = uniform_sparsities(profile, target)
+        pruned = prune_channels(copy.deepcopy(dense), sparsities, example).eval()
+        key = f"{target:g}"
+        variants[key] = pruned
+        facts[key] = {
+            "target": target,
+            "ratio_uniform": next(iter(sparsities.values())),
+            "sparsities": sparsities,
+            "flops_removed": 1.0 - sum(count_flops(pruned, example).values()) / dense_flops,
+            "params_pruned": sum(p.numel() for p in pruned.parameters()),
+        }
+    params_dense = sum(p.numel() for p in dense.parameters())
+    rows = []
+    for batch in batches:
+        x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(batch))
+
+        def forward(model: torch.nn.Module, count: int, x: torch.Tensor = x) -> Callable[[], object]:
+            def run() -> None:
+                with torch.inference_mode():
+                    for _ in range(count):
+                        model(x)
+            return run
+
+        forward(dense, 3)()  # warm the allocator before calibrating
+        start = time.perf_counter()
+        forward(dense, 5)()
+        per_call = (time.perf_counter() - start) / 5
+        count = max(1, round(sample_seconds / max(per_call, 1e-7)))
+        medians, samples = interleaved_medians(
+            {key: forward(model, count) for key, model in variants.items()}, repeats=repeats)
+        for key, fact in facts.items():
+            per_repeat = [sample[key] / sample["dense"] for sample in samples]
+            rows.append({
+                "model": name, "batch": batch, "calls_per_sample": count,
+                "dense_ms": 1000 * medians["dense"] / count,
+                "pruned_ms": 1000 * medians[key] / count,
+                "latency_ratio": medians[key] / medians["dense"],
+                "ratio_min": min(per_repeat), "ratio_max": max(per_repeat),
+                "params_dense": params_dense, **fact,
+            })
+        _logger.info("%s batch %d: %d calls a sample, dense %.3f ms", name, batch, count,
+                     1000 * medians["dense"] / count)
+    return sorted(rows, key=lambda row: (row["target"], row["batch"]))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed samples per variant")
+    parser.add_argument("--models", default=",".join(MODELS), help="zoo models, comma-separated")
+    parser.add_argument("--targets", default=",".join(f"{t:g}" for t in TARGETS),
+                        help="fractions of FLOPs removed, comma-separated, each in (0, 1)")
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    parser.add_argument("--sample-seconds", type=float, default=0.2,
+                        help="about how long one timed sample runs on the dense model")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from trials.models import ZOO
+
+    models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in ZOO]
+    targets = [float(t) for t in args.targets.split(",") if t]
+    batches = [int(b) for b in args.batches.split(",") if b]
+    if unknown or not models:
+        parser.error(f"--models: unknown {unknown or models}; the zoo has {sorted(ZOO)}")
+    if not targets or not all(0.0 < t < 1.0 for t in targets):
+        parser.error(f"--targets must be fractions in (0, 1), got {args.targets!r}")
+    if not batches or min(batches) < 1 or args.repeats < 1 or not args.sample_seconds > 0:
+        parser.error("--batches, --repeats and --sample-seconds must be positive")
+
+    import torch
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    rows = [row for name in models
+            for row in bench_model(name, targets=targets, batches=batches, repeats=args.repeats,
+                                   sample_seconds=args.sample_seconds)]
+    table = markdown(rows)
+    print(table)
+    meta = {"date": datetime.date.today().isoformat(), "commit": _commit(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "machine": platform.processor() or platform.machine(), "repeats": args.repeats,
+            "sample_seconds": args.sample_seconds, "seconds": time.perf_counter() - started}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "channel_latency.json").write_text(json.dumps({**meta, "rows": rows}, indent=2)
+                                                   + "\n")
+    (args.out / "channel_latency.md").write_text(
+        f"{table}\n\n`python -m benchmarks.channel_latency --repeats {args.repeats}`, "
+        f"{meta['date']}, commit {meta['commit']}, torch {meta['torch']}, 1 thread.\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

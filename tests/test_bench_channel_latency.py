@@ -1,0 +1,71 @@
+"""The pure parts of benchmarks/channel_latency.py: interleaved timing, the uniform ratio, the table."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks.channel_latency import interleaved_medians, markdown, uniform_sparsities
+from nni_prune_tuners.flops import ChannelBudget
+from nni_prune_tuners.profile import parse_profile
+from nni_prune_tuners.trial.profile import profile_model
+
+
+def test_runs_interleave_in_alternating_order_and_warmup_is_dropped() -> None:
+    ticks = itertools.count()
+    order: list[str] = []
+    cost = {"dense": 10, "pruned": 4}
+
+    def clock() -> float:
+        return float(next(ticks))
+
+    def run(name: str) -> Callable[[], object]:
+        def call() -> None:
+            order.append(name)
+            for _ in range(cost[name] - 1):  # each tick of the clock is one unit of work
+                next(ticks)
+        return call
+
+    medians, samples = interleaved_medians({"dense": run("dense"), "pruned": run("pruned")},
+                                           repeats=3, warmup=1, clock=clock)
+    assert order == ["dense", "pruned", "pruned", "dense", "dense", "pruned", "pruned", "dense"]
+    assert len(samples) == 3
+    assert medians == {"dense": 10.0, "pruned": 4.0}
+    with pytest.raises(ValueError, match="repeats"):
+        interleaved_medians({"dense": run("dense")}, repeats=0)
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_shape = (1, 8, 8)
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.features(x), 1))
+
+
+def test_uniform_sparsities_share_one_ratio_that_meets_the_flops_target() -> None:
+    torch.manual_seed(0)
+    profile = parse_profile(profile_model(Net(), name="net", channel=True))
+    sparsities = uniform_sparsities(profile, 0.5)
+    assert list(sparsities) == ["features.0", "features.2"]
+    assert len(set(sparsities.values())) == 1
+    budget = ChannelBudget.from_profile(profile, list(sparsities))
+    assert budget.removed(list(sparsities.values())) == pytest.approx(0.5, abs=1e-9)
+
+
+def test_markdown_has_one_line_per_row() -> None:
+    row = {"model": "m", "target": 0.5, "flops_removed": 0.512, "ratio_uniform": 0.294,
+           "params_dense": 82426, "params_pruned": 41299, "batch": 64, "dense_ms": 10.7,
+           "pruned_ms": 5.65, "latency_ratio": 0.528, "ratio_min": 0.48, "ratio_max": 0.57}
+    table = markdown([row])
+    assert table.count("\n") == 2
+    assert ("| m | 50% / 51.2% | 0.294 | 82,426 / 41,299 | 64 | 10.700 | 5.650 | "
+            "**0.53** (0.48-0.57) |") in table

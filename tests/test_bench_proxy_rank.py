@@ -22,17 +22,18 @@ def _data(proxy: list[float], tuned: list[float], again: list[float]) -> dict[st
 
 def test_tau_noise_floor_and_presearch_cost() -> None:
     row = proxy_rank.summarise(_data([0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.8, 0.7],
-                                     [0.52, 0.58, 0.81]))
+                                     [0.52, 0.58, 0.81, 0.72]))
     assert row["tau"] == pytest.approx(4 / 6)  # 5 concordant pairs, 1 discordant
     assert row["tau_between_seeds"] == pytest.approx(1.0)
-    differences = [-0.02, 0.02, -0.01]
-    mean = sum(differences) / 3
-    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / 2)
-    assert row["noise_floor"] == pytest.approx(sd / math.sqrt(2))
+    # the repeated allocations in the better half (both seeds >= the median 0.65): the last two
+    differences = [-0.01, -0.02]
+    mean = sum(differences) / 2
+    sd = math.sqrt(sum((d - mean) ** 2 for d in differences))
+    assert row["noise_floor"] == pytest.approx(sd / math.sqrt(2)) and row["noise_pairs"] == 2
     assert row["presearch_in_trials"] == pytest.approx(2.5)
     assert row["best_proxy_pick"] == 0.7 and row["best_tuned"] == 0.8
     assert row["tau_top_half"] == pytest.approx(-1.0)  # 0.8 and 0.7: the proxy has them reversed
-    assert "| m | 0.9 | 4 | 0.67 | -1.00 | 1.00 (n=3) |" in proxy_rank.table([row])
+    assert "| m | 0.9 | 4 | 0.67 | -1.00 | 1.00 (n=4) | 0.50 (n=2) |" in proxy_rank.table([row])
 
 
 def test_random_allocations_meet_the_target_inside_the_bounds() -> None:

@@ -64,8 +64,9 @@ def test_uniform_sparsities_share_one_ratio_that_meets_the_flops_target() -> Non
 def test_markdown_has_one_line_per_row() -> None:
     row = {"model": "m", "target": 0.5, "flops_removed": 0.512, "ratio_uniform": 0.294,
            "params_dense": 82426, "params_pruned": 41299, "batch": 64, "dense_ms": 10.7,
-           "pruned_ms": 5.65, "latency_ratio": 0.528, "ratio_min": 0.48, "ratio_max": 0.57}
+           "pruned_ms": 5.65, "latency_ratio": 0.528, "ratio_min": 0.48, "ratio_max": 0.57,
+           "ratio_of_fastest": 0.5}
     table = markdown([row])
     assert table.count("\n") == 2
     assert ("| m | 50% / 51.2% | 0.294 | 82,426 / 41,299 | 64 | 10.700 | 5.650 | "
-            "**0.53** (0.48-0.57) |") in table
+            "**0.53** (0.48-0.57) | 0.50 |") in table

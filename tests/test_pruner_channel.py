@@ -10,21 +10,9 @@ import torch
 from torch import nn
 
 from nni_prune_tuners.trial import Pruner, count_flops, prune_channels
+from tests.test_pruner_api import Net  # two channel groups: features.0 (8), features.3 (16)
 
 EPOCHS = 2
-
-
-class Net(nn.Module):
-    """Two channel groups (``features.0``: 8, ``features.3``: 16); the classifier is no group."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
-        self.head = nn.Linear(16 * 4 * 4, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.flatten(self.features(x), 1))
 
 
 PARAMS: dict[str, Any] = {"prune_method": {"_name": "channel", "features.0_sparsity": 0.5,

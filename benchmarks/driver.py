@@ -31,12 +31,15 @@ class Evaluation:
         sparsity: the global sparsity the trial actually reached.
         method: the prune method of the chosen branch.
         layers: the layer sparsities the trial evaluated (after any in-trial rescaling).
+        test_accuracy: the held-out test accuracy, where the trial measures it; the tuner never
+            sees it (it scores a run's pick, not its search).
     """
 
     accuracy: float
     sparsity: float
     method: str
     layers: Mapping[str, float]
+    test_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class TrialRecord:
     sparsity: float
     method: str
     layers: dict[str, float]
+    test_accuracy: float | None = None
 
 
 @dataclass
@@ -102,7 +106,7 @@ def drive(
         run.tuner_seconds += time.perf_counter() - began
         run.trials.append(
             TrialRecord(parameter_id, params, result.accuracy, result.sparsity, result.method,
-                        dict(result.layers))
+                        dict(result.layers), result.test_accuracy)
         )
         if len(run.trials) + len(running) < budget:
             ask()

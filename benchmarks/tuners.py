@@ -207,11 +207,12 @@ class _SeededAnneal(HyperoptTuner):
         self.rval.rstate = np.random.RandomState(self._seed)
 
 
-def make_tuner(name: str, seed: int, constraint: Mapping[str, Any]) -> Tuner:
+def make_tuner(name: str, seed: int, constraint: Mapping[str, Any], *,
+               target: float = TARGET) -> Tuner:
     """A fresh tuner; ``constraint`` is PruneTPE's ``profile`` or ``layer_params`` classArg."""
     if name in PRUNETPE:
         extra = {"learn_from": "raw", "allocation": "tpe"} if name == "prunetpe-raw" else {}
-        return PruneTPETuner(optimize_mode="maximize", seed=seed, target_sparsity=TARGET,
+        return PruneTPETuner(optimize_mode="maximize", seed=seed, target_sparsity=target,
                              **extra, **constraint)
     if name in ("tpe", UNCONSTRAINED):
         return TpeTuner(optimize_mode="maximize", seed=seed)
@@ -294,9 +295,10 @@ def _rescaled_trial(
     evaluate: Callable[[Mapping[str, Any]], Evaluation],
     parameters: Sequence[ss.Parameter],
     weights: Mapping[str, float],
+    target: float = TARGET,
 ) -> Evaluation:
     """The seed's trial: rescale the tuner's raw sample to the target, then evaluate it."""
-    return evaluate(rescaled(params, parameters, weights, TARGET))
+    return evaluate(rescaled(params, parameters, weights, target))
 
 
 def parse_names(
@@ -363,14 +365,15 @@ def checkpoints(budget: int) -> list[int]:
     return [c for c in CHECKPOINTS if c < budget] + [budget]
 
 
-def summarise(runs: Sequence[Mapping[str, Any]], budget: int) -> dict[str, Any]:
+def summarise(runs: Sequence[Mapping[str, Any]], budget: int, *,
+              target: float = TARGET) -> dict[str, Any]:
     """Best-so-far statistics over the seeds of one tuner on one objective."""
     accuracies = [[t["accuracy"] for t in run["trials"]] for run in runs]
     sparsities = [[t["sparsity"] for t in run["trials"]] for run in runs]
-    ok = [meets_target(s) for s in sparsities]
+    ok = [meets_target(s, target) for s in sparsities]
     curves = np.array([best_so_far(a) for a in accuracies])
     on_target = np.array([best_so_far(a, keep) for a, keep in zip(accuracies, ok, strict=True)])
-    deviations = np.abs(np.concatenate(sparsities) - TARGET)
+    deviations = np.abs(np.concatenate(sparsities) - target)
 
     def at(matrix: np.ndarray, n: int) -> dict[str, float | None]:
         column = matrix[:, n - 1]
@@ -385,7 +388,7 @@ def summarise(runs: Sequence[Mapping[str, Any]], budget: int) -> dict[str, Any]:
         "best": {str(n): at(curves, n) for n in checkpoints(budget)},
         "best_on_target": {str(n): at(on_target, n) for n in checkpoints(budget)},
         "violation_rate": float(1.0 - np.concatenate(ok).mean()),
-        "below_target_rate": float((np.concatenate(sparsities) < TARGET - TOLERANCE).mean()),
+        "below_target_rate": float((np.concatenate(sparsities) < target - TOLERANCE).mean()),
         "max_deviation": float(deviations.max()),
         "tuner_seconds": float(np.mean([run["tuner_seconds"] for run in runs])),
         "trial_seconds": float(np.mean([run["trial_seconds"] for run in runs])),
@@ -429,6 +432,8 @@ def _cell(stat: Mapping[str, float | None]) -> str:
 def table(
     objective: str, summaries: Mapping[str, Mapping[str, Any]],
     heuristics: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    target: float = TARGET,
 ) -> str:
     """Best validation accuracy (%) after n trials, mean ± std (worst) over seeds, and target
     misses; the best heuristic alone, and the noise floor of one configuration, below."""
@@ -437,10 +442,10 @@ def table(
     seeds = next(iter(summaries.values()))["seeds"]
     lines = [
         f"**{objective}** — best accuracy (%) after n trials, mean ± std (worst seed) over "
-        f"{seeds} seeds; target global sparsity {TARGET}, {CONCURRENCY} trials in flight",
+        f"{seeds} seeds; target global sparsity {target}, {CONCURRENCY} trials in flight",
         "",
         "| tuner | " + " | ".join(f"n={n}" for n in marks)
-        + f" | trials off target (>{TOLERANCE:g}) | max abs(sparsity − {TARGET}) | tuner s/run |",
+        + f" | trials off target (>{TOLERANCE:g}) | max abs(sparsity − {target}) | tuner s/run |",
         "|---|" + "---:|" * (len(marks) + 3),
     ]
     for name, s in summaries.items():

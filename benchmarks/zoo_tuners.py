@@ -8,8 +8,13 @@ sensitivity curves), so its first trials are the five heuristic allocations in b
 those trials give each heuristic's accuracy alone, and their spread over seeds (fine-tuning seeds
 differ) is the noise floor printed beside the table.
 
+Each run also keeps the held-out test accuracy of its pick (the trial with the best validation
+accuracy so far), which no tuner sees, and ``prunetpe-presearch`` runs record the presearch's
+wall time, reported in units of one fine-tuning trial of the same run.
+
 Run: ``python -m benchmarks.zoo_tuners`` (about an hour on 2 cores; ``--models mlp_digits``
-takes minutes). Writes ``results/bench/zoo_tuners.{json,md}`` and prints the markdown.
+takes minutes). Each finished run is kept in ``--cache`` and reused, so a long comparison can be
+run in pieces. Writes ``results/bench/zoo_tuners.{json,md}`` and prints the markdown.
 """
 
 from __future__ import annotations
@@ -54,6 +59,11 @@ class ZooJob:
     seed: int
     budget: int
     epochs: int
+    target: float = bench.TARGET
+
+    def cache_name(self) -> str:
+        return (f"{self.objective}-{self.target:g}-{self.tuner}-seed{self.seed}"
+                f"-n{self.budget}-e{self.epochs}.json")
 
 
 def zoo_evaluation(
@@ -71,7 +81,7 @@ def zoo_evaluation(
     result = run_trial(params, epochs=epochs, seed=seed, model=f"trials.models:{model}",
                        agp=AgpSchedule(end_epoch=epochs - 1))
     return Evaluation(result.accuracy, result.sparsity, result.method,
-                      bench.layer_values(params, parameters))
+                      bench.layer_values(params, parameters), result.test_accuracy)
 
 
 def run_zoo_job(job: ZooJob) -> dict[str, Any]:
@@ -87,14 +97,15 @@ def run_zoo_job(job: ZooJob) -> dict[str, Any]:
                             epochs=job.epochs, parameters=parameters)
     if bench.TUNERS[job.tuner].rescale_in_trial:
         evaluate = partial(bench._rescaled_trial, evaluate=evaluate, parameters=parameters,
-                           weights=weights)
+                           weights=weights, target=job.target)
     presearch_seconds = None
     with tempfile.TemporaryDirectory() as folder:
         if job.tuner == "prunetpe-presearch":  # the proxy searched first, with the run's seed
             profile = Path(folder) / "profile.json"
-            presearch_seconds = presearch(job.objective, bench.TARGET, profile,
+            presearch_seconds = presearch(job.objective, job.target, profile,
                                           seed=job.seed)["seconds"]
-        tuner = bench.make_tuner(job.tuner, job.seed, {"profile": str(profile)})
+        tuner = bench.make_tuner(job.tuner, job.seed, {"profile": str(profile)},
+                                 target=job.target)
         run = drive(tuner, space, evaluate, budget=job.budget, concurrency=bench.CONCURRENCY)
     return {
         **asdict(job),
@@ -103,6 +114,58 @@ def run_zoo_job(job: ZooJob) -> dict[str, Any]:
         "trial_seconds": run.trial_seconds,
         "trials": [asdict(record) for record in run.trials],
     }
+
+
+def run_cached(job: ZooJob, cache: Path) -> dict[str, Any]:
+    """:func:`run_zoo_job`, or the run ``cache`` kept from an earlier invocation."""
+    path = cache / job.cache_name()
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    result = run_zoo_job(job)
+    cache.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(json.dumps(result) + "\n")
+    path.with_suffix(".tmp").replace(path)
+    return result
+
+
+def pick_test_accuracy(run: Mapping[str, Any], n: int) -> float:
+    """Held-out test accuracy of the run's pick after ``n`` trials: the trial with the best
+    validation accuracy among the first ``n`` to finish (the first of equals)."""
+    trials = run["trials"][:n]
+    pick = max(range(len(trials)), key=lambda i: (trials[i]["accuracy"], -i))
+    return float(trials[pick]["test_accuracy"])
+
+
+def pick_summary(runs: Sequence[Mapping[str, Any]], budget: int) -> dict[str, dict[str, float]]:
+    """Mean, sd and worst seed of the pick's test accuracy at each checkpoint."""
+    out = {}
+    for n in bench.checkpoints(budget):
+        values = np.array([pick_test_accuracy(run, n) for run in runs])
+        out[str(n)] = {"mean": float(values.mean()), "std": float(values.std()),
+                       "worst": float(values.min())}
+    return out
+
+
+def presearch_cost(runs: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
+    """The presearch's wall time in units of one fine-tuning trial of the same run."""
+    ratios = [run["presearch_seconds"] / (run["trial_seconds"] / len(run["trials"]))
+              for run in runs if run.get("presearch_seconds") is not None]
+    if not ratios:
+        return None
+    return {"mean": float(np.mean(ratios)), "min": float(np.min(ratios)),
+            "max": float(np.max(ratios))}
+
+
+def pick_markdown(model: str, picks: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    marks = sorted({int(n) for p in picks.values() for n in p})
+    lines = [f"**{model}** — held-out test accuracy (%) of each run's pick (best validation "
+             "trial so far), mean ± sd (worst seed)", "",
+             "| tuner | " + " | ".join(f"n={n}" for n in marks) + " |",
+             "|---|" + "---:|" * len(marks)]
+    for tuner, stats in picks.items():
+        lines.append(f"| {bench.TUNERS[tuner].label} | " + " | ".join(
+            bench._cell(stats[str(n)]) if str(n) in stats else "—" for n in marks) + " |")
+    return "\n".join(lines)
 
 
 def heuristics(runs: Sequence[Mapping[str, Any]], branches: int) -> dict[str, list[float]]:
@@ -136,6 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=int, default=60)
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per trial")
+    parser.add_argument("--target", type=float, default=bench.TARGET,
+                        help="global sparsity target")
+    parser.add_argument("--cache", type=Path, default=bench.DEFAULT_OUTPUT / "zoo_tuners_runs",
+                        help="folder of finished runs, reused by later invocations")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--out", type=Path, default=bench.DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
@@ -147,22 +214,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown models or tuners: {unknown}")
     if args.seeds < 1 or args.budget < 2 * len(WARM_STARTS) or args.epochs < 2:
         parser.error("--seeds >= 1, --budget >= 10 (the warm starts) and --epochs >= 2 please")
+    if not 0.0 < args.target < 1.0:
+        parser.error(f"--target must be in (0, 1), got {args.target}")
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
-    jobs = [ZooJob(model, tuner, seed, args.budget, args.epochs)
+    jobs = [ZooJob(model, tuner, seed, args.budget, args.epochs, args.target)
             for model in models for tuner in tuners for seed in range(args.seeds)]
-    runs = bench.run_jobs(jobs, workers=args.workers, run=run_zoo_job)
+    runs = bench.run_jobs(jobs, workers=args.workers, run=partial(run_cached, cache=args.cache))
     wall = time.perf_counter() - started
     command = "python -m benchmarks.zoo_tuners" + "".join(
         f" {shlex.quote(a)}" for a in (sys.argv[1:] if argv is None else argv))
     sections = [f"`{command}` — {wall / 60:.1f} min wall on {args.workers} worker(s), "
-                f"{args.epochs} fine-tuning epochs per trial"]
+                f"{args.epochs} fine-tuning epochs per trial, target {args.target:g}"]
     results: dict[str, Any] = {}
     for model in models:
-        summary = {tuner: bench.summarise([r for r in runs if r["objective"] == model
-                                           and r["tuner"] == tuner], args.budget)
-                   for tuner in tuners}
-        sections.append(bench.table(model, summary))
+        by_tuner = {tuner: [r for r in runs if r["objective"] == model and r["tuner"] == tuner]
+                    for tuner in tuners}
+        summary = {tuner: bench.summarise(own, args.budget, target=args.target)
+                   for tuner, own in by_tuner.items()}
+        picks = {tuner: pick_summary(own, args.budget) for tuner, own in by_tuner.items()}
+        cost = presearch_cost(by_tuner.get("prunetpe-presearch", []))
+        sections.append(bench.table(model, summary, target=args.target))
+        sections.append(pick_markdown(model, picks))
+        if cost:
+            sections.append(f"Presearch wall time: {cost['mean']:.2f} fine-tuning trials of "
+                            f"the same run (range {cost['min']:.2f}–{cost['max']:.2f}).")
         sections.append(f"Worst seed at n={args.budget}: " + ", ".join(
             f"{bench.TUNERS[t].label} {100 * min(c[-1] for c in summary[t]['curves']):.2f}%"
             for t in tuners))
@@ -172,11 +248,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         alone = heuristics(own, branches) if own else {}
         if alone:
             sections.append(heuristic_markdown(model, alone))
-        results[model] = {"summary": summary, "heuristics": alone}
+        results[model] = {"summary": summary, "heuristics": alone, "picks": picks,
+                          "presearch_trials": cost}
     markdown = "\n\n".join(sections) + "\n"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "zoo_tuners.json").write_text(json.dumps(
-        {"format": 1, "command": command, "wall_seconds": wall, "target": bench.TARGET,
+        {"format": 1, "command": command, "wall_seconds": wall, "target": args.target,
          "epochs": args.epochs, "models": results, "runs": runs}) + "\n")
     (args.out / "zoo_tuners.md").write_text(markdown)
     print(markdown)

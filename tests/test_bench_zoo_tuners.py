@@ -25,24 +25,54 @@ def test_heuristics_are_the_best_branch_of_each_warm_start_in_proposal_order() -
     assert values["sensitivity"] == [pytest.approx(0.41)] * 2
 
 
+def test_the_pick_is_the_best_validation_trial_so_far_and_scored_on_test() -> None:
+    run = {"trials": [{"accuracy": 0.5, "test_accuracy": 0.40},
+                      {"accuracy": 0.7, "test_accuracy": 0.60},
+                      {"accuracy": 0.7, "test_accuracy": 0.90},
+                      {"accuracy": 0.9, "test_accuracy": 0.20}]}
+    assert zoo_tuners.pick_test_accuracy(run, 1) == 0.40
+    assert zoo_tuners.pick_test_accuracy(run, 3) == 0.60  # the first of equals
+    assert zoo_tuners.pick_test_accuracy(run, 4) == 0.20  # test accuracy is not what picks
+
+
+def test_presearch_cost_is_in_units_of_the_same_runs_trials() -> None:
+    runs = [{"presearch_seconds": 30.0, "trial_seconds": 100.0, "trials": [{}] * 10},
+            {"presearch_seconds": 10.0, "trial_seconds": 50.0, "trials": [{}] * 10}]
+    assert zoo_tuners.presearch_cost(runs) == {"mean": 2.5, "min": 2.0, "max": 3.0}
+    assert zoo_tuners.presearch_cost([{"presearch_seconds": None}]) is None
+
+
 @pytest.mark.slow
 def test_a_tiny_run_on_the_mlp(tmp_path: Path) -> None:
     argv = ["--models", "mlp_digits", "--seeds", "1", "--budget", "10", "--workers", "1",
-            "--out", str(tmp_path)]
+            "--out", str(tmp_path), "--cache", str(tmp_path / "runs")]
     assert zoo_tuners.main(argv) == 0
     payload = json.loads((tmp_path / "zoo_tuners.json").read_text())
     summary = payload["models"]["mlp_digits"]["summary"]
     assert set(summary) == {"prunetpe", "tpe"}
     assert all(s["violation_rate"] == 0.0 for s in summary.values())
     assert set(payload["models"]["mlp_digits"]["heuristics"]) == set(zoo_tuners.WARM_STARTS)
-    assert "each heuristic alone" in (tmp_path / "zoo_tuners.md").read_text()
+    markdown = (tmp_path / "zoo_tuners.md").read_text()
+    assert "each heuristic alone" in markdown and "held-out test accuracy" in markdown
+    assert all(0.0 < t["test_accuracy"] <= 1.0 for r in payload["runs"] for t in r["trials"])
 
 
-def test_a_tiny_presearch_run_on_the_mlp(tmp_path: Path) -> None:
-    """The presearch contender searches the proxy with its seed, then proposes its finalists."""
+def test_a_tiny_presearch_run_at_another_target_is_kept_and_reused(tmp_path: Path) -> None:
+    """The presearch contender searches the proxy at the run's target with its seed; a second
+    invocation reads the finished run back instead of running it again."""
     argv = ["--models", "mlp_digits", "--tuners", "prunetpe-presearch", "--seeds", "1",
-            "--budget", "10", "--workers", "1", "--out", str(tmp_path)]
+            "--budget", "10", "--workers", "1", "--target", "0.95", "--out", str(tmp_path),
+            "--cache", str(tmp_path / "runs")]
     assert zoo_tuners.main(argv) == 0
-    (run,) = json.loads((tmp_path / "zoo_tuners.json").read_text())["runs"]
+    payload = json.loads((tmp_path / "zoo_tuners.json").read_text())
+    (run,) = payload["runs"]
     assert run["tuner"] == "prunetpe-presearch" and run["presearch_seconds"] > 0
-    assert len(run["trials"]) == 10
+    assert len(run["trials"]) == 10 and payload["target"] == 0.95
+    assert all(abs(t["sparsity"] - 0.95) < 1e-3 for t in run["trials"])
+    assert payload["models"]["mlp_digits"]["presearch_trials"]["mean"] > 0
+    (kept,) = (tmp_path / "runs").iterdir()
+    assert kept.name == "mlp_digits-0.95-prunetpe-presearch-seed0-n10-e2.json"
+    stamp = kept.stat().st_mtime_ns
+    assert zoo_tuners.main(argv) == 0
+    assert kept.stat().st_mtime_ns == stamp
+    assert json.loads((tmp_path / "zoo_tuners.json").read_text())["runs"] == [run]

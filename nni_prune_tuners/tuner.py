@@ -372,6 +372,9 @@ class PruneTPETuner(Tuner):
         self._prior: optuna.Study | None = None
         self._rng = np.random.RandomState(seed)
         self._proxy = _usable_proxy(options)
+        #: The proxy's term per (layers, bounds): branches that search the same layers within
+        #: the same bounds (agp and level, usually) share one fit.
+        self._proxy_terms: dict[tuple[tuple[str, ...], bytes, bytes], allocation.Prior | None] = {}
         self._finalists = self._proxy.finalists if self._proxy is not None else ()
         self._accept_customized_trials()
 
@@ -603,8 +606,13 @@ class PruneTPETuner(Tuner):
             _logger.info("branch %s: the proxy evaluations do not cover its layers; the "
                          "allocation model goes without them", branch)
             return None
-        term = allocation.proxy_term(np.array(rows, dtype=np.float64),
-                                     np.array([e.score for e in proxy.evaluations]), lo, hi)
+        key = (tuple(layers), np.asarray(lo, dtype=np.float64).tobytes(),
+               np.asarray(hi, dtype=np.float64).tobytes())
+        if key not in self._proxy_terms:
+            self._proxy_terms[key] = allocation.proxy_term(
+                np.array(rows, dtype=np.float64),
+                np.array([e.score for e in proxy.evaluations]), lo, hi)
+        term = self._proxy_terms[key]
         if term is None:
             _logger.info("branch %s: the proxy's %d evaluations are flat; the allocation model "
                          "goes without them", branch, len(rows))

@@ -155,6 +155,31 @@ def test_evaluations_that_miss_a_layer_of_the_branch_are_left_out(
     assert "the proxy evaluations do not cover its layers" in caplog.text
 
 
+def test_branches_over_the_same_layers_and_bounds_share_one_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fits = []
+
+    def counted(*args: Any, **kwargs: Any) -> allocation.Prior | None:
+        fits.append(args)
+        return real(*args, **kwargs)
+
+    real = allocation.proxy_term
+    monkeypatch.setattr(allocation, "proxy_term", counted)
+    path = write_profile(tmp_path / "profile.json", _presearched_profile(10))
+    branches = [{"_name": method, **SPACE} for method in ("agp", "level")]
+    narrower = {"_name": "narrow", **SPACE,
+                "fc_sparsity": {"_type": "uniform", "_value": [0.05, 0.9]}}
+    tuner = PruneTPETuner(target_sparsity=TARGET, profile=str(path), seed=5)
+    tuner.update_search_space({"prune_method": {"_type": "choice", "_value": branches}})
+    assert len(fits) == 1
+    tuner.update_search_space({"prune_method": {"_type": "choice",
+                                                "_value": [*branches, narrower]}})
+    assert len(fits) == 2  # other bounds: a fit of its own; the others are kept
+    agp, level, narrow = (group.budget.proxy for group in tuner._groups)
+    assert agp is level and narrow is not agp
+
+
 def test_a_tuner_with_the_term_runs_on_and_meets_the_target(tmp_path: Path) -> None:
     tuner = _tuner(tmp_path)
     for trial in range(25):

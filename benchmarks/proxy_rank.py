@@ -23,6 +23,7 @@ import copy
 import json
 import logging
 import math
+import os
 import subprocess
 import sys
 import time
@@ -101,7 +102,12 @@ def random_allocations(model: str, target: float, count: int, seed: int) -> list
 
 
 def presearch(model: str, target: float, out: Path, *, seed: int = 0) -> dict[str, Any]:
-    """``nni-prune-tuners presearch`` with its defaults on the zoo model; the ``proxy`` field."""
+    """``nni-prune-tuners presearch`` with its defaults on the zoo model; the ``proxy`` field.
+
+    It runs on one torch thread (``OMP_NUM_THREADS=1``), as the fine-tuning trials it is
+    measured against do: with torch's default of one thread per core, two jobs side by side
+    oversubscribe the cores and the presearch's time says more about the load than about it.
+    """
     from trials.prune_trial import build_model, data_variant, dense_cache_path, dense_state_dict
 
     variant = data_variant(build_model(_spec(model)))
@@ -115,7 +121,8 @@ def presearch(model: str, target: float, out: Path, *, seed: int = 0) -> dict[st
         "--calibrate", "benchmarks.proxy_rank:calibration_batches", "--seed", str(seed),
         "--out", str(out),
     ]
-    subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
     return dict(json.loads(out.read_text())["proxy"])
 
 

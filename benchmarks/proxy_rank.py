@@ -49,12 +49,13 @@ CALIBRATION_BATCHES = 8
 CALIBRATION_BATCH_SIZE = 128
 
 
-def calibration_batches() -> Iterator[Any]:
-    """A few training batches of the hard digits, the zoo's data (presearch's ``--calibrate``)."""
+def calibration_batches(count: int = CALIBRATION_BATCHES) -> Iterator[Any]:
+    """``count`` training batches of the hard digits, the zoo's data (presearch's
+    ``--calibrate``, which calls it without arguments)."""
     from trials.data import load_split
 
     split = load_split("digits_hard")
-    for start in range(0, CALIBRATION_BATCHES * CALIBRATION_BATCH_SIZE, CALIBRATION_BATCH_SIZE):
+    for start in range(0, count * CALIBRATION_BATCH_SIZE, CALIBRATION_BATCH_SIZE):
         yield split.x_train[start : start + CALIBRATION_BATCH_SIZE]
 
 
@@ -126,8 +127,10 @@ def presearch(model: str, target: float, out: Path, *, seed: int = 0) -> dict[st
     return dict(json.loads(out.read_text())["proxy"])
 
 
-def proxy_score(model: str, sparsities: Mapping[str, float]) -> float:
-    """The one-shot proxy of presearch: Level masks, BatchNorm re-estimated, val accuracy."""
+def proxy_score(model: str, sparsities: Mapping[str, float], *,
+                batches: int = CALIBRATION_BATCHES) -> float:
+    """The one-shot proxy of presearch: Level masks, BatchNorm re-estimated on ``batches``
+    training batches, validation accuracy."""
     import torch
 
     from nni_prune_tuners.trial.batchnorm import recalibrate_batchnorm
@@ -143,7 +146,7 @@ def proxy_score(model: str, sparsities: Mapping[str, float]) -> float:
         for name, value in sparsities.items():
             weight = layer_weight(layers[name])
             weight.mul_(level_mask(weight, value))
-    recalibrate_batchnorm(net, calibration_batches())
+    recalibrate_batchnorm(net, calibration_batches(batches))
     return float(val_accuracy(net))
 
 

@@ -128,15 +128,16 @@ def presearch(model: str, target: float, out: Path, *, seed: int = 0) -> dict[st
 
 
 def proxy_score(model: str, sparsities: Mapping[str, float], *,
-                batches: int = CALIBRATION_BATCHES) -> float:
+                batches: int = CALIBRATION_BATCHES, val_samples: int | None = None) -> float:
     """The one-shot proxy of presearch: Level masks, BatchNorm re-estimated on ``batches``
-    training batches, validation accuracy."""
+    training batches, accuracy on the validation split (its first ``val_samples``: all)."""
     import torch
 
     from nni_prune_tuners.trial.batchnorm import recalibrate_batchnorm
     from nni_prune_tuners.trial.masking import layer_weight, level_mask, prunable_layers
+    from trials.data import load_split
     from trials.profile_model import val_accuracy
-    from trials.prune_trial import build_model, dense_state_dict
+    from trials.prune_trial import accuracy, build_model, data_variant, dense_state_dict
 
     torch.set_num_threads(1)
     net = build_model(_spec(model))
@@ -147,7 +148,10 @@ def proxy_score(model: str, sparsities: Mapping[str, float], *,
             weight = layer_weight(layers[name])
             weight.mul_(level_mask(weight, value))
     recalibrate_batchnorm(net, calibration_batches(batches))
-    return float(val_accuracy(net))
+    if val_samples is None:
+        return float(val_accuracy(net))
+    split = load_split(data_variant(net))
+    return float(accuracy(net, split.x_val[:val_samples], split.y_val[:val_samples]))
 
 
 def fine_tuned(model: str, sparsities: Mapping[str, float], seed: int, epochs: int

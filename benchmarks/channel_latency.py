@@ -57,6 +57,20 @@ def uniform_sparsities(profile: ModelProfile, target: float) -> dict[str, float]
     return {group: float(ratio) for group, ratio in zip(groups, ratios, strict=True)}
 
 
+def rounded_widths(profile: ModelProfile, sparsities: Mapping[str, float],
+                   multiple: int) -> dict[str, float]:
+    """``sparsities`` with each group's kept channels rounded to the nearest multiple of
+    ``multiple`` (at least one multiple; a group that would keep all its channels stays dense):
+    whether kernels blocked for such widths run them faster is what the rows measure."""
+    out = {}
+    for group, ratio in sparsities.items():
+        channels = profile.channel_groups[group].channels
+        kept = channels - round(ratio * channels)
+        kept = min(channels, max(multiple, multiple * round(kept / multiple)))
+        out[group] = (channels - kept) / channels
+    return out
+
+
 def interleaved_medians(
     runs: Mapping[str, Callable[[], object]], *, repeats: int, warmup: int = 1,
     clock: Callable[[], float] = time.perf_counter,
@@ -87,18 +101,24 @@ def interleaved_medians(
 def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """The results table: one line per model, FLOPs target and batch size."""
     lines = [
-        "| model | FLOPs removed (target / measured) | uniform ratio | params dense / pruned | "
-        "batch | dense ms | pruned ms | ratio pruned/dense (per-repeat range) | ratio of fastest |",
-        "|---|---|---:|---|---:|---:|---:|---|---:|",
+        "| model | FLOPs removed (target / measured) | widths | uniform ratio | params dense / "
+        "pruned | batch | dense ms | pruned ms | ratio pruned/dense (per-repeat range) | "
+        "ratio of fastest |",
+        "|---|---|---|---:|---|---:|---:|---:|---|---:|",
     ]
     for row in rows:
         lines.append(
             f"| {row['model']} | {row['target']:.0%} / {row['flops_removed']:.1%} | "
+            f"{_widths(row['multiple'])} | "
             f"{row['ratio_uniform']:.3f} | {row['params_dense']:,} / {row['params_pruned']:,} | "
             f"{row['batch']} | {row['dense_ms']:.3f} | {row['pruned_ms']:.3f} | "
             f"**{row['latency_ratio']:.2f}** ({row['ratio_min']:.2f}-{row['ratio_max']:.2f}) | "
             f"{row['ratio_of_fastest']:.2f} |")
     return "\n".join(lines)
+
+
+def _widths(multiple: int) -> str:
+    return "whole channels" if multiple == 1 else f"multiples of {multiple}"
 
 
 def _commit() -> str:
@@ -111,7 +131,7 @@ def _commit() -> str:
 
 def bench_model(
     name: str, *, targets: Sequence[float], batches: Sequence[int], repeats: int,
-    sample_seconds: float,
+    sample_seconds: float, multiples: Sequence[int] = (1,),
 ) -> list[dict[str, Any]]:
     """Rows of one zoo model: its pruned variants against the dense one, batch by batch."""
     import copy
@@ -132,17 +152,20 @@ def bench_model(
     variants: dict[str, torch.nn.Module] = {"dense": dense}
     facts: dict[str, dict[str, Any]] = {}
     for target in targets:
-        sparsities = uniform_sparsities(profile, target)
-        pruned = prune_channels(copy.deepcopy(dense), sparsities, example).eval()
-        key = f"{target:g}"
-        variants[key] = pruned
-        facts[key] = {
-            "target": target,
-            "ratio_uniform": next(iter(sparsities.values())),
-            "sparsities": sparsities,
-            "flops_removed": 1.0 - sum(count_flops(pruned, example).values()) / dense_flops,
-            "params_pruned": sum(p.numel() for p in pruned.parameters()),
-        }
+        uniform = uniform_sparsities(profile, target)
+        for multiple in multiples:
+            sparsities = uniform if multiple == 1 else rounded_widths(profile, uniform, multiple)
+            pruned = prune_channels(copy.deepcopy(dense), sparsities, example).eval()
+            key = f"{target:g}/{multiple}"
+            variants[key] = pruned
+            facts[key] = {
+                "target": target,
+                "multiple": multiple,
+                "ratio_uniform": next(iter(uniform.values())),
+                "sparsities": sparsities,
+                "flops_removed": 1.0 - sum(count_flops(pruned, example).values()) / dense_flops,
+                "params_pruned": sum(p.numel() for p in pruned.parameters()),
+            }
     params_dense = sum(p.numel() for p in dense.parameters())
     rows = []
     for batch in batches:
@@ -176,7 +199,7 @@ def bench_model(
             })
         _logger.info("%s batch %d: %d calls a sample, dense %.3f ms", name, batch, count,
                      1000 * medians["dense"] / count)
-    return sorted(rows, key=lambda row: (row["target"], row["batch"]))
+    return sorted(rows, key=lambda row: (row["target"], row["batch"], row["multiple"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -186,6 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--targets", default=",".join(f"{t:g}" for t in TARGETS),
                         help="fractions of FLOPs removed, comma-separated, each in (0, 1)")
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    parser.add_argument("--multiples", default="1",
+                        help="comma list: 1 for whole channels, 8 for widths rounded to "
+                             "multiples of 8, ...")
     parser.add_argument("--sample-seconds", type=float, default=0.2,
                         help="about how long one timed sample runs on the dense model")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -197,12 +223,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [m for m in models if m not in ZOO]
     targets = [float(t) for t in args.targets.split(",") if t]
     batches = [int(b) for b in args.batches.split(",") if b]
+    multiples = [int(m) for m in args.multiples.split(",") if m]
     if unknown or not models:
         parser.error(f"--models: unknown {unknown or models}; the zoo has {sorted(ZOO)}")
     if not targets or not all(0.0 < t < 1.0 for t in targets):
         parser.error(f"--targets must be fractions in (0, 1), got {args.targets!r}")
-    if not batches or min(batches) < 1 or args.repeats < 1 or not args.sample_seconds > 0:
-        parser.error("--batches, --repeats and --sample-seconds must be positive")
+    if (not batches or min(batches) < 1 or not multiples or min(multiples) < 1
+            or args.repeats < 1 or not args.sample_seconds > 0):
+        parser.error("--batches, --multiples, --repeats and --sample-seconds must be positive")
 
     import torch
 
@@ -210,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     rows = [row for name in models
             for row in bench_model(name, targets=targets, batches=batches, repeats=args.repeats,
-                                   sample_seconds=args.sample_seconds)]
+                                   sample_seconds=args.sample_seconds, multiples=multiples)]
     table = markdown(rows)
     print(table)
     meta = {"date": datetime.date.today().isoformat(), "commit": _commit(),
@@ -221,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.out / "channel_latency.json").write_text(json.dumps({**meta, "rows": rows}, indent=2)
                                                    + "\n")
     (args.out / "channel_latency.md").write_text(
-        f"{table}\n\n`python -m benchmarks.channel_latency --repeats {args.repeats}`, "
+        f"{table}\n\n`python -m benchmarks.channel_latency --repeats {args.repeats} --multiples "
+        f"{args.multiples}`, "
         f"{meta['date']}, commit {meta['commit']}, torch {meta['torch']}, 1 thread.\n")
     return 0
 

@@ -9,7 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.channel_latency import interleaved_medians, markdown, uniform_sparsities
+from benchmarks.channel_latency import (
+    interleaved_medians,
+    markdown,
+    rounded_widths,
+    uniform_sparsities,
+)
 from nni_prune_tuners.flops import ChannelBudget
 from nni_prune_tuners.profile import parse_profile
 from nni_prune_tuners.trial.profile import profile_model
@@ -65,8 +70,22 @@ def test_markdown_has_one_line_per_row() -> None:
     row = {"model": "m", "target": 0.5, "flops_removed": 0.512, "ratio_uniform": 0.294,
            "params_dense": 82426, "params_pruned": 41299, "batch": 64, "dense_ms": 10.7,
            "pruned_ms": 5.65, "latency_ratio": 0.528, "ratio_min": 0.48, "ratio_max": 0.57,
-           "ratio_of_fastest": 0.5}
-    table = markdown([row])
-    assert table.count("\n") == 2
-    assert ("| m | 50% / 51.2% | 0.294 | 82,426 / 41,299 | 64 | 10.700 | 5.650 | "
-            "**0.53** (0.48-0.57) | 0.50 |") in table
+           "ratio_of_fastest": 0.5, "multiple": 1}
+    table = markdown([row, {**row, "multiple": 8}])
+    assert table.count("\n") == 3
+    assert ("| m | 50% / 51.2% | whole channels | 0.294 | 82,426 / 41,299 | 64 | 10.700 | "
+            "5.650 | **0.53** (0.48-0.57) | 0.50 |") in table
+    assert "| multiples of 8 |" in table
+
+
+def test_widths_round_to_the_nearest_multiple_keeping_one_and_never_growing() -> None:
+    torch.manual_seed(0)
+    profile = parse_profile(profile_model(Net(), name="net", channel=True))
+    channels = {name: group.channels for name, group in profile.channel_groups.items()}
+    kept = {name: n - round(0.3 * n) for name, n in channels.items()}
+    rounded = rounded_widths(profile, dict.fromkeys(channels, 0.3), 4)
+    for name, n in channels.items():
+        left = n - round(rounded[name] * n)
+        assert left % 4 == 0 or left == n
+        assert abs(left - kept[name]) <= 2 and 4 <= left <= n
+    assert rounded_widths(profile, dict.fromkeys(channels, 0.99), 64) == dict.fromkeys(channels, 0.0)

@@ -437,8 +437,7 @@ def table(
 ) -> str:
     """Best validation accuracy (%) after n trials, mean ± std (worst) over seeds, and target
     misses; the best heuristic alone, and the noise floor of one configuration, below."""
-    budget = next(iter(summaries.values()))["budget"]
-    marks = checkpoints(budget)
+    marks = checkpoints(max(s["budget"] for s in summaries.values()))
     seeds = next(iter(summaries.values()))["seeds"]
     lines = [
         f"**{objective}** — best accuracy (%) after n trials, mean ± std (worst seed) over "
@@ -455,7 +454,7 @@ def table(
             rows = [(f"{label}: all trials ⚠ not at target", s["best"]),
                     (f"{label}: on-target trials only", s["best_on_target"])]
         for row_label, stats in rows:
-            cells = [_cell(stats[str(n)]) for n in marks]
+            cells = [_cell(stats[str(n)]) if str(n) in stats else "—" for n in marks]
             lines.append(
                 f"| {row_label} | " + " | ".join(cells)
                 + f" | {100 * s['violation_rate']:.1f}% | {s['max_deviation']:.2e} "

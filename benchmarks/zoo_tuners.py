@@ -199,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=int, default=60)
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per trial")
+    parser.add_argument("--budget-cap", default="",
+                        help="fewer trials for some tuners: comma list of tuner=N, e.g. "
+                             "prunetpe-presearch=20")
     parser.add_argument("--target", type=float, default=bench.TARGET,
                         help="global sparsity target")
     parser.add_argument("--cache", type=Path, default=bench.DEFAULT_OUTPUT / "zoo_tuners_runs",
@@ -216,9 +219,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--seeds >= 1, --budget >= 10 (the warm starts) and --epochs >= 2 please")
     if not 0.0 < args.target < 1.0:
         parser.error(f"--target must be in (0, 1), got {args.target}")
+    budgets = dict.fromkeys(tuners, args.budget)
+    for item in (part for part in args.budget_cap.split(",") if part):
+        tuner, _, count = item.partition("=")
+        if tuner not in tuners or not count.isdigit() or int(count) < 2 * len(WARM_STARTS):
+            parser.error(f"--budget-cap: expected tuner=N (N >= 10) with a tuner of --tuners, "
+                         f"got {item!r}")
+        budgets[tuner] = min(args.budget, int(count))
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
-    jobs = [ZooJob(model, tuner, seed, args.budget, args.epochs, args.target)
+    jobs = [ZooJob(model, tuner, seed, budgets[tuner], args.epochs, args.target)
             for model in models for tuner in tuners for seed in range(args.seeds)]
     runs = bench.run_jobs(jobs, workers=args.workers, run=partial(run_cached, cache=args.cache))
     wall = time.perf_counter() - started
@@ -230,18 +240,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for model in models:
         by_tuner = {tuner: [r for r in runs if r["objective"] == model and r["tuner"] == tuner]
                     for tuner in tuners}
-        summary = {tuner: bench.summarise(own, args.budget, target=args.target)
+        summary = {tuner: bench.summarise(own, budgets[tuner], target=args.target)
                    for tuner, own in by_tuner.items()}
-        picks = {tuner: pick_summary(own, args.budget) for tuner, own in by_tuner.items()}
+        picks = {tuner: pick_summary(own, budgets[tuner]) for tuner, own in by_tuner.items()}
         cost = presearch_cost(by_tuner.get("prunetpe-presearch", []))
         sections.append(bench.table(model, summary, target=args.target))
         sections.append(pick_markdown(model, picks))
         if cost:
             sections.append(f"Presearch wall time: {cost['mean']:.2f} fine-tuning trials of "
                             f"the same run (range {cost['min']:.2f}–{cost['max']:.2f}).")
-        sections.append(f"Worst seed at n={args.budget}: " + ", ".join(
-            f"{bench.TUNERS[t].label} {100 * min(c[-1] for c in summary[t]['curves']):.2f}%"
-            for t in tuners))
+        sections.append("Worst seed at the end of each run: " + ", ".join(
+            f"{bench.TUNERS[t].label} (n={budgets[t]}) "
+            f"{100 * min(c[-1] for c in summary[t]['curves']):.2f}%" for t in tuners))
         branches = len(ss.active_sets(ss.parse_search_space(
             json.loads((SPACES / f"{model}.json").read_text()))))
         own = [r for r in runs if r["objective"] == model and r["tuner"] == "prunetpe"]

@@ -76,3 +76,11 @@ def test_a_tiny_presearch_run_at_another_target_is_kept_and_reused(tmp_path: Pat
     assert zoo_tuners.main(argv) == 0
     assert kept.stat().st_mtime_ns == stamp
     assert json.loads((tmp_path / "zoo_tuners.json").read_text())["runs"] == [run]
+    # one table beside a longer run: the kept presearch run is capped at its 10 trials
+    both = [*argv[:3], "prunetpe-presearch,prunetpe", *argv[4:7], "11",
+            "--budget-cap", "prunetpe-presearch=10", *argv[8:]]
+    assert zoo_tuners.main(both) == 0
+    assert kept.stat().st_mtime_ns == stamp
+    rows = [line for line in (tmp_path / "zoo_tuners.md").read_text().splitlines()
+            if line.startswith("| PruneTPE")]
+    assert len(rows) == 4 and rows[0].split(" | ")[2] == "—"  # presearch has no n=11

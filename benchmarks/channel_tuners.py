@@ -122,14 +122,7 @@ def run_channel_job(job: ChannelJob, folder: Path) -> dict[str, Any]:
 
 def run_cached(job: ChannelJob, folder: Path) -> dict[str, Any]:
     """:func:`run_channel_job`, or the run kept in ``folder / "runs"`` by an earlier call."""
-    path = folder / "runs" / job.cache_name()
-    if path.exists():
-        return dict(json.loads(path.read_text()))
-    result = run_channel_job(job, folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".tmp").write_text(json.dumps(result) + "\n")
-    path.with_suffix(".tmp").replace(path)
-    return result
+    return bench.kept(folder / "runs" / job.cache_name(), partial(run_channel_job, job, folder))
 
 
 def nni_l1_attempt(model: str, target: float, folder: Path) -> dict[str, Any]:

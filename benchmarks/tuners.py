@@ -318,6 +318,18 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def kept(path: Path, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The JSON result kept at ``path`` by an earlier invocation, else ``run()``, kept there
+    (written whole, then moved into place, so an interrupted run leaves nothing half-written)."""
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    result = run()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(json.dumps(result) + "\n")
+    path.with_suffix(".tmp").replace(path)
+    return result
+
+
 def run_jobs(
     jobs: Sequence[Any], *, workers: int, run: Callable[[Any], dict[str, Any]] = run_job
 ) -> list[dict[str, Any]]:

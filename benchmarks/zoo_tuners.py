@@ -118,14 +118,7 @@ def run_zoo_job(job: ZooJob) -> dict[str, Any]:
 
 def run_cached(job: ZooJob, cache: Path) -> dict[str, Any]:
     """:func:`run_zoo_job`, or the run ``cache`` kept from an earlier invocation."""
-    path = cache / job.cache_name()
-    if path.exists():
-        return dict(json.loads(path.read_text()))
-    result = run_zoo_job(job)
-    cache.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".tmp").write_text(json.dumps(result) + "\n")
-    path.with_suffix(".tmp").replace(path)
-    return result
+    return bench.kept(cache / job.cache_name(), partial(run_zoo_job, job))
 
 
 def pick_test_accuracy(run: Mapping[str, Any], n: int) -> float:

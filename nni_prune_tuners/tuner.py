@@ -333,7 +333,8 @@ class PruneTPETuner(Tuner):
             profile supports.
         proxy: Use the profile's ``proxy`` field (``nni-prune-tuners presearch``) when it was
             found at this target and weighting (default true): its finalists are proposed
-            first, in every branch, and with ``allocation: model`` or ``local`` its
+            first, in every branch, a heuristic that presearch scored below every finalist is
+            not proposed after them, and with ``allocation: model`` or ``local`` its
             evaluations are a term of the allocation model whose weight the trials set.
         n_startup_trials: Random trials before TPE takes over (after the warm starts).
         constant_liar: Let TPE treat running trials as bad so that concurrent suggestions
@@ -465,11 +466,14 @@ class PruneTPETuner(Tuner):
             for planned in [self._finalist_warm_start(group, index, finalist)]
             if planned is not None
         ]
+        with_finalists = {warm_start.branch for warm_start, _ in finalists}
         self._warm_start_plan = finalists + [
-            self._warm_start(group, heuristic)
+            planned
             for heuristic in self._options.warm_start
             for group in groups
             if group.budget.flops is None or heuristic in _CHANNEL_HEURISTICS
+            for planned in [self._warm_start(group, heuristic)]
+            if group.label not in with_finalists or not self._proxy_beat(planned[0])
         ]
         self._warm_starts = list(self._warm_start_plan)
         _logger.info(
@@ -651,6 +655,22 @@ class PruneTPETuner(Tuner):
             )
         values = [float(v) for v in budget.rescale(np.maximum(raw, 1e-6))]  # zero cannot scale
         return _planned(heuristic, group, values)
+
+    def _proxy_beat(self, warm_start: WarmStart) -> bool:
+        """Whether presearch scored this heuristic allocation below every one of its finalists:
+        the trial it would take is better spent on the allocation model (logged)."""
+        assert self._proxy is not None
+        scores = _proxy_scores(self._proxy, [warm_start.sparsities, *self._proxy.finalists])
+        own, finalists = scores[0], scores[1:]
+        if own is None or not finalists or any(score is None for score in finalists):
+            return False
+        floor = min(score for score in finalists if score is not None)
+        if own >= floor:
+            return False
+        _logger.info("branch %s: the %s warm start is left out: the proxy scored it %.4g, below "
+                     "each of its finalists (%.4g at least)", warm_start.branch,
+                     warm_start.heuristic, own, floor)
+        return True
 
     def _finalist_warm_start(
         self, group: _SparsityGroup, index: int, finalist: Mapping[str, float]
@@ -980,6 +1000,23 @@ def _usable_proxy(options: TunerOptions) -> ProxyResults | None:
         _logger.info("the profile's %d proxy finalists come first among the warm starts",
                      len(proxy.finalists))
     return proxy
+
+
+def _proxy_scores(
+    proxy: ProxyResults, allocations: Sequence[Mapping[str, float]]
+) -> list[float | None]:
+    """The proxy's score of each allocation, matched to its evaluations on every layer within
+    1e-6 (None: not evaluated, e.g. another branch's layers or bounds)."""
+    out: list[float | None] = []
+    for wanted in allocations:
+        found = None
+        for evaluation in proxy.evaluations:
+            if (set(evaluation.sparsities) == set(wanted)
+                    and all(abs(evaluation.sparsities[k] - v) <= 1e-6 for k, v in wanted.items())):
+                found = evaluation.score
+                break
+        out.append(found)
+    return out
 
 
 def _sensitivity_prior(layers: Sequence[LayerProfile]) -> allocation.Prior | None:

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -186,6 +186,22 @@ def test_presearch_writes_exact_distinct_finalists_that_prunetpe_proposes_first(
                    if k.endswith("_sparsity")}
             assert got == pytest.approx(finalist, abs=1e-9)
     assert [w.heuristic for w in tuner.warm_starts[:2]] == ["proxy finalist 1"] * 2
+    # a heuristic the proxy scored below every finalist gets no trial after them
+    floor = min(e["score"] for e in proxy["evaluations"] if e["sparsities"] in finalists)
+
+    def proxy_score(sparsities: Mapping[str, float]) -> float | None:
+        return next((e["score"] for e in proxy["evaluations"]
+                     if all(abs(e["sparsities"][n] - v) <= 1e-6 for n, v in sparsities.items())),
+                    None)
+
+    plain = PruneTPETuner(target_sparsity=TARGET, profile=str(user / "profile.json"), seed=0,
+                          weight_by=weight_by, proxy=False)
+    plain.update_search_space(json.loads((user / "space.json").read_text()))
+    expected = [(w.heuristic, w.branch) for w in plain.warm_starts
+                if (proxy_score(w.sparsities) or floor) >= floor]
+    assert len(expected) < len(plain.warm_starts)  # the uniform allocation scored lowest
+    assert [(w.heuristic, w.branch) for w in tuner.warm_starts
+            if not w.heuristic.startswith("proxy finalist")] == expected
 
 
 def test_the_model_without_batchnorm_skips_calibration(

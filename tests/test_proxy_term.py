@@ -180,6 +180,37 @@ def test_branches_over_the_same_layers_and_bounds_share_one_fit(
     assert agp is level and narrow is not agp
 
 
+def test_heuristics_the_proxy_scored_below_every_finalist_are_left_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    plain = write_profile(tmp_path / "plain.json", analytic_profile())
+    without = PruneTPETuner(target_sparsity=TARGET, profile=str(plain), seed=5)
+    without.update_search_space(SPACE)
+    heuristics = {w.heuristic: dict(w.sparsities) for w in without.warm_starts}
+    assert len(heuristics) >= 3
+    data = _presearched_profile(2)  # two random allocations: the finalists, scored 0.5 and 0.6
+    finalists = [row["sparsities"] for row in data["proxy"]["evaluations"]]
+    for row, score in zip(data["proxy"]["evaluations"], (0.5, 0.6), strict=True):
+        row["score"] = score
+    above = "lamp"  # the proxy scored it above a finalist: still worth a trial
+    data["proxy"]["evaluations"] += [{"sparsities": s, "score": 0.55 if name == above else 0.1}
+                                     for name, s in heuristics.items() if name != "uniform"]
+    data["proxy"]["finalists"] = finalists
+    path = write_profile(tmp_path / "profile.json", data)
+    with caplog.at_level(logging.INFO, logger="nni_prune_tuners.tuner"):
+        tuner = PruneTPETuner(target_sparsity=TARGET, profile=str(path), seed=5)
+        tuner.update_search_space(SPACE)
+    # uniform was not scored by the proxy, so nothing says it is beaten
+    assert [w.heuristic for w in tuner.warm_starts] == [
+        "proxy finalist 1", "proxy finalist 2", "uniform", above]
+    assert "the erk warm start is left out: the proxy scored it 0.1, below each of its " \
+           "finalists (0.5 at least)" in caplog.text
+    with caplog.at_level(logging.INFO, logger="nni_prune_tuners.tuner"):
+        kept = PruneTPETuner(target_sparsity=TARGET, profile=str(path), seed=5, proxy=False)
+        kept.update_search_space(SPACE)
+    assert [w.heuristic for w in kept.warm_starts] == list(heuristics)
+
+
 def test_a_tuner_with_the_term_runs_on_and_meets_the_target(tmp_path: Path) -> None:
     tuner = _tuner(tmp_path)
     for trial in range(25):

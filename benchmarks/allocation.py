@@ -20,8 +20,6 @@ import json
 import logging
 import os
 import random
-import shlex
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -47,6 +45,7 @@ from benchmarks.tuners import (
     TunerSpec,
     _quiet,
     best_so_far,
+    command_line,
     make_tuner,
     parse_names,
     rescaled,
@@ -569,9 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for tuner, concurrency in keys
             },
         }
-    command = "python -m benchmarks.allocation" + "".join(
-        f" {shlex.quote(a)}" for a in (sys.argv[1:] if argv is None else argv)
-    )
+    command = command_line("benchmarks.allocation", argv)
     sections = [f"`{command}` — {wall / 60:.1f} min wall on {args.workers} worker(s), "
                 f"{CONCURRENCY} trials in flight unless noted"]
     if reused:

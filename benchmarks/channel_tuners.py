@@ -28,8 +28,6 @@ import json
 import logging
 import os
 import random
-import shlex
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -235,8 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for model in names for target in targets for seed in range(args.seeds)]
     runs = bench.run_jobs(jobs, workers=args.workers, run=partial(run_cached, folder=folder))
     wall = time.perf_counter() - started
-    command = "python -m benchmarks.channel_tuners" + "".join(
-        f" {shlex.quote(a)}" for a in (sys.argv[1:] if argv is None else argv))
+    command = bench.command_line("benchmarks.channel_tuners", argv)
     sections = [f"`{command}` — {wall / 60:.1f} min wall on {args.workers} worker(s), "
                 f"{args.epochs} fine-tuning epochs per trial, {bench.CONCURRENCY} in flight"]
     results: dict[str, Any] = {}

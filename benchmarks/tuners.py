@@ -318,6 +318,13 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """The command that ran ``python -m module`` with ``argv`` (default: this process's), for
+    the results' headers."""
+    return f"python -m {module}" + "".join(
+        f" {shlex.quote(a)}" for a in (sys.argv[1:] if argv is None else argv))
+
+
 def kept(path: Path, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """The JSON result kept at ``path`` by an earlier invocation, else ``run()``, kept there
     (written whole, then moved into place, so an interrupted run leaves nothing half-written)."""
@@ -648,9 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "heuristics": summarise_heuristics(
                 [r for r in heuristic_runs if r["objective"] == objective]),
         }
-    command = "python -m benchmarks.tuners" + "".join(
-        f" {shlex.quote(a)}" for a in (sys.argv[1:] if argv is None else argv)
-    )
+    command = command_line("benchmarks.tuners", argv)
     sections = [f"`{command}` — {wall / 60:.1f} min wall on {args.workers} worker(s)"]
     for objective, result in results.items():
         sections.append(table(objective, result["summary"], result["heuristics"]))

@@ -24,8 +24,6 @@ import json
 import logging
 import os
 import random
-import shlex
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -225,8 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for model in models for tuner in tuners for seed in range(args.seeds)]
     runs = bench.run_jobs(jobs, workers=args.workers, run=partial(run_cached, cache=args.cache))
     wall = time.perf_counter() - started
-    command = "python -m benchmarks.zoo_tuners" + "".join(
-        f" {shlex.quote(a)}" for a in (sys.argv[1:] if argv is None else argv))
+    command = bench.command_line("benchmarks.zoo_tuners", argv)
     sections = [f"`{command}` — {wall / 60:.1f} min wall on {args.workers} worker(s), "
                 f"{args.epochs} fine-tuning epochs per trial, target {args.target:g}"]
     results: dict[str, Any] = {}

@@ -11,7 +11,7 @@ Notation (Contract 3 of the design): per-layer weights ``w`` (parameter counts o
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -131,6 +131,14 @@ def rescale_to_target(
     v0, v1 = values[index - 1], values[index]
     c = c1 if v1 == v0 else c0 + (goal - v0) * (c1 - c0) / (v1 - v0)
     return np.clip(c * r, low, high)
+
+
+def same_allocation(
+    a: Mapping[str, float], b: Mapping[str, float], *, tolerance: float
+) -> bool:
+    """Whether two ``{layer: sparsity}`` allocations name the same layers and agree on each
+    within ``tolerance``."""
+    return a.keys() == b.keys() and all(abs(a[name] - b[name]) <= tolerance for name in a)
 
 
 def lamp_scores(weight: npt.ArrayLike) -> FloatArray:

@@ -373,6 +373,7 @@ class PruneTPETuner(Tuner):
         self._prior: optuna.Study | None = None
         self._rng = np.random.RandomState(seed)
         self._proxy = _usable_proxy(options)
+        self._finalist_floor = _finalist_floor(self._proxy)
         #: The proxy's term per (layers, bounds): branches that search the same layers within
         #: the same bounds (agp and level, usually) share one fit.
         self._proxy_terms: dict[tuple[tuple[str, ...], bytes, bytes], allocation.Prior | None] = {}
@@ -659,13 +660,11 @@ class PruneTPETuner(Tuner):
     def _proxy_beat(self, warm_start: WarmStart) -> bool:
         """Whether presearch scored this heuristic allocation below every one of its finalists:
         the trial it would take is better spent on the allocation model (logged)."""
-        assert self._proxy is not None
-        scores = _proxy_scores(self._proxy, [warm_start.sparsities, *self._proxy.finalists])
-        own, finalists = scores[0], scores[1:]
-        if own is None or not finalists or any(score is None for score in finalists):
+        floor = self._finalist_floor
+        if floor is None or self._proxy is None:
             return False
-        floor = min(score for score in finalists if score is not None)
-        if own >= floor:
+        own = _proxy_score(self._proxy, warm_start.sparsities)
+        if own is None or own >= floor:
             return False
         _logger.info("branch %s: the %s warm start is left out: the proxy scored it %.4g, below "
                      "each of its finalists (%.4g at least)", warm_start.branch,
@@ -1002,21 +1001,22 @@ def _usable_proxy(options: TunerOptions) -> ProxyResults | None:
     return proxy
 
 
-def _proxy_scores(
-    proxy: ProxyResults, allocations: Sequence[Mapping[str, float]]
-) -> list[float | None]:
-    """The proxy's score of each allocation, matched to its evaluations on every layer within
+def _proxy_score(proxy: ProxyResults, wanted: Mapping[str, float]) -> float | None:
+    """The proxy's score of an allocation, matched to its evaluations on every layer within
     1e-6 (None: not evaluated, e.g. another branch's layers or bounds)."""
-    out: list[float | None] = []
-    for wanted in allocations:
-        found = None
-        for evaluation in proxy.evaluations:
-            if (set(evaluation.sparsities) == set(wanted)
-                    and all(abs(evaluation.sparsities[k] - v) <= 1e-6 for k, v in wanted.items())):
-                found = evaluation.score
-                break
-        out.append(found)
-    return out
+    return next((evaluation.score for evaluation in proxy.evaluations
+                 if sparsity.same_allocation(evaluation.sparsities, wanted, tolerance=1e-6)),
+                None)
+
+
+def _finalist_floor(proxy: ProxyResults | None) -> float | None:
+    """The lowest proxy score among the finalists: a heuristic scored below it was beaten by
+    every one. None without finalists or when one of them is not among the evaluations."""
+    if proxy is None or not proxy.finalists:
+        return None
+    scores = [_proxy_score(proxy, finalist) for finalist in proxy.finalists]
+    found = [score for score in scores if score is not None]
+    return min(found) if len(found) == len(scores) else None
 
 
 def _sensitivity_prior(layers: Sequence[LayerProfile]) -> allocation.Prior | None:

@@ -99,3 +99,13 @@ def test_erk_allocation_matches_hand_computation() -> None:
     np.testing.assert_allclose(sparsity.erk_allocation(shapes, 0.5), [0.0, expected_big])
     values = sparsity.erk_allocation(shapes, 0.5)
     assert sparsity.global_sparsity(values, [100, 10000]) == pytest.approx(0.5)
+
+
+def test_same_allocation_needs_the_same_layers_each_within_the_tolerance() -> None:
+    from nni_prune_tuners.sparsity import same_allocation
+
+    a = {"fc1": 0.5, "fc2": 0.9}
+    assert same_allocation(a, {"fc2": 0.9 + 5e-7, "fc1": 0.5}, tolerance=1e-6)
+    assert not same_allocation(a, {"fc1": 0.5, "fc2": 0.9 + 2e-6}, tolerance=1e-6)
+    assert not same_allocation(a, {"fc1": 0.5}, tolerance=1e-6)
+    assert not same_allocation(a, {**a, "fc3": 0.1}, tolerance=1e-6)

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from nni_prune_tuners.profile import ModelProfile, load_profile
+from nni_prune_tuners.sparsity import same_allocation
 from nni_prune_tuners.trial.batchnorm import recalibrate_batchnorm
 from nni_prune_tuners.trial.masking import layer_weight, level_mask, prunable_layers
 from nni_prune_tuners.trial.profile import _load_weights, _score, load_factory, load_object, write_json
@@ -308,9 +309,7 @@ def search(setup: Setup) -> Iterator[Scored]:
 
 def _warm_start_name(sparsities: Mapping[str, float], warm_starts: Sequence[Any]) -> str | None:
     for warm_start in warm_starts:
-        planned = warm_start.sparsities
-        if planned.keys() == sparsities.keys() and all(
-                math.isclose(planned[k], sparsities[k], abs_tol=1e-9) for k in planned):
+        if same_allocation(warm_start.sparsities, sparsities, tolerance=1e-9):
             return str(warm_start.heuristic)
     return None
 

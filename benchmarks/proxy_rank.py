@@ -102,8 +102,15 @@ def random_allocations(model: str, target: float, count: int, seed: int) -> list
     return out
 
 
-def presearch(model: str, target: float, out: Path, *, seed: int = 0) -> dict[str, Any]:
-    """``nni-prune-tuners presearch`` with its defaults on the zoo model; the ``proxy`` field.
+#: Presearch's ``--eval``: the whole validation split, and the cheaper first half of it.
+FULL_VAL_EVAL = "trials.profile_model:val_accuracy"
+HALF_VAL_EVAL = "trials.profile_model:half_val_accuracy"
+
+
+def presearch(model: str, target: float, out: Path, *, seed: int = 0,
+              evaluate: str = FULL_VAL_EVAL) -> dict[str, Any]:
+    """``nni-prune-tuners presearch`` with its defaults on the zoo model, scoring with
+    ``evaluate`` (an ``--eval`` spec); the ``proxy`` field.
 
     It runs on one torch thread (``OMP_NUM_THREADS=1``), as the fine-tuning trials it is
     measured against do: with torch's default of one thread per core, two jobs side by side
@@ -118,7 +125,7 @@ def presearch(model: str, target: float, out: Path, *, seed: int = 0) -> dict[st
         "--state-dict", str(dense_cache_path(model=_spec(model), data=variant)),
         "--profile", str(SPACES / f"{model}.profile.json"),
         "--search-space", str(SPACES / f"{model}.json"), "--target", str(target),
-        "--eval", "trials.profile_model:val_accuracy",
+        "--eval", evaluate,
         "--calibrate", "benchmarks.proxy_rank:calibration_batches", "--seed", str(seed),
         "--out", str(out),
     ]
@@ -135,9 +142,8 @@ def proxy_score(model: str, sparsities: Mapping[str, float], *,
 
     from nni_prune_tuners.trial.batchnorm import recalibrate_batchnorm
     from nni_prune_tuners.trial.masking import layer_weight, level_mask, prunable_layers
-    from trials.data import load_split
     from trials.profile_model import val_accuracy
-    from trials.prune_trial import accuracy, build_model, data_variant, dense_state_dict
+    from trials.prune_trial import build_model, dense_state_dict
 
     torch.set_num_threads(1)
     net = build_model(_spec(model))
@@ -148,10 +154,7 @@ def proxy_score(model: str, sparsities: Mapping[str, float], *,
             weight = layer_weight(layers[name])
             weight.mul_(level_mask(weight, value))
     recalibrate_batchnorm(net, calibration_batches(batches))
-    if val_samples is None:
-        return float(val_accuracy(net))
-    split = load_split(data_variant(net))
-    return float(accuracy(net, split.x_val[:val_samples], split.y_val[:val_samples]))
+    return float(val_accuracy(net, samples=val_samples))
 
 
 def fine_tuned(model: str, sparsities: Mapping[str, float], seed: int, epochs: int

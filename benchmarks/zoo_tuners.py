@@ -36,7 +36,7 @@ import numpy as np
 
 from benchmarks import tuners as bench
 from benchmarks.driver import Evaluation, drive
-from benchmarks.proxy_rank import presearch
+from benchmarks.proxy_rank import FULL_VAL_EVAL, HALF_VAL_EVAL, presearch
 from nni_prune_tuners import search_space as ss
 
 _logger = logging.getLogger(__name__)
@@ -58,9 +58,14 @@ class ZooJob:
     budget: int
     epochs: int
     target: float = bench.TARGET
+    #: The validation samples presearch scores on: "all", or "half" (its cheaper ``--eval``).
+    proxy_val: str = "all"
 
     def cache_name(self) -> str:
-        return (f"{self.objective}-{self.target:g}-{self.tuner}-seed{self.seed}"
+        tuner = self.tuner
+        if tuner == "prunetpe-presearch" and self.proxy_val != "all":
+            tuner += f"-{self.proxy_val}val"
+        return (f"{self.objective}-{self.target:g}-{tuner}-seed{self.seed}"
                 f"-n{self.budget}-e{self.epochs}.json")
 
 
@@ -100,8 +105,9 @@ def run_zoo_job(job: ZooJob) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         if job.tuner == "prunetpe-presearch":  # the proxy searched first, with the run's seed
             profile = Path(folder) / "profile.json"
-            presearch_seconds = presearch(job.objective, job.target, profile,
-                                          seed=job.seed)["seconds"]
+            proxy_eval = HALF_VAL_EVAL if job.proxy_val == "half" else FULL_VAL_EVAL
+            presearch_seconds = presearch(job.objective, job.target, profile, seed=job.seed,
+                                          evaluate=proxy_eval)["seconds"]
         tuner = bench.make_tuner(job.tuner, job.seed, {"profile": str(profile)},
                                  target=job.target)
         run = drive(tuner, space, evaluate, budget=job.budget, concurrency=bench.CONCURRENCY)
@@ -197,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="global sparsity target")
     parser.add_argument("--cache", type=Path, default=bench.DEFAULT_OUTPUT / "zoo_tuners_runs",
                         help="folder of finished runs, reused by later invocations")
+    parser.add_argument("--proxy-val", choices=("all", "half"), default="all",
+                        help="validation samples presearch scores on (half: its cheaper --eval)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--out", type=Path, default=bench.DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
@@ -219,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         budgets[tuner] = min(args.budget, int(count))
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
-    jobs = [ZooJob(model, tuner, seed, budgets[tuner], args.epochs, args.target)
+    jobs = [ZooJob(model, tuner, seed, budgets[tuner], args.epochs, args.target, args.proxy_val)
             for model in models for tuner in tuners for seed in range(args.seeds)]
     runs = bench.run_jobs(jobs, workers=args.workers, run=partial(run_cached, cache=args.cache))
     wall = time.perf_counter() - started

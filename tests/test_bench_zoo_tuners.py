@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -33,6 +34,16 @@ def test_the_pick_is_the_best_validation_trial_so_far_and_scored_on_test() -> No
     assert zoo_tuners.pick_test_accuracy(run, 1) == 0.40
     assert zoo_tuners.pick_test_accuracy(run, 3) == 0.60  # the first of equals
     assert zoo_tuners.pick_test_accuracy(run, 4) == 0.20  # test accuracy is not what picks
+
+
+def test_a_presearch_on_half_the_validation_split_is_kept_apart() -> None:
+    job = zoo_tuners.ZooJob("mlp_digits", "prunetpe-presearch", 0, 20, 2, 0.9, "half")
+    assert job.cache_name() == "mlp_digits-0.9-prunetpe-presearch-halfval-seed0-n20-e2.json"
+    full = dataclasses.replace(job, proxy_val="all")
+    assert full.cache_name() == "mlp_digits-0.9-prunetpe-presearch-seed0-n20-e2.json"
+    # a run without presearch does not depend on it: one kept run serves both settings
+    alone = dataclasses.replace(job, tuner="prunetpe")
+    assert alone.cache_name() == dataclasses.replace(alone, proxy_val="all").cache_name()
 
 
 def test_presearch_cost_is_in_units_of_the_same_runs_trials() -> None:

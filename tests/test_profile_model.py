@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from trials import profile_model as pm
+from trials.data import load_split
 from trials.models import digits_cnn
-from trials.prune_trial import dense_state_dict
+from trials.prune_trial import data_variant, dense_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -197,3 +198,12 @@ def test_digits_sensitivity_via_cli(tmp_path: Path) -> None:
         curve = layer["sensitivity"]
         assert curve["sparsities"] == [0.0, 0.5, 0.99] and curve["accuracy"][0] == dense
         assert curve["accuracy"][2] < dense  # 99% of one layer gone costs accuracy
+
+
+def test_half_val_accuracy_scores_the_first_half_of_the_validation_split(tmp_path: Path) -> None:
+    """Presearch's cheaper ``--eval``: the same model on half of its own validation samples."""
+    model = digits_cnn()
+    model.load_state_dict(dense_state_dict(tmp_path))
+    samples = len(load_split(data_variant(model)).y_val)
+    half = pm.half_val_accuracy(model)
+    assert half == pm.val_accuracy(model, samples=samples // 2)

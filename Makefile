@@ -79,9 +79,9 @@ bench-full: bench
 	$(PY) -m benchmarks.proxy_rank
 	$(PY) -m benchmarks.proxy_calibration
 	$(PY) -m benchmarks.zoo_tuners --models resnet_digits,mobilenet_digits,vit_digits --target 0.9 \
-		--tuners prunetpe-presearch,prunetpe,tpe --budget-cap prunetpe-presearch=20 --out $(FULL)/saving-0.9
+		--tuners prunetpe-presearch,prunetpe,tpe --proxy-val half --out $(FULL)/saving-0.9
 	$(PY) -m benchmarks.zoo_tuners --models resnet_digits,mobilenet_digits --target 0.95 \
-		--tuners prunetpe-presearch,prunetpe,tpe --budget-cap prunetpe-presearch=20 --out $(FULL)/saving-0.95
+		--tuners prunetpe-presearch,prunetpe,tpe --proxy-val half --out $(FULL)/saving-0.95
 	$(PY) -m benchmarks.channel_tuners --out $(FULL)
 	$(PY) -m benchmarks.channel_latency --multiples 1,8 --repeats 15 --out $(FULL)
 	$(PY) -m benchmarks.remote_overhead

@@ -147,6 +147,7 @@ class ProxyResults:
     metric: str | None = None
     calibrated: bool | None = None
     seconds: float | None = None
+    dense_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -390,6 +391,11 @@ def _proxy(value: Any, layers: Mapping[str, LayerProfile]) -> ProxyResults | Non
     if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int | float)
                                 or not math.isfinite(seconds) or seconds < 0):
         raise ValueError(f"proxy.seconds must be a number >= 0, got {seconds!r}")
+    dense_score = value.get("dense_score")
+    if dense_score is not None and (isinstance(dense_score, bool)
+                                    or not isinstance(dense_score, int | float)
+                                    or not math.isfinite(dense_score)):
+        raise ValueError(f"proxy.dense_score must be a finite number, got {dense_score!r}")
     raw_evaluations = value.get("evaluations", [])
     if not isinstance(raw_evaluations, list):
         raise ValueError(f"proxy.evaluations must be a list, got {raw_evaluations!r}")
@@ -413,6 +419,7 @@ def _proxy(value: Any, layers: Mapping[str, LayerProfile]) -> ProxyResults | Non
         target=float(target), weight_by=weight_by, finalists=finalists,
         evaluations=tuple(evaluations), method=method, metric=metric, calibrated=calibrated,
         seconds=None if seconds is None else float(seconds),
+        dense_score=None if dense_score is None else float(dense_score),
     )
 
 

@@ -56,6 +56,11 @@ _MAX_ATTEMPTS = 100
 _REDRAWS = 10
 #: How close the proxy's target must be to the experiment's (Contract 9).
 _PROXY_TARGET_TOLERANCE = 1e-9
+#: A proxy difference counts when it covers this fraction of the way from the lower score to
+#: the dense model's. Near-chance scores differ by a few points that say nothing (the zoo
+#: MobileNet pruned one-shot to 0.95 scores 8-13% on 10 classes against 94% dense); a
+#: heuristic beaten by so little, or a presearch whose scores all lie so close, is not evidence.
+PROXY_MARGIN = 0.1
 #: The ``_name`` of the structured method's branch (Contract 10): its keys are channel groups and
 #: its target is the fraction of FLOPs removed.
 CHANNEL = "channel"
@@ -658,16 +663,17 @@ class PruneTPETuner(Tuner):
         return _planned(heuristic, group, values)
 
     def _proxy_beat(self, warm_start: WarmStart) -> bool:
-        """Whether presearch scored this heuristic allocation below every one of its finalists:
-        the trial it would take is better spent on the allocation model (logged)."""
+        """Whether presearch scored this heuristic allocation clearly below every one of its
+        finalists (``proxy_separates``): the trial it would take is better spent on the
+        allocation model (logged)."""
         floor = self._finalist_floor
         if floor is None or self._proxy is None:
             return False
         own = _proxy_score(self._proxy, warm_start.sparsities)
-        if own is None or own >= floor:
+        if own is None or not proxy_separates(floor, own, dense=self._proxy.dense_score):
             return False
-        _logger.info("branch %s: the %s warm start is left out: the proxy scored it %.4g, below "
-                     "each of its finalists (%.4g at least)", warm_start.branch,
+        _logger.info("branch %s: the %s warm start is left out: the proxy scored it %.4g, clearly "
+                     "below each of its finalists (%.4g at least)", warm_start.branch,
                      warm_start.heuristic, own, floor)
         return True
 
@@ -995,10 +1001,28 @@ def _usable_proxy(options: TunerOptions) -> ProxyResults | None:
         _logger.info("ignoring %s: presearch weighted layers by %s, the experiment's weight_by "
                      "is %s", found, proxy.weight_by, options.weight_by)
         return None
+    scores = [evaluation.score for evaluation in proxy.evaluations]
+    if proxy.dense_score is not None and scores and not proxy_separates(
+            max(scores), min(scores), dense=proxy.dense_score):
+        _logger.info("ignoring %s: its scores (%.4g to %.4g) lie within %g of the way to the "
+                     "dense model's %.4g, so the one-shot pruned models are all near the floor "
+                     "and their ranking says nothing", found, min(scores), max(scores),
+                     PROXY_MARGIN, proxy.dense_score)
+        return None
     if proxy.finalists:
         _logger.info("the profile's %d proxy finalists come first among the warm starts",
                      len(proxy.finalists))
     return proxy
+
+
+def proxy_separates(higher: float, lower: float, *, dense: float | None) -> bool:
+    """Whether the proxy scoring ``higher`` above ``lower`` is evidence: the gap covers at least
+    ``PROXY_MARGIN`` of the way from ``lower`` to the dense model's score (any positive gap when
+    the dense score is unknown or not above ``lower``)."""
+    gap = higher - lower
+    if dense is None or dense <= lower:
+        return gap > 0
+    return gap > 0 and gap >= PROXY_MARGIN * (dense - lower)
 
 
 def _proxy_score(proxy: ProxyResults, wanted: Mapping[str, float]) -> float | None:

@@ -15,7 +15,7 @@ import pytest
 
 from nni_prune_tuners import allocation
 from nni_prune_tuners.sparsity import global_sparsity
-from nni_prune_tuners.tuner import PruneTPETuner
+from nni_prune_tuners.tuner import PROXY_MARGIN, PruneTPETuner, proxy_separates
 from tests.profiles import analytic_profile, write_profile
 from trials import analytic_trial
 
@@ -203,12 +203,63 @@ def test_heuristics_the_proxy_scored_below_every_finalist_are_left_out(
     # uniform was not scored by the proxy, so nothing says it is beaten
     assert [w.heuristic for w in tuner.warm_starts] == [
         "proxy finalist 1", "proxy finalist 2", "uniform", above]
-    assert "the erk warm start is left out: the proxy scored it 0.1, below each of its " \
-           "finalists (0.5 at least)" in caplog.text
+    assert "the erk warm start is left out: the proxy scored it 0.1, clearly below each of " \
+           "its finalists (0.5 at least)" in caplog.text
     with caplog.at_level(logging.INFO, logger="nni_prune_tuners.tuner"):
         kept = PruneTPETuner(target_sparsity=TARGET, profile=str(path), seed=5, proxy=False)
         kept.update_search_space(SPACE)
     assert [w.heuristic for w in kept.warm_starts] == list(heuristics)
+
+
+@pytest.mark.parametrize(("higher", "lower", "dense", "separates"), [
+    (0.6, 0.5, None, True),      # no dense score: any gap
+    (0.5, 0.5, None, False),
+    (0.128, 0.087, 0.936, False),  # near chance: 4 points of an 85-point gap
+    (0.78, 0.54, 0.95, True),    # a quarter of the way to dense
+    (0.5 + PROXY_MARGIN * 0.4, 0.5, 0.9, True),  # exactly the margin
+    (0.6, 0.5, 0.4, True),       # scores above dense: the margin has nothing to measure
+    (0.4, 0.5, 0.9, False),
+])
+def test_a_proxy_difference_counts_from_a_tenth_of_the_way_to_dense(
+    higher: float, lower: float, dense: float | None, separates: bool
+) -> None:
+    assert proxy_separates(higher, lower, dense=dense) is separates
+
+
+def _near_chance_profile(tmp_path: Path, heuristics: dict[str, dict[str, float]],
+                         *, spread: float) -> Path:
+    """Presearch results scored near a floor of 0.1 against a dense 0.94, as the zoo MobileNet's
+    at 0.95: two finalists at 0.1 + ``spread``, every heuristic but uniform at 0.1."""
+    data = _presearched_profile(2)
+    for row in data["proxy"]["evaluations"]:
+        row["score"] = 0.1 + spread
+    data["proxy"]["finalists"] = [row["sparsities"] for row in data["proxy"]["evaluations"]]
+    data["proxy"]["evaluations"] += [{"sparsities": s, "score": 0.1}
+                                     for name, s in heuristics.items() if name != "uniform"]
+    data["proxy"]["dense_score"] = 0.94
+    return write_profile(tmp_path / "profile.json", data)
+
+
+def test_a_proxy_whose_scores_all_lie_near_the_floor_is_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    plain = write_profile(tmp_path / "plain.json", analytic_profile())
+    without = PruneTPETuner(target_sparsity=TARGET, profile=str(plain), seed=5)
+    without.update_search_space(SPACE)
+    heuristics = {w.heuristic: dict(w.sparsities) for w in without.warm_starts}
+    path = _near_chance_profile(tmp_path, heuristics, spread=0.03)
+    with caplog.at_level(logging.INFO, logger="nni_prune_tuners.tuner"):
+        tuner = PruneTPETuner(target_sparsity=TARGET, profile=str(path), seed=5)
+        tuner.update_search_space(SPACE)
+    assert [w.heuristic for w in tuner.warm_starts] == list(heuristics)
+    assert all(group.budget.proxy is None for group in tuner._groups)
+    assert "ranking says nothing" in caplog.text
+    # the same finalists far enough above the floor: they come first, and beat the heuristics
+    path = _near_chance_profile(tmp_path, heuristics, spread=0.3)
+    tuner = PruneTPETuner(target_sparsity=TARGET, profile=str(path), seed=5)
+    tuner.update_search_space(SPACE)
+    assert [w.heuristic for w in tuner.warm_starts] == [
+        "proxy finalist 1", "proxy finalist 2", "uniform"]
 
 
 def test_a_tuner_with_the_term_runs_on_and_meets_the_target(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ def _profile(**proxy: Any) -> dict[str, Any]:
     data = analytic_profile()
     data["proxy"] = {
         "target": TARGET, "weight_by": "params", "method": "level", "metric": "m:acc",
-        "calibrated": True, "seconds": 12.5,
+        "calibrated": True, "seconds": 12.5, "dense_score": 0.9,
         "evaluations": [{"sparsities": f, "score": [0.8, 0.7][i]} for i, f in enumerate(FINALISTS)],
         "finalists": FINALISTS, "future_field": {"ignored": True}, **proxy,
     }
@@ -146,7 +146,8 @@ def test_profile_reads_the_proxy_field_as_numbers() -> None:
     proxy = parse_profile(_profile()).proxy
     assert proxy is not None
     assert (proxy.target, proxy.weight_by, proxy.method, proxy.metric, proxy.calibrated,
-            proxy.seconds) == (TARGET, "params", "level", "m:acc", True, 12.5)
+            proxy.seconds, proxy.dense_score) == (TARGET, "params", "level", "m:acc", True, 12.5,
+                                                  0.9)
     assert [dict(f) for f in proxy.finalists] == FINALISTS
     assert [e.score for e in proxy.evaluations] == [0.8, 0.7]
     assert parse_profile(analytic_profile()).proxy is None
@@ -160,6 +161,7 @@ def test_profile_reads_the_proxy_field_as_numbers() -> None:
         ("weight_by", "macs", "proxy.weight_by must be 'params' or 'flops', got 'macs'"),
         ("calibrated", "yes", "proxy.calibrated must be true or false, got 'yes'"),
         ("seconds", -1, "proxy.seconds must be a number >= 0, got -1"),
+        ("dense_score", "high", "proxy.dense_score must be a finite number, got 'high'"),
         ("finalists", None, "proxy.finalists must be a list"),
         ("finalists", [{"conv9": 0.5}], "proxy.finalists[0] names layer 'conv9', which is not in "
                                         "the profile's layers"),

@@ -180,13 +180,18 @@ def test_branches_over_the_same_layers_and_bounds_share_one_fit(
     assert agp is level and narrow is not agp
 
 
-def test_heuristics_the_proxy_scored_below_every_finalist_are_left_out(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def _heuristic_allocations(tmp_path: Path) -> dict[str, dict[str, float]]:
+    """The warm starts PruneTPE proposes without presearch, by heuristic."""
     plain = write_profile(tmp_path / "plain.json", analytic_profile())
     without = PruneTPETuner(target_sparsity=TARGET, profile=str(plain), seed=5)
     without.update_search_space(SPACE)
-    heuristics = {w.heuristic: dict(w.sparsities) for w in without.warm_starts}
+    return {w.heuristic: dict(w.sparsities) for w in without.warm_starts}
+
+
+def test_heuristics_the_proxy_scored_below_every_finalist_are_left_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    heuristics = _heuristic_allocations(tmp_path)
     assert len(heuristics) >= 3
     data = _presearched_profile(2)  # two random allocations: the finalists, scored 0.5 and 0.6
     finalists = [row["sparsities"] for row in data["proxy"]["evaluations"]]
@@ -243,10 +248,7 @@ def _near_chance_profile(tmp_path: Path, heuristics: dict[str, dict[str, float]]
 def test_a_proxy_whose_scores_all_lie_near_the_floor_is_ignored(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    plain = write_profile(tmp_path / "plain.json", analytic_profile())
-    without = PruneTPETuner(target_sparsity=TARGET, profile=str(plain), seed=5)
-    without.update_search_space(SPACE)
-    heuristics = {w.heuristic: dict(w.sparsities) for w in without.warm_starts}
+    heuristics = _heuristic_allocations(tmp_path)
     path = _near_chance_profile(tmp_path, heuristics, spread=0.03)
     with caplog.at_level(logging.INFO, logger="nni_prune_tuners.tuner"):
         tuner = PruneTPETuner(target_sparsity=TARGET, profile=str(path), seed=5)

@@ -392,10 +392,8 @@ def _proxy(value: Any, layers: Mapping[str, LayerProfile]) -> ProxyResults | Non
                                 or not math.isfinite(seconds) or seconds < 0):
         raise ValueError(f"proxy.seconds must be a number >= 0, got {seconds!r}")
     dense_score = value.get("dense_score")
-    if dense_score is not None and (isinstance(dense_score, bool)
-                                    or not isinstance(dense_score, int | float)
-                                    or not math.isfinite(dense_score)):
-        raise ValueError(f"proxy.dense_score must be a finite number, got {dense_score!r}")
+    if dense_score is not None:
+        dense_score = _finite_number("proxy.dense_score", dense_score)
     raw_evaluations = value.get("evaluations", [])
     if not isinstance(raw_evaluations, list):
         raise ValueError(f"proxy.evaluations must be a list, got {raw_evaluations!r}")
@@ -404,11 +402,9 @@ def _proxy(value: Any, layers: Mapping[str, LayerProfile]) -> ProxyResults | Non
         where = f"proxy.evaluations[{index}]"
         if not isinstance(raw, Mapping):
             raise ValueError(f"{where} must be an object with 'sparsities' and 'score', got {raw!r}")
-        score = raw.get("score")
-        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
-            raise ValueError(f"{where}.score must be a finite number, got {score!r}")
+        score = _finite_number(f"{where}.score", raw.get("score"))
         evaluations.append(ProxyEvaluation(
-            _allocation(f"{where}.sparsities", raw.get("sparsities"), layers), float(score)))
+            _allocation(f"{where}.sparsities", raw.get("sparsities"), layers), score))
     raw_finalists = value.get("finalists")
     if not isinstance(raw_finalists, list):
         raise ValueError(f"proxy.finalists must be a list of layer: sparsity objects, "
@@ -419,8 +415,15 @@ def _proxy(value: Any, layers: Mapping[str, LayerProfile]) -> ProxyResults | Non
         target=float(target), weight_by=weight_by, finalists=finalists,
         evaluations=tuple(evaluations), method=method, metric=metric, calibrated=calibrated,
         seconds=None if seconds is None else float(seconds),
-        dense_score=None if dense_score is None else float(dense_score),
+        dense_score=dense_score,
     )
+
+
+def _finite_number(where: str, value: Any) -> float:
+    """``value`` as a float; ValueError naming ``where`` unless it is a finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{where} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def parse_profile(data: Any) -> ModelProfile:

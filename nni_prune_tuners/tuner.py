@@ -982,8 +982,9 @@ def _usable_proxy(options: TunerOptions) -> ProxyResults | None:
 
     Results at another target or weighting describe a budget the experiment does not have:
     rescaled, the finalists would be neither what the proxy scored nor a heuristic, and the
-    evaluations would teach the model about allocations it never proposes. The log says why
-    they are left out.
+    evaluations would teach the model about allocations it never proposes. Scores that all lie
+    near the floor rank nothing; a single evaluation has no spread to judge, so its finalist is
+    kept as a warm start (it is one trial). The log says why results are left out.
     """
     proxy = options.profile.proxy if options.profile is not None else None
     if proxy is None or options.target_sparsity is None:
@@ -1002,7 +1003,7 @@ def _usable_proxy(options: TunerOptions) -> ProxyResults | None:
                      "is %s", found, proxy.weight_by, options.weight_by)
         return None
     scores = [evaluation.score for evaluation in proxy.evaluations]
-    if proxy.dense_score is not None and scores and not proxy_separates(
+    if proxy.dense_score is not None and len(scores) > 1 and not proxy_separates(
             max(scores), min(scores), dense=proxy.dense_score):
         _logger.info("ignoring %s: its scores (%.4g to %.4g) lie within %g of the way to the "
                      "dense model's %.4g, so the one-shot pruned models are all near the floor "

@@ -126,6 +126,14 @@ def test_a_target_within_1e9_counts_as_the_same(tmp_path: Path) -> None:
     assert tuner.warm_starts[0].heuristic == "proxy finalist 1"
 
 
+def test_a_single_evaluation_keeps_its_finalist_first(tmp_path: Path) -> None:
+    # no spread to judge against the dense score: the one presearched allocation is a warm start
+    one = _profile(evaluations=[{"sparsities": FINALISTS[0], "score": 0.15}],
+                   finalists=[FINALISTS[0]])
+    tuner = _tuner(tmp_path, one)
+    assert [w.heuristic for w in tuner.warm_starts[:2]] == ["proxy finalist 1"] * 2
+
+
 def test_export_names_a_finalist_warm_start(tmp_path: Path) -> None:
     write_profile(tmp_path / "profile.json", _profile())
     config = {"trialCodeDirectory": str(tmp_path), "searchSpace": SPACE,

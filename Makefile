@@ -84,6 +84,7 @@ bench-full: bench
 		--tuners prunetpe-presearch,prunetpe,tpe --proxy-val half --out $(FULL)/saving-0.95
 	$(PY) -m benchmarks.channel_tuners --out $(FULL)
 	$(PY) -m benchmarks.channel_latency --multiples 1,8 --repeats 15 --out $(FULL)
+	$(PY) -m benchmarks.latency_predictors --out $(FULL)
 	$(PY) -m benchmarks.remote_overhead
 
 clean:

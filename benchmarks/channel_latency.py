@@ -26,7 +26,6 @@ import datetime
 import json
 import logging
 import platform
-import statistics
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +35,7 @@ from typing import Any, cast
 import numpy as np
 
 from nni_prune_tuners.flops import ChannelBudget, uniform_ratio
+from nni_prune_tuners.latency import interleaved_medians
 from nni_prune_tuners.profile import ModelProfile
 
 _logger = logging.getLogger(__name__)
@@ -69,33 +69,6 @@ def rounded_widths(profile: ModelProfile, sparsities: Mapping[str, float],
         kept = min(channels, max(multiple, multiple * round(kept / multiple)))
         out[group] = (channels - kept) / channels
     return out
-
-
-def interleaved_medians(
-    runs: Mapping[str, Callable[[], object]], *, repeats: int, warmup: int = 1,
-    clock: Callable[[], float] = time.perf_counter,
-) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """The median seconds of each of ``runs`` over ``repeats`` interleaved samples, and the samples.
-
-    Each repeat times every run once, in an order reversed on every other repeat (A B C, C B A,
-    ...), so a slow drift of the machine's load hits every run alike; ``warmup`` rounds go first
-    and are not counted.
-    """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    names = list(runs)
-    samples: list[dict[str, float]] = []
-    for round_index in range(warmup + repeats):
-        order = names if round_index % 2 == 0 else names[::-1]
-        times: dict[str, float] = {}
-        for name in order:
-            start = clock()
-            runs[name]()
-            times[name] = clock() - start
-        if round_index >= warmup:
-            samples.append({name: times[name] for name in names})
-    medians = {name: statistics.median(sample[name] for sample in samples) for name in names}
-    return medians, samples
 
 
 def markdown(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -4,9 +4,11 @@ The ``channel`` budget is the fraction of FLOPs removed. Issue #27 asks for ``we
 from a per-layer latency table (NetAdapt / AMC style) only where that beats FLOPs as a predictor
 of measured speed. This measures it on the zoo ResNet and MobileNet (CPU, one torch thread):
 
-- ``--allocations`` random channel allocations (each group's ratio uniform in [0, 0.85], seeded)
-  are pruned for real and timed against the dense model, interleaved, twice (passes A and B: their
-  agreement is the most any predictor can reach on this machine's noise);
+- ``--allocations`` random channel allocations (``nni_prune_tuners.latency.random_allocations``,
+  as ``profile --latency`` draws them, with another seed) are pruned for real and timed against
+  the dense model, interleaved, twice (passes A and B, each the fastest of ``--repeats`` samples
+  as ``profile --latency`` times: their agreement is the most any predictor can reach on this
+  machine's noise);
 - every prunable layer is timed alone (a Conv/Linear of its kept widths on its real input shape)
   on a grid of kept fractions of its input and output channels: the latency table.
 
@@ -19,8 +21,10 @@ Predictors of the latency ratio pruned/dense:
   outside the prunable layers (BatchNorm, activations, additions) scaled by ``activations``;
 - ``activations``: ``sum_l out_l keep_out / sum_l out_l`` over the layers' output elements, the
   memory traffic of the elementwise operators that follow them;
-- ``fitted``: least squares of the measured ratio on the ``flops`` and ``activations`` fractions
-  and a constant, each allocation predicted by the fit to the others (leave one out).
+- ``fitted``: the profile's latency model (``profile --latency``,
+  :func:`nni_prune_tuners.latency.fit_latency`: non-negative least squares on the ``flops`` and
+  ``activations`` fractions and a constant), each allocation predicted by the fit to the others
+  (leave one out).
 
 For each, Kendall's tau against the measured ratio and the mean and worst absolute error.
 
@@ -45,7 +49,13 @@ from typing import Any, cast
 
 import numpy as np
 
-from benchmarks.channel_latency import _commit, interleaved_medians
+from benchmarks.channel_latency import _commit
+from nni_prune_tuners.latency import (
+    MIN_ALLOCATIONS,
+    fit_latency,
+    interleaved_medians,
+    random_allocations,
+)
 from nni_prune_tuners.profile import ModelProfile
 
 _logger = logging.getLogger(__name__)
@@ -53,7 +63,6 @@ RESULTS = Path("results") / "bench"
 MODELS = ("resnet_digits", "mobilenet_digits")
 #: Kept fractions of a layer's input and output channels the table is measured at.
 GRID = (0.1, 0.25, 0.5, 0.75, 1.0)
-HIGHEST_RATIO = 0.85
 PREDICTORS = ("flops", "layer time", "table", "activations", "fitted")
 
 
@@ -64,15 +73,6 @@ def interpolate(table: np.ndarray, keep_in: float, keep_out: float,
     g = np.asarray(grid, dtype=float)
     rows = np.array([np.interp(keep_out, g, table[i]) for i in range(len(g))])
     return float(np.interp(keep_in, g, rows))
-
-
-def random_allocations(profile: ModelProfile, count: int, *, seed: int,
-                       highest: float = HIGHEST_RATIO) -> list[dict[str, float]]:
-    """``count`` seeded allocations: every channel group's ratio uniform in [0, ``highest``]."""
-    rng = np.random.default_rng(seed)
-    groups = list(profile.channel_groups)
-    return [{g: float(r) for g, r in zip(groups, rng.uniform(0.0, highest, len(groups)),
-                                         strict=True)} for _ in range(count)]
 
 
 def layer_keeps(profile: ModelProfile,
@@ -105,14 +105,16 @@ def predictions(profile: ModelProfile, keeps: Mapping[str, tuple[float, float]],
             "table": table / (outside + sum(alone.values())), "activations": activations}
 
 
-def leave_one_out(features: np.ndarray, measured: np.ndarray) -> np.ndarray:
-    """Each row's prediction by the least-squares fit (with a constant) to the other rows."""
-    design = np.column_stack([features, np.ones(len(features))])
+def leave_one_out(flops_kept: np.ndarray, outputs_kept: np.ndarray,
+                  measured: np.ndarray) -> np.ndarray:
+    """Each allocation's ratio by the profile's latency model
+    (:func:`nni_prune_tuners.latency.fit_latency`) fitted to the other allocations."""
     out = np.empty(len(measured))
     for i in range(len(measured)):
         rest = np.arange(len(measured)) != i
-        coef, *_ = np.linalg.lstsq(design[rest], measured[rest], rcond=None)
-        out[i] = design[i] @ coef
+        fixed, per_flops, per_outputs, _ = fit_latency(flops_kept[rest], outputs_kept[rest],
+                                                       measured[rest])
+        out[i] = fixed + per_flops * flops_kept[i] + per_outputs * outputs_kept[i]
     return out
 
 
@@ -177,8 +179,8 @@ def layer_tables(model: Any, example: Any, *, repeats: int, sample_seconds: floa
                 with torch.inference_mode():
                     layer(x)
             repeated, count = _timer(run, sample_seconds)
-            medians, _ = interleaved_medians({"layer": repeated}, repeats=repeats)
-            table[i, j] = medians["layer"] / count
+            _, samples = interleaved_medians({"layer": repeated}, repeats=repeats)
+            table[i, j] = min(sample["layer"] for sample in samples) / count
         if _depthwise(module):  # its input follows its output: fill each row from the diagonal
             table[:] = np.diag(table)[None, :]
         tables[name] = table
@@ -234,7 +236,7 @@ def bench_model(name: str, *, allocations: int, batch: int, repeats: int, seed: 
     dense = ZOO[name]().eval()
     shape = tuple(int(d) for d in cast(Sequence[int], dense.input_shape))
     profile = parse_profile(profile_model(dense, name=name, channel=True))
-    chosen = random_allocations(profile, allocations, seed=seed)
+    chosen = random_allocations(list(profile.channel_groups), allocations, seed=seed)
     variants = {"dense": dense}
     for index, sparsities in enumerate(chosen):
         variants[str(index)] = prune_channels(copy.deepcopy(dense), sparsities,
@@ -250,8 +252,11 @@ def bench_model(name: str, *, allocations: int, batch: int, repeats: int, seed: 
     timed = {key: _timer(forward(model), sample_seconds) for key, model in variants.items()}
     calls = {key: repeated for key, (repeated, _) in timed.items()}
     per_call = {key: count for key, (_, count) in timed.items()}
-    passes = [{key: seconds / per_call[key] for key, seconds in
-               interleaved_medians(calls, repeats=repeats)[0].items()} for _ in range(2)]
+    passes = []
+    for _ in range(2):  # the fastest sample of each, as profile --latency times them
+        _, samples = interleaved_medians(calls, repeats=repeats)
+        passes.append({key: min(sample[key] for sample in samples) / per_call[key]
+                       for key in calls})
     dense_seconds = statistics.mean(p["dense"] for p in passes)
     tables, outputs = layer_tables(dense, x, repeats=repeats, sample_seconds=sample_seconds / 10)
     rows: list[dict[str, Any]] = []
@@ -263,8 +268,8 @@ def bench_model(name: str, *, allocations: int, batch: int, repeats: int, seed: 
                      **predictions(profile, layer_keeps(profile, sparsities), tables, outputs,
                                    dense_seconds)})
     measured = [statistics.mean((r["measured_a"], r["measured_b"])) for r in rows]
-    fitted = leave_one_out(np.array([[r["flops"], r["activations"]] for r in rows]),
-                           np.array(measured))
+    fitted = leave_one_out(np.array([r["flops"] for r in rows]),
+                           np.array([r["activations"] for r in rows]), np.array(measured))
     for row, value in zip(rows, fitted, strict=True):
         row["fitted"] = float(value)
     result = {"model": name, "batch": batch, "allocations": allocations,
@@ -296,8 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS), help="zoo models, comma-separated")
     parser.add_argument("--allocations", type=int, default=30)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5, help="timed samples per variant")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=10, help="timed samples per variant")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="of the allocations (profile --latency draws with 0)")
     parser.add_argument("--sample-seconds", type=float, default=0.1,
                         help="about how long one timed sample of a whole model runs")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -308,8 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = [m for m in args.models.split(",") if m]
     if not models or any(m not in ZOO for m in models):
         parser.error(f"--models: {args.models!r}; the zoo has {sorted(ZOO)}")
-    if min(args.allocations, args.batch, args.repeats) < 2 or not args.sample_seconds > 0:
-        parser.error("--allocations, --batch and --repeats must be >= 2, --sample-seconds > 0")
+    if (args.allocations <= MIN_ALLOCATIONS or min(args.batch, args.repeats) < 2
+            or not args.sample_seconds > 0):
+        parser.error(f"--allocations must be > {MIN_ALLOCATIONS} (the fit leaves one out), "
+                     f"--batch and --repeats >= 2, --sample-seconds > 0")
 
     import torch
 

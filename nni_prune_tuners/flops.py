@@ -15,7 +15,14 @@ solved by Brent's method, since ``R(s(c))`` is continuous and monotone (see
 
 The real model removes whole channels (``round(s * n)`` of a group of ``n``), so the FLOPs it
 measures differ from ``R(s)`` by that rounding: at most half a channel per group,
-:func:`rounding_bound`. Pure numpy; nothing here knows torch, Optuna or NNI.
+:func:`rounding_bound`.
+
+With ``weight_by: latency`` the same form is the profile's measured latency model
+(:class:`~nni_prune_tuners.profile.LatencyModel`): its FLOPs term spreads over the layers as
+above, its output-elements term is one more term per layer that scales with the layer's output
+channels alone, and its fixed part is a term no group scales. So ``R`` is then the fraction of
+the latency removed, and everything below (gradient, feasible range, rescale) holds unchanged.
+Pure numpy; nothing here knows torch, Optuna or NNI.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from nni_prune_tuners.profile import FLOPS_HINT, ModelProfile
+from nni_prune_tuners.profile import FLOPS_HINT, LATENCY_HINT, ModelProfile
 from nni_prune_tuners.sparsity import TOLERANCE
 
 _logger = logging.getLogger(__name__)
@@ -47,6 +54,8 @@ class ChannelBudget:
         in_index, out_index: per layer, the index in ``groups`` of the group that sets its input
             (per output channel) and its output channels; ``-1`` where none of the searched
             groups does (the layer's FLOPs do not scale on that side).
+        measure: what is removed, for messages: ``FLOPs``, or ``latency`` where the terms are
+            the profile's latency model (then ``flops`` holds each term's share of it).
     """
 
     groups: tuple[str, ...]
@@ -54,6 +63,7 @@ class ChannelBudget:
     flops: FloatArray
     in_index: IntArray
     out_index: IntArray
+    measure: str = "FLOPs"
 
     def __post_init__(self) -> None:
         if not len(self.groups) == len(self.channels):
@@ -67,33 +77,48 @@ class ChannelBudget:
                 raise ValueError(f"{name} must be -1 or a group index < {len(self.groups)}")
 
     @classmethod
-    def from_profile(cls, profile: ModelProfile, groups: Sequence[str]) -> ChannelBudget:
-        """The budget of ``groups`` (searched; the profile's other groups stay dense).
+    def from_profile(cls, profile: ModelProfile, groups: Sequence[str], *,
+                     latency: bool = False) -> ChannelBudget:
+        """The budget of ``groups`` (searched; the profile's other groups stay dense): of FLOPs,
+        or with ``latency`` of the profile's latency model.
 
         Raises:
-            ValueError: naming a group that is not one of the profile's, or a layer without FLOPs.
+            ValueError: naming a group that is not one of the profile's, a layer without FLOPs,
+                or ``latency`` without a latency model in the profile.
         """
         known = profile.channel_groups
         for group in groups:
             if group not in known:
                 raise ValueError(f"{group!r} is not a channel group of the profile; known groups: "
                                  f"{list(known)}")
-        position = {group: index for index, group in enumerate(groups)}
-        flops = []
         for name, layer in profile.layers.items():
             if layer.flops is None:
                 raise ValueError(f"the channel method needs 'flops' for layer {name!r}; "
                                  f"{FLOPS_HINT}")
-            flops.append(layer.flops)
         layers = list(profile.layers.values())
+        terms = [(float(layer.flops or 0.0), layer.in_group, layer.out_group) for layer in layers]
+        if latency:
+            model = profile.latency
+            if model is None:
+                raise ValueError(f"weight_by='latency' needs the profile's latency model; "
+                                 f"{LATENCY_HINT}")
+            flops_total = sum(cost for cost, _, _ in terms)
+            outputs_total = float(sum(layer.outputs or 0 for layer in layers))
+            terms = ([(model.per_flops * cost / flops_total, into, out)
+                      for cost, into, out in terms]
+                     + [(model.per_outputs * (layer.outputs or 0) / outputs_total, None,
+                         layer.out_group) for layer in layers]
+                     + [(model.fixed, None, None)])
+        position = {group: index for index, group in enumerate(groups)}
         return cls(
             groups=tuple(groups),
             channels=np.array([known[g].channels for g in groups], dtype=np.int64),
-            flops=np.array(flops, dtype=np.float64),
-            in_index=np.array([position.get(layer.in_group or "", -1) for layer in layers],
+            flops=np.array([cost for cost, _, _ in terms], dtype=np.float64),
+            in_index=np.array([position.get(into or "", -1) for _, into, _ in terms],
                               dtype=np.int64),
-            out_index=np.array([position.get(layer.out_group or "", -1) for layer in layers],
+            out_index=np.array([position.get(out or "", -1) for _, _, out in terms],
                                dtype=np.int64),
+            measure="latency" if latency else "FLOPs",
         )
 
     @property
@@ -135,7 +160,8 @@ class ChannelBudget:
 
 def achievable_range(lo: FloatArray | Sequence[float], hi: FloatArray | Sequence[float],
                      budget: ChannelBudget) -> tuple[float, float]:
-    """The least and most FLOPs removed that the group bounds allow (``R`` is monotone)."""
+    """The least and most of the budget's measure removed that the group bounds allow (``R`` is
+    monotone)."""
     return budget.removed(lo), budget.removed(hi)
 
 
@@ -151,9 +177,9 @@ def check_feasible(
     low, high = achievable_range(lo, hi, budget)
     if not low - TOLERANCE <= target <= high + TOLERANCE:
         raise ValueError(
-            f"target_sparsity={target} (the fraction of FLOPs removed, channel method) is "
-            f"infeasible for {where}: its group bounds allow removing [{low:.6f}, {high:.6f}] of "
-            f"the FLOPs only"
+            f"target_sparsity={target} (the fraction of {budget.measure} removed, channel method) "
+            f"is infeasible for {where}: its group bounds allow removing [{low:.6f}, {high:.6f}] "
+            f"of the {budget.measure} only"
         )
 
 
@@ -194,7 +220,7 @@ def rescale_to_flops(
     at_low, at_high = gap(0.0), gap(top)
     if not at_low <= TOLERANCE or not at_high >= -TOLERANCE:
         raise ValueError(
-            f"scaling cannot bring the FLOPs removed to {target}: reachable "
+            f"scaling cannot bring the {budget.measure} removed to {target}: reachable "
             f"[{at_low + target:.6f}, {at_high + target:.6f}] for raw {r.tolist()}"
         )
     if at_low >= 0.0:

@@ -5,7 +5,8 @@
 (through the classArgs validator) with the offending key, rather than mid-experiment. Optional
 fields (FLOPs, sensitivity curves, the ``proxy`` results of ``nni-prune-tuners presearch``,
 Contract 9, the ``channel_groups`` and per-layer ``in_group``/``out_group`` of the ``channel``
-method, Contract 10) are read when present; an option that needs a missing one says how to get it.
+method, Contract 10, and the ``latency`` model of ``profile --latency`` with per-layer
+``outputs``) are read when present; an option that needs a missing one says how to get it.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class LayerProfile:
     ``in_group`` / ``out_group`` (``channel`` profiles only) name the channel groups that set the
     layer's input channels and its output channels; None where no group does (the classifier's
     outputs, a depthwise convolution's input: its FLOPs follow its output channels alone).
+    ``outputs`` (``profile --latency``) is the number of elements of its output per sample.
     """
 
     name: str
@@ -121,6 +123,7 @@ class LayerProfile:
     sensitivity: SensitivityCurve | None = None
     in_group: str | None = None
     out_group: str | None = None
+    outputs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,34 @@ class ProxyResults:
 
 
 @dataclass(frozen=True)
+class LatencyModel:
+    """The measured latency of ``channel`` pruning on one device (``profile --latency``).
+
+    The latency of the pruned model relative to the dense one is predicted as ``fixed +
+    per_flops * F + per_outputs * A``, with ``F`` the fraction of the prunable layers' FLOPs kept
+    and ``A`` the fraction of their output elements kept (what the BatchNorm, activation and
+    addition that follow each layer read and write). The three coefficients are >= 0 and sum to
+    1 (the dense model); ``fixed`` is the time no channel removal saves. The rest says where it
+    was measured: ``device``, torch ``threads``, ``batch``, the dense model's ``dense_ms``, how
+    many random ``allocations`` were timed and the fit's ``mean_error`` on them.
+    """
+
+    fixed: float
+    per_flops: float
+    per_outputs: float
+    device: str | None = None
+    threads: int | None = None
+    batch: int | None = None
+    dense_ms: float | None = None
+    allocations: int | None = None
+    mean_error: float | None = None
+
+    def ratio(self, flops_kept: float, outputs_kept: float) -> float:
+        """The predicted latency pruned / dense at those kept fractions."""
+        return self.fixed + self.per_flops * flops_kept + self.per_outputs * outputs_kept
+
+
+@dataclass(frozen=True)
 class ModelProfile:
     """The prunable layers of a model, keyed by the names that search spaces use."""
 
@@ -158,6 +189,7 @@ class ModelProfile:
     layers: Mapping[str, LayerProfile]
     proxy: ProxyResults | None = None
     channel_groups: Mapping[str, ChannelGroupProfile] = field(default_factory=dict)
+    latency: LatencyModel | None = None
 
     @property
     def prunable_params(self) -> int:
@@ -290,6 +322,9 @@ def _layer(index: int, raw: Any) -> LayerProfile:
                 f"{where}.params={raw['params']} does not match shape {shape} "
                 f"({math.prod(shape)} weights)"
             )
+    outputs = raw.get("outputs")
+    if outputs is not None:
+        _check_count(f"{where}.outputs", outputs)
     groups = {}
     for side in ("in_group", "out_group"):
         group = raw.get(side)
@@ -308,6 +343,7 @@ def _layer(index: int, raw: Any) -> LayerProfile:
         sensitivity=_sensitivity(f"{where}.sensitivity", raw.get("sensitivity")),
         in_group=groups["in_group"],
         out_group=groups["out_group"],
+        outputs=outputs,
     )
 
 
@@ -426,6 +462,51 @@ def _finite_number(where: str, value: Any) -> float:
     return float(value)
 
 
+#: How to get a latency model into a profile written without one.
+LATENCY_HINT = ("profile with --latency on the device you deploy to: nni-prune-tuners profile "
+                "--model pkg:factory --input-shape ... --methods channel --latency --out ...")
+
+
+def _latency(value: Any, layers: Mapping[str, LayerProfile],
+             groups: Mapping[str, ChannelGroupProfile]) -> LatencyModel | None:
+    """The optional ``latency`` field: coefficients >= 0 summing to 1, with every layer's
+    ``outputs`` and the channel groups it is a model of."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"latency must be an object, got {value!r}")
+    coefficients = {}
+    for key in ("fixed", "per_flops", "per_outputs"):
+        number = _finite_number(f"latency.{key}", value.get(key))
+        if number < 0:
+            raise ValueError(f"latency.{key} must be >= 0, got {number!r}")
+        coefficients[key] = number
+    if abs(sum(coefficients.values()) - 1.0) > 1e-6:
+        raise ValueError(f"latency.fixed + per_flops + per_outputs must be 1 (the dense model), "
+                         f"got {sum(coefficients.values())!r}")
+    if not groups:
+        raise ValueError("latency needs channel_groups: it models channel pruning; "
+                         + LATENCY_HINT)
+    missing = [name for name, layer in layers.items()
+               if layer.outputs is None or layer.flops is None]
+    if missing:
+        raise ValueError(f"latency needs 'outputs' and 'flops' for every layer, missing for "
+                         f"{missing}; {LATENCY_HINT}")
+    extra: dict[str, Any] = {}
+    for key in ("dense_ms", "mean_error"):
+        if value.get(key) is not None:
+            extra[key] = _finite_number(f"latency.{key}", value[key])
+    for key in ("threads", "batch", "allocations"):
+        if value.get(key) is not None:
+            _check_count(f"latency.{key}", value[key])
+            extra[key] = int(value[key])
+    device = value.get("device")
+    if device is not None and not isinstance(device, str):
+        raise ValueError(f"latency.device must be a string, got {device!r}")
+    return LatencyModel(fixed=coefficients["fixed"], per_flops=coefficients["per_flops"],
+                        per_outputs=coefficients["per_outputs"], device=device, **extra)
+
+
 def parse_profile(data: Any) -> ModelProfile:
     """Validate decoded profile JSON; errors name the offending key and value."""
     if not isinstance(data, Mapping):
@@ -441,9 +522,10 @@ def parse_profile(data: Any) -> ModelProfile:
         if layer.name in layers:
             raise ValueError(f"layers[{index}]: duplicate layer name {layer.name!r}")
         layers[layer.name] = layer
+    groups = _channel_groups(data.get("channel_groups"), layers)
     profile = ModelProfile(model=str(data.get("model", "model")), layers=layers,
-                           proxy=_proxy(data.get("proxy"), layers),
-                           channel_groups=_channel_groups(data.get("channel_groups"), layers))
+                           proxy=_proxy(data.get("proxy"), layers), channel_groups=groups,
+                           latency=_latency(data.get("latency"), layers, groups))
     declared = data.get("prunable_params")
     if declared is not None and declared != profile.prunable_params:
         raise ValueError(

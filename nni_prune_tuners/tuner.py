@@ -37,6 +37,7 @@ from nni_prune_tuners._class_args import unknown_key_message
 from nni_prune_tuners.allocation_sampler import AllocationSampler, blocks_for
 from nni_prune_tuners.dedup import SeenConfigurations
 from nni_prune_tuners.profile import (
+    LATENCY_HINT,
     LayerProfile,
     ModelProfile,
     ProxyResults,
@@ -99,8 +100,8 @@ _CLASS_ARGS_SCHEMA = Schema(
                                         "null, got {!r}"),
         Optional("profile"): Or(None, str, error="profile must be a path string, got {!r}"),
         Optional("layer_params"): Or(None, dict, error="layer_params must be a mapping, got {!r}"),
-        Optional("weight_by"): Or("params", "flops",
-                                  error="weight_by must be 'params' or 'flops', got {!r}"),
+        Optional("weight_by"): Or("params", "flops", "latency", error="weight_by must be "
+                                  "'params', 'flops' or 'latency', got {!r}"),
         Optional("sparsity_scope"): Or("searched", "model", error="sparsity_scope must be "
                                        "'searched' or 'model', got {!r}"),
         Optional("warm_start"): Or(None, [Or(*HEURISTICS)], error="warm_start must be a list "
@@ -255,6 +256,9 @@ def _parse_tuner_options(class_args: Mapping[str, Any], base: Path | None) -> Tu
                 f"{source} with --input-shape (one sample's shape, e.g. 3,32,32): "
                 f"nni-prune-tuners profile --model pkg:factory --input-shape ... --out profile.json"
             )
+    if weight_by == "latency" and (profile is None or profile.latency is None):
+        raise ValueError(f"PruneTPE classArgs: weight_by='latency' needs a profile with a latency "
+                         f"model (channel branches only); {LATENCY_HINT}")
     allocation = args.get("allocation", "model")
     if args.get("learn_from") == "raw" and allocation != "tpe":
         raise ValueError(f"PruneTPE classArgs: learn_from='raw' needs allocation='tpe', not "
@@ -331,7 +335,9 @@ class PruneTPETuner(Tuner):
         profile: Path of the model profile JSON (Contract 4).
         layer_params: ``{layer: weight count}``, a profile-free alternative (uniform warm start
             only).
-        weight_by: Weigh layers by ``params`` (default) or ``flops``.
+        weight_by: Weigh layers by ``params`` (default) or ``flops``; ``latency``: in
+            ``channel`` branches, the target is the fraction of the profile's measured latency
+            removed (``profile --latency``) instead of the FLOPs.
         sparsity_scope: ``searched`` (default): the target holds over the searched layers;
             ``model``: over every prunable layer of the profile, unsearched ones dense.
         warm_start: Heuristic allocations tried first for every branch; default: all that the
@@ -511,6 +517,11 @@ class PruneTPETuner(Tuner):
             if _is_channel_branch(active, parameters):
                 groups.append(self._channel_group(active, layers))
                 continue
+            if options.weight_by == "latency":
+                raise ss.SearchSpaceError(
+                    f"branch {active.label!r}: weight_by='latency' applies to channel branches "
+                    f"only: Level and AGP masks keep every tensor its dense size, so they remove "
+                    f"no latency")
             seen: set[str] = set()
             for parameter in layers:
                 ss.check_layer_sparsity(parameter)
@@ -574,19 +585,29 @@ class PruneTPETuner(Tuner):
             except ValueError as error:
                 raise ss.SearchSpaceError(f"search space key {parameter.name!r}: {error}") from None
         try:
-            budget = flops.ChannelBudget.from_profile(profile, [p.layer for p in parameters])
+            budget = flops.ChannelBudget.from_profile(profile, [p.layer for p in parameters],
+                                                      latency=options.weight_by == "latency")
         except ValueError as error:
             raise ss.SearchSpaceError(f"branch {active.label!r}: {error}") from None
         lo = np.array([p.bounds[0] for p in parameters])
         hi = np.array([p.bounds[1] for p in parameters])
         flops.check_feasible(options.target_sparsity, lo, hi, budget,
                              where=f"branch {active.label!r}")
+        if profile.latency is not None and options.weight_by == "latency":
+            measured = profile.latency
+            _logger.info(
+                "branch %s: target_sparsity=%s is the fraction of latency removed by the "
+                "profile's latency model (device %s, %s threads, batch %s; fixed %.3f, FLOPs "
+                "%.3f, outputs %.3f of the dense time; its mean error on %s timed allocations "
+                "%s)", active.label, options.target_sparsity, measured.device, measured.threads,
+                measured.batch, measured.fixed, measured.per_flops, measured.per_outputs,
+                measured.allocations, measured.mean_error)
         _logger.info(
-            "branch %s: target_sparsity=%s is the fraction of FLOPs removed over the profile's %d "
-            "prunable layers (weight_by and sparsity_scope do not apply to channel groups); the "
-            "trial removes whole channels, so its measured FLOPs removed differ from the target "
-            "by at most %.4f (half a channel per group); warm starts: %s only",
-            active.label, options.target_sparsity, len(profile.layers),
+            "branch %s: target_sparsity=%s is the fraction of %s removed over the profile's %d "
+            "prunable layers (sparsity_scope does not apply to channel groups); the trial "
+            "removes whole channels, so what it removes differs from the target by at most %.4f "
+            "(half a channel per group); warm starts: %s only",
+            active.label, options.target_sparsity, budget.measure, len(profile.layers),
             flops.rounding_bound(budget), ", ".join(_CHANNEL_HEURISTICS))
         skipped = [h for h in options.warm_start if h not in _CHANNEL_HEURISTICS]
         if skipped:

@@ -9,13 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.channel_latency import (
-    interleaved_medians,
-    markdown,
-    rounded_widths,
-    uniform_sparsities,
-)
+from benchmarks.channel_latency import markdown, rounded_widths, uniform_sparsities
 from nni_prune_tuners.flops import ChannelBudget
+from nni_prune_tuners.latency import interleaved_medians
 from nni_prune_tuners.profile import parse_profile
 from nni_prune_tuners.trial.profile import profile_model
 

@@ -8,7 +8,9 @@ LAMP scores, which let the torch-free tuner compute global-magnitude and LAMP al
 the one-shot sensitivity curve of each layer. ``--search-space out.json`` also writes a nested NNI
 space over those layers in the seed's shape. ``--methods ...,channel`` (Contract 10) adds the
 channel groups and each layer's ``in_group``/``out_group`` to the profile, and a ``channel`` branch
-with one ``<group>_sparsity`` per group to the space. It needs only the installed package and the
+with one ``<group>_sparsity`` per group to the space; ``--latency`` then times random channel
+allocations on the device and stores the fitted latency model that ``weight_by: latency`` reads
+(:mod:`nni_prune_tuners.trial.latency`). It needs only the installed package and the
 user's module (imported from the working directory or the installed packages).
 """
 
@@ -31,8 +33,10 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from nni_prune_tuners.latency import MIN_ALLOCATIONS
 from nni_prune_tuners.sparsity import lamp_scores
 from nni_prune_tuners.trial.channel import ChannelGroup, channel_groups, channel_layers
+from nni_prune_tuners.trial.latency import measure_latency
 from nni_prune_tuners.trial.masking import layer_weight, level_mask, prunable_layers
 from nni_prune_tuners.trial.pruner import METHODS, SPARSITY_SUFFIX
 
@@ -350,6 +354,14 @@ def build_parser(prog: str = "python -m nni_prune_tuners.trial.profile") -> argp
                         default=",".join(f"{s:g}" for s in SENSITIVITY_SPARSITIES[1:]),
                         help="comma list of layer sparsities of the curves (0 is added)")
     parser.add_argument("--device", default="cpu", help="device of the model while profiling")
+    parser.add_argument("--latency", action="store_true",
+                        help="time random channel allocations on --device and store the latency "
+                        "model for weight_by: latency (needs --methods ...,channel and --out; "
+                        "set the torch threads of your deployment, e.g. OMP_NUM_THREADS)")
+    parser.add_argument("--latency-batch", type=int, default=64,
+                        help="batch size of the timed forwards (default 64)")
+    parser.add_argument("--latency-allocations", type=int, default=20,
+                        help=f"random allocations timed (default 20, at least {MIN_ALLOCATIONS})")
     return parser
 
 
@@ -382,6 +394,13 @@ def _run(
         raise ValueError("--sensitivity needs --eval module:fn and --out")
     if args.eval_fn is not None and not args.sensitivity:
         raise ValueError("--eval is only used with --sensitivity")
+    if args.latency and (args.out is None or CHANNEL not in args.methods.split(",")):
+        raise ValueError("--latency needs --out and --methods ...,channel: it times channel "
+                         "pruning")
+    if args.latency_batch < 1 or args.latency_allocations < MIN_ALLOCATIONS:
+        raise ValueError(f"--latency-batch must be >= 1 and --latency-allocations >= "
+                         f"{MIN_ALLOCATIONS}, got {args.latency_batch} and "
+                         f"{args.latency_allocations}")
     grid = _check_grid(_parse_floats(args.sensitivity_sparsities, "--sensitivity-sparsities"))
     input_shape = _parse_shape(args.input_shape) if args.input_shape is not None else None
     factory = load_factory(args.model)
@@ -430,6 +449,10 @@ def _run(
         if evaluate is not None:
             add_sensitivity(profile, sensitivity_curves(model, evaluate, sparsities=grid))
             profile["sensitivity_eval"] = args.eval_fn
+        if args.latency:
+            assert input_shape is not None  # the channel method needs it, checked above
+            measure_latency(model, profile, input_shape=input_shape, batch=args.latency_batch,
+                            allocations=args.latency_allocations)
     return profile, space
 
 

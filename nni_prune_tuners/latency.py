@@ -1,0 +1,127 @@
+"""The latency model of ``channel`` pruning (``profile --latency``): how it is timed and fitted.
+
+FLOPs predict a channel-pruned model's speed poorly on small models: BatchNorm, activations and
+additions read and write every output element, and each operator has a fixed cost, so on the
+zoo ResNet half the FLOPs removed save about a fifth of the time (docs/channel.md). The profile's
+:class:`~nni_prune_tuners.profile.LatencyModel` is fitted here to timed random allocations:
+latency ratio ``= fixed + per_flops * F + per_outputs * A`` (``F``, ``A``: the fractions of FLOPs
+and output elements kept), by non-negative least squares so that removing channels never adds
+time. Pure Python, numpy and scipy: the torch side (:mod:`nni_prune_tuners.trial.profile`) runs
+the forwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from nni_prune_tuners.profile import ModelProfile
+
+_logger = logging.getLogger(__name__)
+
+#: Fewer timed allocations than this cannot fit three coefficients with any check left over.
+MIN_ALLOCATIONS = 5
+#: The most of a group's channels a timed allocation removes: the range a search explores.
+HIGHEST_RATIO = 0.8
+
+
+def interleaved_medians(
+    runs: Mapping[str, Callable[[], object]], *, repeats: int, warmup: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """The median seconds of each of ``runs`` over ``repeats`` interleaved samples, and the samples.
+
+    Each repeat times every run once, in an order reversed on every other repeat (A B C, C B A,
+    ...), so a slow drift of the machine's load hits every run alike; ``warmup`` rounds go first
+    and are not counted.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    names = list(runs)
+    samples: list[dict[str, float]] = []
+    for round_index in range(warmup + repeats):
+        order = names if round_index % 2 == 0 else names[::-1]
+        times: dict[str, float] = {}
+        for name in order:
+            start = clock()
+            runs[name]()
+            times[name] = clock() - start
+        if round_index >= warmup:
+            samples.append({name: times[name] for name in names})
+    medians = {name: statistics.median(sample[name] for sample in samples) for name in names}
+    return medians, samples
+
+
+def fastest_ratio(samples: Sequence[Mapping[str, float]], run: str, base: str) -> float:
+    """The fastest sample of ``run`` over the fastest of ``base``: other load only ever adds
+    time, so on a shared machine the minimum is the steadiest estimate (``timeit``'s advice;
+    on the zoo ResNet under load, per-sample ratios spread 0.6-1.8 where this one stays within
+    0.08)."""
+    return min(s[run] for s in samples) / min(s[base] for s in samples)
+
+
+def random_allocations(groups: Sequence[str], count: int, *, seed: int,
+                       highest: float = HIGHEST_RATIO) -> list[dict[str, float]]:
+    """``count`` seeded channel allocations that spread from nearly dense to heavily pruned:
+    each draws a level in [0, ``highest``] and gives every group that level times a factor in
+    [0.5, 1.5], capped at ``highest``. (Independent uniform ratios would all keep about the
+    same FLOPs, and a fit needs the range.)"""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        level = rng.uniform(0.0, highest)
+        ratios = np.minimum(level * rng.uniform(0.5, 1.5, len(groups)), highest)
+        out.append({g: float(r) for g, r in zip(groups, ratios, strict=True)})
+    return out
+
+
+def kept_fractions(profile: ModelProfile, sparsities: Mapping[str, float]) -> tuple[float, float]:
+    """``(F, A)``: the fractions of the prunable layers' FLOPs and output elements that the
+    pruned model keeps, in the whole channels it really removes (groups not named stay dense).
+
+    Raises:
+        ValueError: for a layer without ``flops`` or ``outputs``, or a key that is no group.
+    """
+    missing = [n for n, layer in profile.layers.items() if layer.outputs is None]
+    if missing:
+        raise ValueError(f"kept_fractions needs 'outputs' for layers {missing}")
+    flops = profile.channel_flops(sparsities, rounded=True) / profile.channel_flops({})
+    keep = {g: profile.channel_groups[g].keep(s, rounded=True) for g, s in sparsities.items()}
+    outputs = [(layer.outputs or 0, keep.get(layer.out_group or "", 1.0))
+               for layer in profile.layers.values()]
+    return flops, sum(n * k for n, k in outputs) / sum(n for n, _ in outputs)
+
+
+def fit_latency(flops_kept: npt.ArrayLike, outputs_kept: npt.ArrayLike,
+                ratios: npt.ArrayLike) -> tuple[float, float, float, float]:
+    """``(fixed, per_flops, per_outputs, mean_error)`` of the latency ratios measured at the
+    kept fractions: non-negative least squares, the coefficients then scaled to sum to 1 (the
+    dense model, ``F = A = 1``), and the mean absolute error of that model on the points.
+
+    Raises:
+        ValueError: for fewer than :data:`MIN_ALLOCATIONS` points, lengths that differ, or
+            ratios that are not finite and positive.
+    """
+    from scipy.optimize import nnls
+
+    f, a, r = (np.asarray(v, dtype=np.float64) for v in (flops_kept, outputs_kept, ratios))
+    if not len(f) == len(a) == len(r):
+        raise ValueError(f"one ratio per allocation: got {len(f)}, {len(a)} and {len(r)}")
+    if len(r) < MIN_ALLOCATIONS:
+        raise ValueError(f"a latency model needs at least {MIN_ALLOCATIONS} timed allocations, "
+                         f"got {len(r)}")
+    if not np.all(np.isfinite(r)) or np.any(r <= 0):
+        raise ValueError(f"latency ratios must be finite and > 0, got {r.tolist()}")
+    design = np.column_stack([np.ones(len(r)), f, a])
+    coefficients, _ = nnls(design, r)
+    total = float(coefficients.sum())
+    if not total > 0:
+        raise ValueError("the latency fit is all zero: the timings carry no signal")
+    fixed, per_flops, per_outputs = (float(c) / total for c in coefficients)
+    predicted = fixed + per_flops * f + per_outputs * a
+    return fixed, per_flops, per_outputs, float(np.mean(np.abs(predicted - r)))

@@ -28,8 +28,14 @@ Predictors of the latency ratio pruned/dense:
 
 For each, Kendall's tau against the measured ratio and the mean and worst absolute error.
 
+Then the budget itself: ``profile --latency``'s measurement (``--profile-allocations``, seed 0) gives
+the model a user's profile would carry, and for each of ``--targets`` ``--per-target`` random
+allocations are rescaled to remove that fraction by the latency budget and, beside them, by the
+FLOPs budget, pruned and timed: the latency each really removes against the target.
+
     python -m benchmarks.latency_predictors [--models resnet_digits,mobilenet_digits]
-        [--allocations 30] [--batch 64] [--repeats 5] [--seed 0]
+        [--allocations 30] [--batch 64] [--repeats 10] [--seed 1] [--targets 0.3,0.5]
+        [--per-target 8] [--profile-allocations 20]
 
 Writes ``results/bench/latency_predictors.{json,md}`` and prints the markdown table.
 """
@@ -52,6 +58,7 @@ import numpy as np
 from benchmarks.channel_latency import _commit
 from nni_prune_tuners.latency import (
     MIN_ALLOCATIONS,
+    fastest_ratio,
     fit_latency,
     interleaved_medians,
     random_allocations,
@@ -221,7 +228,8 @@ def _shrunk(module: Any, shape: tuple[int, ...], keep_in: float, keep_out: float
 
 
 def bench_model(name: str, *, allocations: int, batch: int, repeats: int, seed: int,
-                sample_seconds: float) -> dict[str, Any]:
+                sample_seconds: float, targets: Sequence[float] = (),
+                per_target: int = 8, profile_allocations: int = 20) -> dict[str, Any]:
     """One zoo model: the measured ratios of its random allocations and each predictor's."""
     import copy
 
@@ -235,7 +243,8 @@ def bench_model(name: str, *, allocations: int, batch: int, repeats: int, seed: 
     torch.manual_seed(0)
     dense = ZOO[name]().eval()
     shape = tuple(int(d) for d in cast(Sequence[int], dense.input_shape))
-    profile = parse_profile(profile_model(dense, name=name, channel=True))
+    profile_data = profile_model(dense, name=name, channel=True)
+    profile = parse_profile(profile_data)
     chosen = random_allocations(list(profile.channel_groups), allocations, seed=seed)
     variants = {"dense": dense}
     for index, sparsities in enumerate(chosen):
@@ -277,10 +286,94 @@ def bench_model(name: str, *, allocations: int, batch: int, repeats: int, seed: 
               "layers_alone_ms": 1000 * sum(float(t[-1, -1]) for t in tables.values()),
               "passes": scores([r["measured_a"] for r in rows], [r["measured_b"] for r in rows]),
               "predictors": {p: scores([r[p] for r in rows], measured) for p in PREDICTORS},
-              "rows": rows}
+              "rows": rows,
+              "budget_check": budget_check(dense, profile_data, shape=shape, batch=batch,
+                                           targets=targets, count=per_target, repeats=repeats,
+                                           sample_seconds=sample_seconds,
+                                           profile_allocations=profile_allocations)}
     _logger.info("%s: dense %.3f ms, prunable layers alone %.3f ms", name, result["dense_ms"],
                  result["layers_alone_ms"])
     return result
+
+
+def budget_check(dense: Any, profile_data: dict[str, Any], *, shape: Sequence[int], batch: int,
+                 targets: Sequence[float], count: int, repeats: int, sample_seconds: float,
+                 profile_allocations: int) -> dict[str, Any]:
+    """The latency removed by allocations that meet each target by the latency budget (the
+    model ``profile --latency`` fits here) and by the FLOPs budget, measured after pruning."""
+    import copy
+
+    import torch
+
+    from nni_prune_tuners.flops import ChannelBudget, rescale_to_flops
+    from nni_prune_tuners.profile import parse_profile
+    from nni_prune_tuners.trial import prune_channels
+    from nni_prune_tuners.trial.latency import measure_latency
+
+    raw = copy.deepcopy(profile_data)
+    field = measure_latency(dense, raw, input_shape=shape, batch=batch, seed=0,
+                            allocations=profile_allocations, repeats=repeats,
+                            sample_seconds=sample_seconds / 2)
+    profile = parse_profile(raw)
+    groups = list(profile.channel_groups)
+    channels = np.array([profile.channel_groups[g].channels for g in groups], dtype=float)
+    lo, hi = np.zeros(len(groups)), np.minimum(0.9, (channels - 1) / channels)
+    example = torch.zeros((1, *shape))
+    x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(batch))
+
+    def forward(model: torch.nn.Module, calls: int) -> Callable[[], object]:
+        def run() -> None:
+            with torch.inference_mode():
+                for _ in range(calls):
+                    model(x)
+        return run
+
+    _, calls = _timer(forward(dense, 1), sample_seconds)
+    rows = []
+    for target in targets:
+        for measure in ("latency", "FLOPs"):
+            budget = ChannelBudget.from_profile(profile, groups, latency=measure == "latency")
+            removed, flops_removed = [], []
+            for allocation in random_allocations(groups, count, seed=2):
+                start = np.array([allocation[g] for g in groups]) + 1e-3  # zero cannot scale
+                try:
+                    s = rescale_to_flops(start, lo, hi, budget, target)
+                except ValueError:  # the bounds do not reach the target from there
+                    continue
+                sparsities = dict(zip(groups, map(float, s), strict=True))
+                pruned = prune_channels(copy.deepcopy(dense), sparsities, example).eval()
+                _, samples = interleaved_medians(
+                    {"dense": forward(dense, calls), "pruned": forward(pruned, calls)},
+                    repeats=repeats)
+                removed.append(1.0 - fastest_ratio(samples, "pruned", "dense"))
+                flops_removed.append(1.0 - profile.channel_flops(sparsities, rounded=True)
+                                     / profile.channel_flops({}))
+            rows.append({"target": target, "budget": measure, "allocations": len(removed),
+                         "removed": removed, "flops_removed": flops_removed})
+            _logger.info("target %.2f by %s: latency removed %s", target, measure,
+                         [round(r, 3) for r in removed])
+    return {"model": field, "rows": rows}
+
+
+def budget_markdown(results: Sequence[Mapping[str, Any]]) -> str:
+    """One row per model, target and budget: the latency the pruned models really removed."""
+    lines = ["| model | latency model (fixed / FLOPs / outputs, fit error) | target | budget | "
+             "allocations | latency removed, measured | worst miss | FLOPs removed |",
+             "|---|---|---:|---|---:|---|---:|---:|"]
+    for r in results:
+        model = r["budget_check"]["model"]
+        fit = (f"{model['fixed']:.2f} / {model['per_flops']:.2f} / {model['per_outputs']:.2f}, "
+               f"{model['mean_error']:.3f}")
+        for row in r["budget_check"]["rows"]:
+            removed = np.asarray(row["removed"])
+            if not len(removed):
+                continue
+            lines.append(
+                f"| {r['model']} | {fit} | {row['target']:.2f} | {row['budget']} | "
+                f"{row['allocations']} | {removed.mean():.3f} ± {removed.std(ddof=1):.3f} | "
+                f"{np.abs(removed - row['target']).max():.3f} | "
+                f"{np.mean(row['flops_removed']):.3f} |")
+    return "\n".join(lines)
 
 
 def markdown(results: Sequence[Mapping[str, Any]]) -> str:
@@ -306,6 +399,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="of the allocations (profile --latency draws with 0)")
     parser.add_argument("--sample-seconds", type=float, default=0.1,
                         help="about how long one timed sample of a whole model runs")
+    parser.add_argument("--targets", default="0.3,0.5",
+                        help="fractions of latency removed that the budget check aims at")
+    parser.add_argument("--per-target", type=int, default=8,
+                        help="allocations rescaled to each target by each budget")
+    parser.add_argument("--profile-allocations", type=int, default=20,
+                        help="allocations profile --latency times for the budget check's model")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -314,6 +413,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = [m for m in args.models.split(",") if m]
     if not models or any(m not in ZOO for m in models):
         parser.error(f"--models: {args.models!r}; the zoo has {sorted(ZOO)}")
+    targets = [float(t) for t in args.targets.split(",") if t]
+    if not all(0.0 < t < 1.0 for t in targets) or args.per_target < 2:
+        parser.error(f"--targets must be fractions in (0, 1) and --per-target >= 2, got "
+                     f"{args.targets!r} and {args.per_target}")
     if (args.allocations <= MIN_ALLOCATIONS or min(args.batch, args.repeats) < 2
             or not args.sample_seconds > 0):
         parser.error(f"--allocations must be > {MIN_ALLOCATIONS} (the fit leaves one out), "
@@ -325,8 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     results = [bench_model(m, allocations=args.allocations, batch=args.batch,
                            repeats=args.repeats, seed=args.seed,
-                           sample_seconds=args.sample_seconds) for m in models]
-    table = markdown(results)
+                           sample_seconds=args.sample_seconds, targets=targets,
+                           per_target=args.per_target,
+                           profile_allocations=args.profile_allocations) for m in models]
+    table = markdown(results) + "\n\n" + budget_markdown(results)
     print(table)
     meta = {"date": datetime.date.today().isoformat(), "commit": _commit(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -337,7 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         json.dumps({**meta, "results": results}, indent=2) + "\n")
     (args.out / "latency_predictors.md").write_text(
         f"{table}\n\n`python -m benchmarks.latency_predictors --allocations {args.allocations} "
-        f"--batch {args.batch} --repeats {args.repeats}`, {meta['date']}, commit "
+        f"--batch {args.batch} --repeats {args.repeats} --targets {args.targets} --per-target "
+        f"{args.per_target} --profile-allocations {args.profile_allocations}`, {meta['date']}, commit "
         f"{meta['commit']}, torch {meta['torch']}, 1 thread.\n")
     return 0
 

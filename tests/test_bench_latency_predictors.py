@@ -80,13 +80,20 @@ def test_leave_one_out_recovers_a_linear_law_and_does_not_see_its_own_row() -> N
 
 def test_a_small_run_writes_every_predictor_for_every_allocation(tmp_path: Path) -> None:
     assert main(["--models", "mobilenet_digits", "--allocations", "6", "--repeats", "2",
-                 "--sample-seconds", "0.002", "--out", str(tmp_path)]) == 0
+                 "--sample-seconds", "0.002", "--targets", "0.3", "--per-target", "2",
+                 "--profile-allocations", "5", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "latency_predictors.json").read_text())
     (result,) = data["results"]
     assert set(result["predictors"]) == set(PREDICTORS)
     assert len(result["rows"]) == 6
     assert all(0 < row["flops"] < 1 and row["measured_a"] > 0 for row in result["rows"])
-    assert "| mobilenet_digits |" in (tmp_path / "latency_predictors.md").read_text()
+    check = result["budget_check"]
+    assert [(r["target"], r["budget"]) for r in check["rows"]] == [(0.3, "latency"), (0.3, "FLOPs")]
+    assert all(len(r["removed"]) == 2 for r in check["rows"])
+    flops_row = check["rows"][1]  # the FLOPs budget meets its target in whole channels
+    assert all(abs(f - 0.3) < 0.05 for f in flops_row["flops_removed"])
+    text = (tmp_path / "latency_predictors.md").read_text()
+    assert "| mobilenet_digits |" in text and "| 0.30 | latency | 2 |" in text
 
 
 def test_bad_arguments_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,13 +7,13 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from torch import nn
 
 from benchmarks.channel_latency import markdown, rounded_widths, uniform_sparsities
 from nni_prune_tuners.flops import ChannelBudget
 from nni_prune_tuners.latency import interleaved_medians
 from nni_prune_tuners.profile import parse_profile
 from nni_prune_tuners.trial.profile import profile_model
+from tests.nets import TwoConvNet
 
 
 def test_runs_interleave_in_alternating_order_and_warmup_is_dropped() -> None:
@@ -40,21 +40,9 @@ def test_runs_interleave_in_alternating_order_and_warmup_is_dropped() -> None:
         interleaved_medians({"dense": run("dense")}, repeats=0)
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.input_shape = (1, 8, 8)
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
-                                      nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
-        self.head = nn.Linear(16 * 8 * 8, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.flatten(self.features(x), 1))
-
-
 def test_uniform_sparsities_share_one_ratio_that_meets_the_flops_target() -> None:
     torch.manual_seed(0)
-    profile = parse_profile(profile_model(Net(), name="net", channel=True))
+    profile = parse_profile(profile_model(TwoConvNet(), name="net", channel=True))
     sparsities = uniform_sparsities(profile, 0.5)
     assert list(sparsities) == ["features.0", "features.2"]
     assert len(set(sparsities.values())) == 1
@@ -76,7 +64,7 @@ def test_markdown_has_one_line_per_row() -> None:
 
 def test_widths_round_to_the_nearest_multiple_keeping_one_and_never_growing() -> None:
     torch.manual_seed(0)
-    profile = parse_profile(profile_model(Net(), name="net", channel=True))
+    profile = parse_profile(profile_model(TwoConvNet(), name="net", channel=True))
     channels = {name: group.channels for name, group in profile.channel_groups.items()}
     kept = {name: n - round(0.3 * n) for name, n in channels.items()}
     rounded = rounded_widths(profile, dict.fromkeys(channels, 0.3), 4)

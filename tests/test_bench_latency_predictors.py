@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from benchmarks.latency_predictors import (
     GRID,
@@ -21,23 +20,12 @@ from benchmarks.latency_predictors import (
 )
 from nni_prune_tuners.profile import ModelProfile, parse_profile
 from nni_prune_tuners.trial.profile import profile_model
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.input_shape = (1, 8, 8)
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
-                                      nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
-        self.head = nn.Linear(16 * 8 * 8, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.flatten(self.features(x), 1))
+from tests.nets import TwoConvNet
 
 
 def _profile() -> ModelProfile:
     torch.manual_seed(0)
-    return parse_profile(profile_model(Net(), name="net", channel=True))
+    return parse_profile(profile_model(TwoConvNet(), name="net", channel=True))
 
 
 def test_interpolation_is_exact_on_the_grid_bilinear_between_and_clamped() -> None:

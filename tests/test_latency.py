@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from nni_prune_tuners import flops
 from nni_prune_tuners.latency import (
@@ -28,6 +27,7 @@ from nni_prune_tuners.search_space import SearchSpaceError
 from nni_prune_tuners.trial.latency import layer_outputs, measure_latency
 from nni_prune_tuners.trial.profile import profile_model, search_space
 from nni_prune_tuners.tuner import PruneTPETuner, parse_tuner_options
+from tests.nets import TwoConvNet
 from trials import models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,20 +190,9 @@ def test_a_latency_model_needs_the_layers_outputs_and_channel_groups(
         parse_profile(no_groups)
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
-        self.head = nn.Linear(16 * 8 * 8, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.flatten(self.features(x), 1))
-
-
 def test_measured_on_a_real_module_the_profile_carries_a_model_that_parses() -> None:
     torch.manual_seed(0)
-    model = Net().train()
+    model = TwoConvNet().train()
     raw = profile_model(model, name="net", input_shape=(1, 8, 8), channel=True)
     field = measure_latency(model, raw, input_shape=(1, 8, 8), batch=4, allocations=5, repeats=2,
                             sample_seconds=0.001)

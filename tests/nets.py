@@ -1,0 +1,21 @@
+"""Small modules the tests share."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TwoConvNet(nn.Module):
+    """Two convolutions (8 and 16 channels, so two channel groups) and a classifier on 1x8x8."""
+
+    input_shape = (1, 8, 8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.features(x), 1))

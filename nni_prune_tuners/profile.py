@@ -176,10 +176,6 @@ class LatencyModel:
     allocations: int | None = None
     mean_error: float | None = None
 
-    def ratio(self, flops_kept: float, outputs_kept: float) -> float:
-        """The predicted latency pruned / dense at those kept fractions."""
-        return self.fixed + self.per_flops * flops_kept + self.per_outputs * outputs_kept
-
 
 @dataclass(frozen=True)
 class ModelProfile:

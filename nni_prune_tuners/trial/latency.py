@@ -61,6 +61,40 @@ def _forwards(model: nn.Module, x: torch.Tensor, count: int) -> Callable[[], obj
     return run
 
 
+def _time_allocations(
+    model: nn.Module, profile: dict[str, Any], *, device: torch.device, input_shape: Sequence[int],
+    batch: int, allocations: int, repeats: int, seed: int, sample_seconds: float,
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """The kept FLOPs and output fractions, latency ratios and dense seconds of the random
+    allocations (``model`` in eval mode; the layers' ``outputs`` are written into ``profile``)."""
+    example = torch.zeros((1, *input_shape), device=device)
+    outputs = layer_outputs(model, example)
+    for entry in profile["layers"]:
+        entry["outputs"] = int(outputs[entry["name"]])
+    parsed = parse_profile(profile)
+    x = torch.randn((batch, *input_shape), generator=torch.Generator().manual_seed(seed)).to(device)
+    _forwards(model, x, 2)()  # warm the allocator before calibrating
+    start = time.perf_counter()
+    _forwards(model, x, 3)()
+    count = max(1, round(sample_seconds / max((time.perf_counter() - start) / 3, 1e-7)))
+    flops_kept, outputs_kept, ratios, dense = [], [], [], []
+    chosen = random_allocations(list(parsed.channel_groups), allocations, seed=seed)
+    for index, sparsities in enumerate(chosen):
+        pruned = prune_channels(copy.deepcopy(model), sparsities, example).eval()
+        _, samples = interleaved_medians(
+            {"dense": _forwards(model, x, count), "pruned": _forwards(pruned, x, count)},
+            repeats=repeats)
+        kept = kept_fractions(parsed, sparsities)
+        flops_kept.append(kept[0])
+        outputs_kept.append(kept[1])
+        ratios.append(fastest_ratio(samples, "pruned", "dense"))
+        dense.append(min(sample["dense"] for sample in samples) / count)
+        _logger.info("latency %d/%d: %.3f of the dense time with %.3f of the FLOPs and %.3f of "
+                     "the output elements kept", index + 1, allocations, ratios[-1], kept[0],
+                     kept[1])
+    return flops_kept, outputs_kept, ratios, dense
+
+
 def measure_latency(
     model: nn.Module, profile: dict[str, Any], *, input_shape: Sequence[int], batch: int = 64,
     allocations: int = 20, repeats: int = 10, seed: int = 0, sample_seconds: float = 0.05,
@@ -88,32 +122,12 @@ def measure_latency(
     device = param.device if param is not None else torch.device("cpu")
     was_training = model.training
     model.eval()
-    example = torch.zeros((1, *input_shape), device=device)
-    outputs = layer_outputs(model, example)
-    for entry in profile["layers"]:
-        entry["outputs"] = int(outputs[entry["name"]])
-    parsed = parse_profile(profile)
-    x = torch.randn((batch, *input_shape), generator=torch.Generator().manual_seed(seed)).to(device)
-    _forwards(model, x, 2)()  # warm the allocator before calibrating
-    start = time.perf_counter()
-    _forwards(model, x, 3)()
-    count = max(1, round(sample_seconds / max((time.perf_counter() - start) / 3, 1e-7)))
-    flops_kept, outputs_kept, ratios, dense = [], [], [], []
-    chosen = random_allocations(list(parsed.channel_groups), allocations, seed=seed)
-    for index, sparsities in enumerate(chosen):
-        pruned = prune_channels(copy.deepcopy(model), sparsities, example).eval()
-        _, samples = interleaved_medians(
-            {"dense": _forwards(model, x, count), "pruned": _forwards(pruned, x, count)},
-            repeats=repeats)
-        kept = kept_fractions(parsed, sparsities)
-        flops_kept.append(kept[0])
-        outputs_kept.append(kept[1])
-        ratios.append(fastest_ratio(samples, "pruned", "dense"))
-        dense.append(min(sample["dense"] for sample in samples) / count)
-        _logger.info("latency %d/%d: %.3f of the dense time with %.3f of the FLOPs and %.3f of "
-                     "the output elements kept", index + 1, allocations, ratios[-1], kept[0],
-                     kept[1])
-    model.train(was_training)
+    try:
+        flops_kept, outputs_kept, ratios, dense = _time_allocations(
+            model, profile, device=device, input_shape=input_shape, batch=batch,
+            allocations=allocations, repeats=repeats, seed=seed, sample_seconds=sample_seconds)
+    finally:
+        model.train(was_training)
     fixed, per_flops, per_outputs, error = fit_latency(flops_kept, outputs_kept, ratios)
     field = {"fixed": fixed, "per_flops": per_flops, "per_outputs": per_outputs,
              "device": str(device), "threads": torch.get_num_threads(), "batch": batch,

@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from nni_prune_tuners import flops
+from nni_prune_tuners.config_check import check_config
 from nni_prune_tuners.latency import (
     fastest_ratio,
     fit_latency,
@@ -29,6 +31,7 @@ from nni_prune_tuners.trial.profile import profile_model, search_space
 from nni_prune_tuners.tuner import PruneTPETuner, parse_tuner_options
 from tests.nets import TwoConvNet
 from trials import models
+from trials.prune_trial import dense_cache_path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A latency law for the torch-free tests: a fifth fixed, half FLOPs, the rest output elements.
@@ -218,3 +221,57 @@ def test_bad_latency_options_are_one_line_before_any_work(tmp_path: Path, extra:
     assert done.returncode == 2
     assert message in done.stderr.strip().splitlines()[-1], done.stderr
     assert not (tmp_path / "p.json").exists()
+
+
+
+@pytest.mark.slow
+def test_profile_latency_then_a_latency_budget_under_nnictl(registered: list[str],
+                                                            tmp_path: Path) -> None:
+    """The user's path: ``profile --latency`` measures the zoo MLP, ``check`` passes, and a real
+    experiment with ``weight_by: latency`` runs to DONE, every trial at the target by the
+    profile's model. The target is half of what the measured model lets the space remove, so it
+    is feasible whatever the timings were."""
+    from tests.experiment import nni_experiment
+
+    spec = "trials.models:mlp_digits"
+    profile_file, space_file = tmp_path / "profile.json", tmp_path / "space.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "nni_prune_tuners.trial.profile", "--model", spec, "--methods",
+         "channel", "--latency", "--latency-allocations", "6", "--high", "0.9", "--out",
+         str(profile_file), "--search-space", str(space_file)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    profile = parse_profile(json.loads(profile_file.read_text()))
+    assert profile.latency is not None and profile.latency.allocations == 6
+    space = json.loads(space_file.read_text())
+    (branch,) = space["prune_method"]["_value"]
+    groups = [key.removesuffix("_sparsity") for key in branch if key != "_name"]
+    budget = flops.ChannelBudget.from_profile(profile, groups, latency=True)
+    target = round(budget.removed([branch[f"{g}_sparsity"]["_value"][1] for g in groups]) / 2, 4)
+    torch.manual_seed(0)
+    cache = dense_cache_path(tmp_path / "cache", model=spec, data="digits_hard")
+    cache.parent.mkdir(parents=True)
+    torch.save(models.ZOO["mlp_digits"]().state_dict(), cache)  # untrained: no dense training
+    config = {
+        "searchSpaceFile": str(space_file),
+        "trialCommand": f"{sys.executable} -m trials.prune_trial --model {spec} --epochs 1 "
+                        f"--cache-dir {tmp_path / 'cache'}",
+        "trialCodeDirectory": str(ROOT),
+        "trialConcurrency": 2,
+        "maxTrialNumber": 2,
+        "tuner": {"name": "PruneTPE", "classArgs": {
+            "optimize_mode": "maximize", "target_sparsity": target, "weight_by": "latency",
+            "seed": 0, "profile": str(profile_file)}},
+        "trainingService": {"platform": "local"},
+    }
+    config_file = tmp_path / "config.yml"
+    config_file.write_text(yaml.safe_dump(config))
+    assert check_config(config_file).branches == ("prune_method=channel",)
+    with nni_experiment(config, workdir=tmp_path) as experiment:
+        experiment.wait(timeout=300)
+        trials = experiment.trials()
+    assert [t.status for t in trials] == ["SUCCEEDED"] * 2
+    for trial in trials:
+        s = trial.parameters["prune_method"]
+        assert abs(budget.removed([s[f"{g}_sparsity"] for g in groups]) - target) <= 1e-9
+        assert trial.final["method"] == "channel"

@@ -20,8 +20,9 @@ measures differ from ``R(s)`` by that rounding: at most half a channel per group
 With ``weight_by: latency`` the same form is the profile's measured latency model
 (:class:`~nni_prune_tuners.profile.LatencyModel`): its FLOPs term spreads over the layers as
 above, its output-elements term is one more term per layer that scales with the layer's output
-channels alone, and its fixed part is a term no group scales. So ``R`` is then the fraction of
-the latency removed, and everything below (gradient, feasible range, rescale) holds unchanged.
+channels alone, and its fixed part is a term no group scales; ``R`` is then the fraction of the
+measured dense latency removed (the terms need not sum to 1, so ``R`` at no pruning need not be
+0), and everything below (gradient, feasible range, rescale) holds unchanged.
 Pure numpy; nothing here knows torch, Optuna or NNI.
 """
 
@@ -56,6 +57,8 @@ class ChannelBudget:
             groups does (the layer's FLOPs do not scale on that side).
         measure: what is removed, for messages: ``FLOPs``, or ``latency`` where the terms are
             the profile's latency model (then ``flops`` holds each term's share of it).
+        dense: the measure of the dense model, what ``R`` is a fraction of; None: the sum of
+            the terms. The latency model's terms are ratios to the measured dense time, so 1.
     """
 
     groups: tuple[str, ...]
@@ -64,6 +67,7 @@ class ChannelBudget:
     in_index: IntArray
     out_index: IntArray
     measure: str = "FLOPs"
+    dense: float | None = None
 
     def __post_init__(self) -> None:
         if not len(self.groups) == len(self.channels):
@@ -72,6 +76,8 @@ class ChannelBudget:
             raise ValueError("flops, in_index and out_index must have the same, non-zero length")
         if np.any(self.flops < 0) or not float(self.flops.sum()) > 0:
             raise ValueError("flops must be >= 0 with a positive sum")
+        if self.dense is not None and not self.dense > 0:
+            raise ValueError(f"dense must be > 0, got {self.dense}")
         for name, index in (("in_index", self.in_index), ("out_index", self.out_index)):
             if np.any(index < -1) or np.any(index >= len(self.groups)):
                 raise ValueError(f"{name} must be -1 or a group index < {len(self.groups)}")
@@ -119,12 +125,14 @@ class ChannelBudget:
             out_index=np.array([position.get(out or "", -1) for _, _, out in terms],
                                dtype=np.int64),
             measure="latency" if latency else "FLOPs",
+            dense=1.0 if latency else None,
         )
 
     @property
     def total(self) -> float:
-        """The dense FLOPs of every prunable layer."""
-        return float(self.flops.sum())
+        """The dense model's measure: ``dense``, else the sum of the terms (the dense FLOPs of
+        every prunable layer)."""
+        return self.dense if self.dense is not None else float(self.flops.sum())
 
     def _keeps(self, sparsities: FloatArray | Sequence[float]) -> tuple[FloatArray, FloatArray]:
         s = np.asarray(sparsities, dtype=np.float64)

@@ -77,11 +77,13 @@ def test_a_small_run_writes_every_predictor_for_every_allocation(tmp_path: Path)
     assert all(0 < row["flops"] < 1 and row["measured_a"] > 0 for row in result["rows"])
     check = result["budget_check"]
     assert [(r["target"], r["budget"]) for r in check["rows"]] == [(0.3, "latency"), (0.3, "FLOPs")]
-    assert all(len(r["removed"]) == 2 for r in check["rows"])
-    flops_row = check["rows"][1]  # the FLOPs budget meets its target in whole channels
+    latency_row, flops_row = check["rows"]
+    # the measured model decides whether 0.3 is reachable (timings): at most the two allocations
+    assert latency_row["allocations"] == len(latency_row["removed"]) <= 2
+    assert flops_row["allocations"] == 2  # the FLOPs budget meets it, in whole channels
     assert all(abs(f - 0.3) < 0.05 for f in flops_row["flops_removed"])
     text = (tmp_path / "latency_predictors.md").read_text()
-    assert "| mobilenet_digits |" in text and "| 0.30 | latency | 2 |" in text
+    assert "| mobilenet_digits |" in text and "| 0.30 | FLOPs | 2 |" in text
 
 
 def test_bad_arguments_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:

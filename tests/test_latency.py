@@ -64,15 +64,15 @@ def _space(raw: dict[str, Any], methods: list[str]) -> dict[str, Any]:
                         groups=list(profile.channel_groups.values()))  # type: ignore[arg-type]
 
 
-def test_the_fit_recovers_a_law_scaled_to_the_dense_model_and_never_goes_negative() -> None:
+def test_the_fit_recovers_a_law_as_measured_and_never_goes_negative() -> None:
     rng = np.random.default_rng(0)
     f, a = rng.uniform(0.1, 1.0, 12), rng.uniform(0.3, 1.0, 12)
+    # pruned widths 10% slower than the law through the dense point: the fit follows them
     fixed, per_flops, per_outputs, error = fit_latency(f, a, 1.1 * (0.2 + 0.5 * f + 0.3 * a))
-    assert (fixed, per_flops, per_outputs) == pytest.approx((0.2, 0.5, 0.3))
-    assert error == pytest.approx(0.1 * np.mean(0.2 + 0.5 * f + 0.3 * a), rel=1e-6)
+    assert (fixed, per_flops, per_outputs) == pytest.approx((0.22, 0.55, 0.33))
+    assert error == pytest.approx(0.0, abs=1e-12)
     # time that falls as the FLOPs kept grow: least squares would give a negative coefficient
-    coefficients = fit_latency(f, a, 1.0 - 0.3 * f + 0.0 * a)[:3]
-    assert min(coefficients) >= 0 and sum(coefficients) == pytest.approx(1.0)
+    assert min(fit_latency(f, a, 1.0 - 0.3 * f)[:3]) >= 0
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -127,6 +127,11 @@ def test_the_latency_budget_is_the_profiles_model(resnet: dict[str, Any]) -> Non
     # the fixed fifth is never removed: at most 0.8, and the gradient still points one way
     assert budget.removed(np.full(len(groups), 0.999)) < 0.8
     assert np.all(budget.gradient(s) >= 0)
+    # pruned widths that run faster than the dense ones: any pruning already removes a part
+    fast = parse_profile({**resnet, "latency": {**resnet["latency"], "fixed": 0.1}})
+    budget = flops.ChannelBudget.from_profile(fast, groups, latency=True)
+    assert budget.removed(np.zeros(len(groups))) == pytest.approx(0.1)
+    assert budget.removed(s) == pytest.approx(1 - (0.1 + 0.5 * f + 0.3 * a), abs=1e-12)
 
 
 def test_every_suggestion_removes_the_target_fraction_of_latency(
@@ -171,7 +176,7 @@ def test_a_latency_budget_is_checked_before_any_trial(tmp_path: Path,
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"fixed": -0.1, "per_flops": 0.8}, "latency.fixed must be >= 0, got -0.1"),
-    ({"fixed": 0.5}, "must be 1 .*got 1.3"),
+    ({"fixed": 0, "per_flops": 0, "per_outputs": 0}, "must be > 0, got 0"),
     ({"per_outputs": "x"}, "latency.per_outputs must be a finite number, got 'x'"),
     ({"batch": 0}, "latency.batch must be a positive integer, got 0"),
     ({"device": 3}, "latency.device must be a string, got 3"),
@@ -203,7 +208,7 @@ def test_measured_on_a_real_module_the_profile_carries_a_model_that_parses() -> 
     assert [e["outputs"] for e in raw["layers"]] == [8 * 64, 16 * 64, 10]
     profile = parse_profile(raw)
     assert profile.latency is not None and profile.latency.allocations == 5
-    assert field["fixed"] + field["per_flops"] + field["per_outputs"] == pytest.approx(1.0)
+    assert min(field["fixed"], field["per_flops"], field["per_outputs"]) >= 0 <= field["mean_error"]
     assert field["device"] == "cpu" and field["batch"] == 4
 
 
@@ -229,8 +234,8 @@ def test_profile_latency_then_a_latency_budget_under_nnictl(registered: list[str
                                                             tmp_path: Path) -> None:
     """The user's path: ``profile --latency`` measures the zoo MLP, ``check`` passes, and a real
     experiment with ``weight_by: latency`` runs to DONE, every trial at the target by the
-    profile's model. The target is half of what the measured model lets the space remove, so it
-    is feasible whatever the timings were."""
+    profile's model. The target is the middle of what the measured model lets the space remove,
+    so it is feasible whatever the timings were."""
     from tests.experiment import nni_experiment
 
     spec = "trials.models:mlp_digits"
@@ -247,7 +252,9 @@ def test_profile_latency_then_a_latency_budget_under_nnictl(registered: list[str
     (branch,) = space["prune_method"]["_value"]
     groups = [key.removesuffix("_sparsity") for key in branch if key != "_name"]
     budget = flops.ChannelBudget.from_profile(profile, groups, latency=True)
-    target = round(budget.removed([branch[f"{g}_sparsity"]["_value"][1] for g in groups]) / 2, 4)
+    reach = [budget.removed([branch[f"{g}_sparsity"]["_value"][side] for g in groups])
+             for side in (0, 1)]
+    target = round(sum(reach) / 2, 4)  # inside the reachable range, whatever was measured
     torch.manual_seed(0)
     cache = dense_cache_path(tmp_path / "cache", model=spec, data="digits_hard")
     cache.parent.mkdir(parents=True)

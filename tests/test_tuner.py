@@ -63,7 +63,7 @@ def assert_meets_target(params: dict[str, Any]) -> None:
         ({"warm_up": 3}, "unknown key 'warm_up': the keys are optimize_mode, seed, target_sparsity"),
         ({"seed": -1}, "seed must be a non-negative integer"),
         ({"n_startup_trials": 2.5}, "n_startup_trials must be an integer"),
-        ({"weight_by": "bytes"}, "weight_by must be 'params' or 'flops'"),
+        ({"weight_by": "bytes"}, "weight_by must be 'params', 'flops' or 'latency'"),
         ({"sparsity_scope": "all"}, "sparsity_scope must be 'searched' or 'model'"),
         ({"warm_start": ["snip"]}, r"warm_start must be a list drawn from .*, got \['snip'\]$"),
         ({"allocation": "es"}, "allocation must be 'model', 'local' or 'tpe', got 'es'$"),

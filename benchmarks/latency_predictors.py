@@ -237,6 +237,7 @@ def bench_model(name: str, *, allocations: int, batch: int, repeats: int, seed: 
 
     from nni_prune_tuners.profile import parse_profile
     from nni_prune_tuners.trial import prune_channels
+    from nni_prune_tuners.trial.latency import forwards
     from nni_prune_tuners.trial.profile import profile_model
     from trials.models import ZOO
 
@@ -252,13 +253,7 @@ def bench_model(name: str, *, allocations: int, batch: int, repeats: int, seed: 
                                               torch.zeros((1, *shape))).eval()
     x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(batch))
 
-    def forward(model: torch.nn.Module) -> Callable[[], object]:
-        def run() -> None:
-            with torch.inference_mode():
-                model(x)
-        return run
-
-    timed = {key: _timer(forward(model), sample_seconds) for key, model in variants.items()}
+    timed = {key: _timer(forwards(model, x, 1), sample_seconds) for key, model in variants.items()}
     calls = {key: repeated for key, (repeated, _) in timed.items()}
     per_call = {key: count for key, (_, count) in timed.items()}
     passes = []
@@ -308,7 +303,7 @@ def budget_check(dense: Any, profile_data: dict[str, Any], *, shape: Sequence[in
     from nni_prune_tuners.flops import ChannelBudget, rescale_to_flops
     from nni_prune_tuners.profile import parse_profile
     from nni_prune_tuners.trial import prune_channels
-    from nni_prune_tuners.trial.latency import measure_latency
+    from nni_prune_tuners.trial.latency import forwards, measure_latency
 
     raw = copy.deepcopy(profile_data)
     field = measure_latency(dense, raw, input_shape=shape, batch=batch, seed=0,
@@ -321,14 +316,7 @@ def budget_check(dense: Any, profile_data: dict[str, Any], *, shape: Sequence[in
     example = torch.zeros((1, *shape))
     x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(batch))
 
-    def forward(model: torch.nn.Module, calls: int) -> Callable[[], object]:
-        def run() -> None:
-            with torch.inference_mode():
-                for _ in range(calls):
-                    model(x)
-        return run
-
-    _, calls = _timer(forward(dense, 1), sample_seconds)
+    _, calls = _timer(forwards(dense, x, 1), sample_seconds)
     rows = []
     for target in targets:
         for measure in ("latency", "FLOPs"):
@@ -343,7 +331,7 @@ def budget_check(dense: Any, profile_data: dict[str, Any], *, shape: Sequence[in
                 sparsities = dict(zip(groups, map(float, s), strict=True))
                 pruned = prune_channels(copy.deepcopy(dense), sparsities, example).eval()
                 _, samples = interleaved_medians(
-                    {"dense": forward(dense, calls), "pruned": forward(pruned, calls)},
+                    {"dense": forwards(dense, x, calls), "pruned": forwards(pruned, x, calls)},
                     repeats=repeats)
                 removed.append(1.0 - fastest_ratio(samples, "pruned", "dense"))
                 flops_removed.append(1.0 - profile.channel_flops(sparsities, rounded=True)

@@ -51,7 +51,9 @@ def layer_outputs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     return counts
 
 
-def _forwards(model: nn.Module, x: torch.Tensor, count: int) -> Callable[[], object]:
+def forwards(model: nn.Module, x: torch.Tensor, count: int) -> Callable[[], object]:
+    """A call that runs ``count`` forwards of ``x`` in inference mode (synchronised on CUDA):
+    one timed sample."""
     def run() -> None:
         with torch.inference_mode():
             for _ in range(count):
@@ -73,16 +75,16 @@ def _time_allocations(
         entry["outputs"] = int(outputs[entry["name"]])
     parsed = parse_profile(profile)
     x = torch.randn((batch, *input_shape), generator=torch.Generator().manual_seed(seed)).to(device)
-    _forwards(model, x, 2)()  # warm the allocator before calibrating
+    forwards(model, x, 2)()  # warm the allocator before calibrating
     start = time.perf_counter()
-    _forwards(model, x, 3)()
+    forwards(model, x, 3)()
     count = max(1, round(sample_seconds / max((time.perf_counter() - start) / 3, 1e-7)))
     flops_kept, outputs_kept, ratios, dense = [], [], [], []
     chosen = random_allocations(list(parsed.channel_groups), allocations, seed=seed)
     for index, sparsities in enumerate(chosen):
         pruned = prune_channels(copy.deepcopy(model), sparsities, example).eval()
         _, samples = interleaved_medians(
-            {"dense": _forwards(model, x, count), "pruned": _forwards(pruned, x, count)},
+            {"dense": forwards(model, x, count), "pruned": forwards(pruned, x, count)},
             repeats=repeats)
         kept = kept_fractions(parsed, sparsities)
         flops_kept.append(kept[0])

@@ -214,6 +214,33 @@ def prune_tpe(*, seed: int, target_sparsity: float = 0.9) -> dict[str, Any]:
     }
 
 
+def zoo_config(
+    *,
+    model: str,
+    cache_dir: Path,
+    tuner: Mapping[str, Any],
+    search_space: Mapping[str, Any] | Path,
+    epochs: int = 1,
+    max_trials: int = 2,
+) -> dict[str, Any]:
+    """An experiment running the reference trial on zoo ``model`` (``trials.models:<name>``)
+    with its dense weights cached in ``cache_dir``; ``search_space`` inline or a file."""
+    space: dict[str, Any] = ({"searchSpaceFile": str(search_space)}
+                             if isinstance(search_space, Path)
+                             else {"searchSpace": dict(search_space)})
+    return {
+        **space,
+        "trialCommand": f"{sys.executable} -m trials.prune_trial --model {model} "
+                        f"--epochs {epochs} --cache-dir {shlex.quote(str(cache_dir))}",
+        "trialCodeDirectory": str(REPO),
+        "trialConcurrency": 2,
+        "maxTrialNumber": max_trials,
+        "tuner": dict(tuner),
+        "trainingService": {"platform": "local"},
+        "nniManagerIp": LOOPBACK,
+    }
+
+
 def analytic_config(
     *,
     tuner: Mapping[str, Any],

@@ -29,9 +29,8 @@ from nni_prune_tuners.search_space import SearchSpaceError
 from nni_prune_tuners.trial.latency import layer_outputs, measure_latency
 from nni_prune_tuners.trial.profile import profile_model, search_space
 from nni_prune_tuners.tuner import PruneTPETuner, parse_tuner_options
-from tests.nets import TwoConvNet
+from tests.nets import TwoConvNet, untrained_dense_cache
 from trials import models
-from trials.prune_trial import dense_cache_path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A latency law for the torch-free tests: a fifth fixed, half FLOPs, the rest output elements.
@@ -236,7 +235,7 @@ def test_profile_latency_then_a_latency_budget_under_nnictl(registered: list[str
     experiment with ``weight_by: latency`` runs to DONE, every trial at the target by the
     profile's model. The target is the middle of what the measured model lets the space remove,
     so it is feasible whatever the timings were."""
-    from tests.experiment import nni_experiment
+    from tests.experiment import nni_experiment, zoo_config
 
     spec = "trials.models:mlp_digits"
     profile_file, space_file = tmp_path / "profile.json", tmp_path / "space.json"
@@ -255,22 +254,12 @@ def test_profile_latency_then_a_latency_budget_under_nnictl(registered: list[str
     reach = [budget.removed([branch[f"{g}_sparsity"]["_value"][side] for g in groups])
              for side in (0, 1)]
     target = round(sum(reach) / 2, 4)  # inside the reachable range, whatever was measured
-    torch.manual_seed(0)
-    cache = dense_cache_path(tmp_path / "cache", model=spec, data="digits_hard")
-    cache.parent.mkdir(parents=True)
-    torch.save(models.ZOO["mlp_digits"]().state_dict(), cache)  # untrained: no dense training
-    config = {
-        "searchSpaceFile": str(space_file),
-        "trialCommand": f"{sys.executable} -m trials.prune_trial --model {spec} --epochs 1 "
-                        f"--cache-dir {tmp_path / 'cache'}",
-        "trialCodeDirectory": str(ROOT),
-        "trialConcurrency": 2,
-        "maxTrialNumber": 2,
-        "tuner": {"name": "PruneTPE", "classArgs": {
+    untrained_dense_cache(tmp_path / "cache", "mlp_digits")  # untrained: no dense training
+    config = zoo_config(
+        model=spec, cache_dir=tmp_path / "cache", search_space=space_file,
+        tuner={"name": "PruneTPE", "classArgs": {
             "optimize_mode": "maximize", "target_sparsity": target, "weight_by": "latency",
-            "seed": 0, "profile": str(profile_file)}},
-        "trainingService": {"platform": "local"},
-    }
+            "seed": 0, "profile": str(profile_file)}})
     config_file = tmp_path / "config.yml"
     config_file.write_text(yaml.safe_dump(config))
     assert check_config(config_file).branches == ("prune_method=channel",)

@@ -388,20 +388,14 @@ def test_standalone_cli_prunes_the_vit_by_dotted_names(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_zoo_trial_runs_under_nnictl(registered: list[str], zoo_cache: Path, tmp_path: Path) -> None:
     """``--model`` in the trialCommand: PruneTPE over the LeNet-300-100 space, as users run it."""
-    from tests.experiment import nni_experiment
+    from tests.experiment import nni_experiment, zoo_config
 
-    config = {
-        "searchSpace": json.loads((ROOT / "search_spaces" / "mlp_digits.json").read_text()),
-        "trialCommand": f"{sys.executable} -m trials.prune_trial --model {ZOO_MODEL} "
-                        f"--epochs 4 --cache-dir {zoo_cache}",
-        "trialCodeDirectory": str(ROOT),
-        "trialConcurrency": 2,
-        "maxTrialNumber": 2,
-        "tuner": {"name": "PruneTPE", "classArgs": {
+    config = zoo_config(
+        model=ZOO_MODEL, cache_dir=zoo_cache, epochs=4,
+        search_space=json.loads((ROOT / "search_spaces" / "mlp_digits.json").read_text()),
+        tuner={"name": "PruneTPE", "classArgs": {
             "optimize_mode": "maximize", "target_sparsity": 0.9, "seed": 0,
-            "profile": str(ROOT / "search_spaces" / "mlp_digits.profile.json")}},
-        "trainingService": {"platform": "local"},
-    }
+            "profile": str(ROOT / "search_spaces" / "mlp_digits.profile.json")}})
     with nni_experiment(config, workdir=tmp_path) as experiment:
         experiment.wait(timeout=300)
         trials = experiment.trials()

@@ -18,19 +18,10 @@ import torch
 from nni_prune_tuners.profile import parse_profile
 from nni_prune_tuners.trial import count_flops
 from nni_prune_tuners.trial.profile import profile_model
-from trials import models
-from trials.prune_trial import dense_cache_path, run_trial
+from tests.nets import untrained_dense_cache
+from trials.prune_trial import run_trial
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _seed_cache(cache: Path, name: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = models.ZOO[name]()
-    path = dense_cache_path(cache, model=f"trials.models:{name}", data=str(model.data_variant))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
-    return model
 
 
 def _channel_params(raw: dict[str, Any], ratio: float) -> dict[str, Any]:
@@ -41,7 +32,7 @@ def _channel_params(raw: dict[str, Any], ratio: float) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", ["mlp_digits", "resnet_digits"])
 def test_standalone_cli_prunes_channels_and_saves_the_module(tmp_path: Path, name: str) -> None:
-    model = _seed_cache(tmp_path, name)
+    model = untrained_dense_cache(tmp_path, name)
     raw = profile_model(model.eval(), name=name, channel=True)
     params = _channel_params(raw, 0.5)
     save = tmp_path / "pruned.pt"
@@ -73,7 +64,7 @@ def test_standalone_cli_prunes_channels_and_saves_the_module(tmp_path: Path, nam
 def test_run_trial_reports_flops_beside_sparsity_and_fine_tunes_the_small_model(
     tmp_path: Path
 ) -> None:
-    model = _seed_cache(tmp_path, "mlp_digits")
+    model = untrained_dense_cache(tmp_path, "mlp_digits")
     raw = profile_model(model.eval(), name="mlp_digits", channel=True)
     reports: list[dict[str, Any]] = []
     result = run_trial(_channel_params(raw, 0.7), epochs=2, cache_dir=tmp_path,
@@ -90,7 +81,7 @@ def test_run_trial_reports_flops_beside_sparsity_and_fine_tunes_the_small_model(
 
 
 def test_a_key_that_is_not_a_channel_group_fails_before_training(tmp_path: Path) -> None:
-    model = _seed_cache(tmp_path, "mlp_digits")
+    model = untrained_dense_cache(tmp_path, "mlp_digits")
     last = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
     params = {"prune_method": {"_name": "channel", f"{last}_sparsity": 0.5}}
     with pytest.raises(ValueError, match=rf"{last}_sparsity: '{last}' is not a channel group"):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,8 @@ from nni_prune_tuners.profile import parse_profile
 from nni_prune_tuners.trial import count_flops, prune_channels
 from nni_prune_tuners.trial.profile import profile_model, search_space
 from nni_prune_tuners.tuner import PruneTPETuner
+from tests.nets import untrained_dense_cache
 from trials import models
-from trials.prune_trial import dense_cache_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -235,27 +234,16 @@ def test_real_pruning_lands_within_the_rounding_bound(
 def test_channel_experiment_runs_under_nnictl(registered: list[str], tmp_path: Path) -> None:
     """PruneTPE over a level/channel space of the zoo MLP, the reference trial pruning channels
     for real; the dense cache holds untrained weights, so no dense training happens."""
-    from tests.experiment import nni_experiment
+    from tests.experiment import nni_experiment, zoo_config
 
     name, spec = "mlp_digits", "trials.models:mlp_digits"
     path, raw = _write_profile(tmp_path, name)
-    torch.manual_seed(0)
-    cache = dense_cache_path(tmp_path / "cache", model=spec, data="digits_hard")
-    cache.parent.mkdir(parents=True)
-    torch.save(models.ZOO[name]().state_dict(), cache)
-    space = _space(raw, ["channel"])
-    config = {
-        "searchSpace": space,
-        "trialCommand": f"{sys.executable} -m trials.prune_trial --model {spec} --epochs 1 "
-                        f"--cache-dir {tmp_path / 'cache'}",
-        "trialCodeDirectory": str(ROOT),
-        "trialConcurrency": 2,
-        "maxTrialNumber": 2,
-        "tuner": {"name": "PruneTPE", "classArgs": {
+    untrained_dense_cache(tmp_path / "cache", name)
+    config = zoo_config(
+        model=spec, cache_dir=tmp_path / "cache", search_space=_space(raw, ["channel"]),
+        tuner={"name": "PruneTPE", "classArgs": {
             "optimize_mode": "maximize", "target_sparsity": 0.5, "seed": 0,
-            "profile": str(path)}},
-        "trainingService": {"platform": "local"},
-    }
+            "profile": str(path)}})
     profile = parse_profile(raw)
     budget = flops.ChannelBudget.from_profile(profile, list(profile.channel_groups))
     with nni_experiment(config, workdir=tmp_path) as experiment:

@@ -12,9 +12,12 @@ that load drift on the machine hits all of them, and the median over ``--repeats
 one warm-up is reported, with the ratio pruned/dense, the range of the per-repeat ratios, and
 the ratio of the fastest samples (``timeit``'s convention: the least disturbed by other load).
 Weights are the models' seeded initialisation: latency does not depend on their values.
+``--picks`` adds, beside the uniform ratios, the allocation each run of
+``benchmarks.channel_tuners`` picked (its best validation trial): the model a user would deploy.
 
     python -m benchmarks.channel_latency [--repeats 5] [--models resnet_digits,mobilenet_digits]
                                          [--targets 0.5,0.7] [--batches 1,64]
+                                         [--picks results/bench/channel_tuners.json,...]
 
 Writes ``results/bench/channel_latency.json`` and ``.md`` and prints the markdown table.
 """
@@ -71,6 +74,20 @@ def rounded_widths(profile: ModelProfile, sparsities: Mapping[str, float],
     return out
 
 
+def tuner_picks(runs: Sequence[Mapping[str, Any]], model: str,
+                target: float) -> list[tuple[str, dict[str, float]]]:
+    """Each ``benchmarks.channel_tuners`` run's pick on ``model`` at ``target``, seed by seed:
+    the group ratios of its best validation trial (the first of equals, as the run reports)."""
+    picks = []
+    for run in sorted(runs, key=lambda r: int(r["seed"])):
+        if run["objective"] != model or float(run["target"]) != target:
+            continue
+        best = max(run["trials"], key=lambda trial: float(trial["accuracy"]))
+        picks.append((f"PruneTPE pick, seed {run['seed']}",
+                      {group: float(ratio) for group, ratio in best["layers"].items()}))
+    return picks
+
+
 def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """The results table: one line per model, FLOPs target and batch size."""
     lines = [
@@ -82,8 +99,8 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     for row in rows:
         lines.append(
             f"| {row['model']} | {row['target']:.0%} / {row['flops_removed']:.1%} | "
-            f"{_widths(row['multiple'])} | "
-            f"{row['ratio_uniform']:.3f} | {row['params_dense']:,} / {row['params_pruned']:,} | "
+            f"{row['widths']} | {_ratio(row['ratio_uniform'])} | "
+            f"{row['params_dense']:,} / {row['params_pruned']:,} | "
             f"{row['batch']} | {row['dense_ms']:.3f} | {row['pruned_ms']:.3f} | "
             f"**{row['latency_ratio']:.2f}** ({row['ratio_min']:.2f}-{row['ratio_max']:.2f}) | "
             f"{row['ratio_of_fastest']:.2f} |")
@@ -92,6 +109,10 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def _widths(multiple: int) -> str:
     return "whole channels" if multiple == 1 else f"multiples of {multiple}"
+
+
+def _ratio(ratio: float | None) -> str:
+    return "—" if ratio is None else f"{ratio:.3f}"
 
 
 def _commit() -> str:
@@ -105,8 +126,10 @@ def _commit() -> str:
 def bench_model(
     name: str, *, targets: Sequence[float], batches: Sequence[int], repeats: int,
     sample_seconds: float, multiples: Sequence[int] = (1,),
+    picks: Mapping[float, Sequence[tuple[str, Mapping[str, float]]]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of one zoo model: its pruned variants against the dense one, batch by batch."""
+    """Rows of one zoo model: its pruned variants against the dense one, batch by batch;
+    ``picks``: further allocations per target, each with the label of its rows."""
     import copy
 
     import torch
@@ -126,16 +149,22 @@ def bench_model(
     facts: dict[str, dict[str, Any]] = {}
     for target in targets:
         uniform = uniform_sparsities(profile, target)
-        for multiple in multiples:
-            sparsities = uniform if multiple == 1 else rounded_widths(profile, uniform, multiple)
-            pruned = prune_channels(copy.deepcopy(dense), sparsities, example).eval()
-            key = f"{target:g}/{multiple}"
+        allocations: list[tuple[str, Mapping[str, float], float | None]] = [
+            (_widths(multiple),
+             uniform if multiple == 1 else rounded_widths(profile, uniform, multiple),
+             next(iter(uniform.values())))
+            for multiple in multiples]
+        allocations += [(label, sparsities, None)
+                        for label, sparsities in (picks or {}).get(target, ())]
+        for widths, sparsities, ratio_uniform in allocations:
+            pruned = prune_channels(copy.deepcopy(dense), dict(sparsities), example).eval()
+            key = f"{target:g}/{widths}"
             variants[key] = pruned
             facts[key] = {
                 "target": target,
-                "multiple": multiple,
-                "ratio_uniform": next(iter(uniform.values())),
-                "sparsities": sparsities,
+                "widths": widths,
+                "ratio_uniform": ratio_uniform,
+                "sparsities": dict(sparsities),
                 "flops_removed": 1.0 - sum(count_flops(pruned, example).values()) / dense_flops,
                 "params_pruned": sum(p.numel() for p in pruned.parameters()),
             }
@@ -172,7 +201,9 @@ def bench_model(
             })
         _logger.info("%s batch %d: %d calls a sample, dense %.3f ms", name, batch, count,
                      1000 * medians["dense"] / count)
-    return sorted(rows, key=lambda row: (row["target"], row["batch"], row["multiple"]))
+    order = {key: index for index, key in enumerate(facts)}
+    return sorted(rows, key=lambda row: (row["target"], row["batch"],
+                                         order[f"{row['target']:g}/{row['widths']}"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -187,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "multiples of 8, ...")
     parser.add_argument("--sample-seconds", type=float, default=0.2,
                         help="about how long one timed sample runs on the dense model")
+    parser.add_argument("--picks", default="",
+                        help="comma list of channel_tuners.json files whose runs' picks to time")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -205,13 +238,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             or args.repeats < 1 or not args.sample_seconds > 0):
         parser.error("--batches, --multiples, --repeats and --sample-seconds must be positive")
 
+    runs = []
+    for path in (Path(p) for p in args.picks.split(",") if p):
+        try:
+            runs += json.loads(path.read_text())["runs"]
+        except (OSError, ValueError, KeyError) as error:
+            parser.error(f"--picks: cannot read the runs of {str(path)!r}: {error}")
+
     import torch
 
     torch.set_num_threads(1)
     started = time.perf_counter()
     rows = [row for name in models
-            for row in bench_model(name, targets=targets, batches=batches, repeats=args.repeats,
-                                   sample_seconds=args.sample_seconds, multiples=multiples)]
+            for row in bench_model(
+                name, targets=targets, batches=batches, repeats=args.repeats,
+                sample_seconds=args.sample_seconds, multiples=multiples,
+                picks={t: tuner_picks(runs, name, t) for t in targets})]
     table = markdown(rows)
     print(table)
     meta = {"date": datetime.date.today().isoformat(), "commit": _commit(),
@@ -223,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                    + "\n")
     (args.out / "channel_latency.md").write_text(
         f"{table}\n\n`python -m benchmarks.channel_latency --repeats {args.repeats} --multiples "
-        f"{args.multiples}`, "
+        f"{args.multiples}{' --picks ' + args.picks if args.picks else ''}`, "
         f"{meta['date']}, commit {meta['commit']}, torch {meta['torch']}, 1 thread.\n")
     return 0
 

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 
-from benchmarks.channel_latency import markdown, rounded_widths, uniform_sparsities
+from benchmarks.channel_latency import (
+    bench_model,
+    markdown,
+    rounded_widths,
+    tuner_picks,
+    uniform_sparsities,
+)
 from nni_prune_tuners.flops import ChannelBudget
 from nni_prune_tuners.latency import interleaved_medians
 from nni_prune_tuners.profile import parse_profile
 from nni_prune_tuners.trial.profile import profile_model
 from tests.nets import TwoConvNet
+from trials import models
 
 
 def test_runs_interleave_in_alternating_order_and_warmup_is_dropped() -> None:
@@ -54,12 +62,36 @@ def test_markdown_has_one_line_per_row() -> None:
     row = {"model": "m", "target": 0.5, "flops_removed": 0.512, "ratio_uniform": 0.294,
            "params_dense": 82426, "params_pruned": 41299, "batch": 64, "dense_ms": 10.7,
            "pruned_ms": 5.65, "latency_ratio": 0.528, "ratio_min": 0.48, "ratio_max": 0.57,
-           "ratio_of_fastest": 0.5, "multiple": 1}
-    table = markdown([row, {**row, "multiple": 8}])
+           "ratio_of_fastest": 0.5, "widths": "whole channels"}
+    table = markdown([row, {**row, "widths": "PruneTPE pick, seed 3", "ratio_uniform": None}])
     assert table.count("\n") == 3
     assert ("| m | 50% / 51.2% | whole channels | 0.294 | 82,426 / 41,299 | 64 | 10.700 | "
             "5.650 | **0.53** (0.48-0.57) | 0.50 |") in table
-    assert "| multiples of 8 |" in table
+    assert "| PruneTPE pick, seed 3 | — |" in table
+
+
+def _run(model: str, target: float, seed: int, accuracies: list[float]) -> dict[str, Any]:
+    return {"objective": model, "target": target, "seed": seed,
+            "trials": [{"accuracy": a, "layers": {"g": i / 10}} for i, a in enumerate(accuracies)]}
+
+
+def test_each_runs_pick_is_its_first_best_validation_trial_in_seed_order() -> None:
+    runs = [_run("m", 0.5, 1, [0.2, 0.9, 0.9]), _run("m", 0.5, 0, [0.7, 0.1]),
+            _run("m", 0.7, 0, [0.5]), _run("other", 0.5, 0, [0.5])]
+    assert tuner_picks(runs, "m", 0.5) == [("PruneTPE pick, seed 0", {"g": 0.0}),
+                                           ("PruneTPE pick, seed 1", {"g": 0.1})]
+    assert tuner_picks(runs, "m", 0.9) == []
+
+
+def test_a_pick_is_timed_beside_the_uniform_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(models.ZOO, "two_conv", TwoConvNet)
+    rows = bench_model("two_conv", targets=[0.5], batches=[2], repeats=1, sample_seconds=1e-4,
+                       picks={0.5: [("PruneTPE pick, seed 0",
+                                     {"features.0": 0.75, "features.2": 0.0})]})
+    assert [row["widths"] for row in rows] == ["whole channels", "PruneTPE pick, seed 0"]
+    pick = rows[1]
+    assert pick["ratio_uniform"] is None and pick["params_pruned"] < pick["params_dense"]
+    assert 0 < pick["flops_removed"] < 1 and pick["pruned_ms"] > 0
 
 
 def test_widths_round_to_the_nearest_multiple_keeping_one_and_never_growing() -> None:

@@ -12,12 +12,16 @@ that load drift on the machine hits all of them, and the median over ``--repeats
 one warm-up is reported, with the ratio pruned/dense, the range of the per-repeat ratios, and
 the ratio of the fastest samples (``timeit``'s convention: the least disturbed by other load).
 Weights are the models' seeded initialisation: latency does not depend on their values.
-``--picks`` adds, beside the uniform ratios, the allocation each run of
-``benchmarks.channel_tuners`` picked (its best validation trial): the model a user would deploy.
+``--operators`` also times each variant under ``torch.profiler`` and reports the ratio of the
+time spent inside ATen operators (their self CPU time summed) and inside the convolutions alone:
+what of the wall-clock ratio the kernels account for. ``--picks`` adds, beside the uniform
+ratios, the allocation each run of ``benchmarks.channel_tuners`` picked (its best validation
+trial): the model a user would deploy.
 
     python -m benchmarks.channel_latency [--repeats 5] [--models resnet_digits,mobilenet_digits]
                                          [--targets 0.5,0.7] [--batches 1,64]
                                          [--picks results/bench/channel_tuners.json,...]
+                                         [--operators]
 
 Writes ``results/bench/channel_latency.json`` and ``.md`` and prints the markdown table.
 """
@@ -88,6 +92,25 @@ def tuner_picks(runs: Sequence[Mapping[str, Any]], model: str,
     return picks
 
 
+def operator_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Wall-clock against operator-time ratios, for the rows timed with ``--operators``."""
+    lines = ["| model | FLOPs removed | widths | batch | wall-clock ratio | operator-time ratio | "
+             "convolution-time ratio |", "|---|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {row['model']} | {row['flops_removed']:.1%} | {row['widths']} | {row['batch']} | "
+              f"{row['latency_ratio']:.2f} | {row['operator_ratio']:.2f} | "
+              f"{row['convolution_ratio']:.2f} |" for row in rows if "operator_ratio" in row]
+    return "\n".join(lines)
+
+
+def operator_times(run: Callable[[], object]) -> dict[str, float]:
+    """Self CPU seconds per ATen operator over one call of ``run``, by ``torch.profiler``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        run()
+    return {event.key: event.self_cpu_time_total / 1e6 for event in profiler.key_averages()}
+
+
 def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """The results table: one line per model, FLOPs target and batch size."""
     lines = [
@@ -115,6 +138,12 @@ def _ratio(ratio: float | None) -> str:
     return "—" if ratio is None else f"{ratio:.3f}"
 
 
+def _convolution_ratio(pruned: Mapping[str, float], dense: Mapping[str, float]) -> float:
+    """Convolution time pruned/dense; NaN for a model without convolutions (an MLP)."""
+    seconds = [sum(t for op, t in times.items() if "convolution" in op) for times in (pruned, dense)]
+    return seconds[0] / seconds[1] if seconds[1] > 0 else float("nan")
+
+
 def _commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -127,6 +156,7 @@ def bench_model(
     name: str, *, targets: Sequence[float], batches: Sequence[int], repeats: int,
     sample_seconds: float, multiples: Sequence[int] = (1,),
     picks: Mapping[float, Sequence[tuple[str, Mapping[str, float]]]] | None = None,
+    operators: bool = False,
 ) -> list[dict[str, Any]]:
     """Rows of one zoo model: its pruned variants against the dense one, batch by batch;
     ``picks``: further allocations per target, each with the label of its rows."""
@@ -187,6 +217,8 @@ def bench_model(
         count = max(1, round(sample_seconds / max(per_call, 1e-7)))
         medians, samples = interleaved_medians(
             {key: forward(model, count) for key, model in variants.items()}, repeats=repeats)
+        ops = ({key: operator_times(forward(model, count)) for key, model in variants.items()}
+               if operators else {})
         for key, fact in facts.items():
             per_repeat = [sample[key] / sample["dense"] for sample in samples]
             rows.append({
@@ -198,6 +230,9 @@ def bench_model(
                 "ratio_of_fastest": (min(sample[key] for sample in samples)
                                      / min(sample["dense"] for sample in samples)),
                 "params_dense": params_dense, **fact,
+                **({"operator_ratio": sum(ops[key].values()) / sum(ops["dense"].values()),
+                    "convolution_ratio": _convolution_ratio(ops[key], ops["dense"])}
+                   if ops else {}),
             })
         _logger.info("%s batch %d: %d calls a sample, dense %.3f ms", name, batch, count,
                      1000 * medians["dense"] / count)
@@ -220,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="about how long one timed sample runs on the dense model")
     parser.add_argument("--picks", default="",
                         help="comma list of channel_tuners.json files whose runs' picks to time")
+    parser.add_argument("--operators", action="store_true",
+                        help="also the operator-time ratios, by torch.profiler")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -253,8 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for row in bench_model(
                 name, targets=targets, batches=batches, repeats=args.repeats,
                 sample_seconds=args.sample_seconds, multiples=multiples,
-                picks={t: tuner_picks(runs, name, t) for t in targets})]
+                picks={t: tuner_picks(runs, name, t) for t in targets},
+                operators=args.operators)]
     table = markdown(rows)
+    if args.operators:
+        table += "\n\n" + operator_markdown(rows)
     print(table)
     meta = {"date": datetime.date.today().isoformat(), "commit": _commit(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -265,7 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                    + "\n")
     (args.out / "channel_latency.md").write_text(
         f"{table}\n\n`python -m benchmarks.channel_latency --repeats {args.repeats} --multiples "
-        f"{args.multiples}{' --picks ' + args.picks if args.picks else ''}`, "
+        f"{args.multiples}{' --picks ' + args.picks if args.picks else ''}"
+        f"{' --operators' if args.operators else ''}`, "
         f"{meta['date']}, commit {meta['commit']}, torch {meta['torch']}, 1 thread.\n")
     return 0
 

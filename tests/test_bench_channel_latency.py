@@ -12,6 +12,7 @@ import torch
 from benchmarks.channel_latency import (
     bench_model,
     markdown,
+    operator_markdown,
     rounded_widths,
     tuner_picks,
     uniform_sparsities,
@@ -92,6 +93,19 @@ def test_a_pick_is_timed_beside_the_uniform_ratio(monkeypatch: pytest.MonkeyPatc
     pick = rows[1]
     assert pick["ratio_uniform"] is None and pick["params_pruned"] < pick["params_dense"]
     assert 0 < pick["flops_removed"] < 1 and pick["pruned_ms"] > 0
+
+
+def test_operator_times_find_the_convolutions_of_both_variants(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(models.ZOO, "two_conv", TwoConvNet)
+    (row,) = bench_model("two_conv", targets=[0.9], batches=[2], repeats=1,
+                         sample_seconds=1e-3, operators=True)
+    # times are the machine's: only that both variants' convolutions were found is asserted
+    assert row["convolution_ratio"] > 0 and row["operator_ratio"] > 0
+    assert "| two_conv |" in operator_markdown([row])
+    assert operator_markdown([{k: v for k, v in row.items() if k != "operator_ratio"}]).count(
+        "\n") == 1
 
 
 def test_widths_round_to_the_nearest_multiple_keeping_one_and_never_growing() -> None:

@@ -83,7 +83,7 @@ bench-full: bench
 	$(PY) -m benchmarks.zoo_tuners --models resnet_digits,mobilenet_digits --target 0.95 \
 		--tuners prunetpe-presearch,prunetpe,tpe --proxy-val half --out $(FULL)/saving-0.95
 	$(PY) -m benchmarks.channel_tuners --out $(FULL)
-	$(PY) -m benchmarks.channel_latency --multiples 1,8 --repeats 15 --picks $(FULL)/channel_tuners.json \
+	$(PY) -m benchmarks.channel_latency --multiples 1,8 --repeats 15 --picks $(FULL)/channel_tuners.json --operators \
 		--out $(FULL)
 	$(PY) -m benchmarks.latency_predictors --out $(FULL)
 	$(PY) -m benchmarks.remote_overhead

@@ -159,7 +159,8 @@ def bench_model(
     operators: bool = False,
 ) -> list[dict[str, Any]]:
     """Rows of one zoo model: its pruned variants against the dense one, batch by batch;
-    ``picks``: further allocations per target, each with the label of its rows."""
+    ``picks``: further allocations per target, each with the label of its rows; ``operators``:
+    each row also gets its operator-time and convolution-time ratios."""
     import copy
 
     import torch

@@ -167,6 +167,7 @@ def bench_model(
 
     from nni_prune_tuners.profile import parse_profile
     from nni_prune_tuners.trial import count_flops, prune_channels
+    from nni_prune_tuners.trial.latency import forwards
     from nni_prune_tuners.trial.profile import profile_model
     from trials.models import ZOO
 
@@ -204,21 +205,14 @@ def bench_model(
     for batch in batches:
         x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(batch))
 
-        def forward(model: torch.nn.Module, count: int, x: torch.Tensor = x) -> Callable[[], object]:
-            def run() -> None:
-                with torch.inference_mode():
-                    for _ in range(count):
-                        model(x)
-            return run
-
-        forward(dense, 3)()  # warm the allocator before calibrating
+        forwards(dense, x, 3)()  # warm the allocator before calibrating
         start = time.perf_counter()
-        forward(dense, 5)()
+        forwards(dense, x, 5)()
         per_call = (time.perf_counter() - start) / 5
         count = max(1, round(sample_seconds / max(per_call, 1e-7)))
         medians, samples = interleaved_medians(
-            {key: forward(model, count) for key, model in variants.items()}, repeats=repeats)
-        ops = ({key: operator_times(forward(model, count)) for key, model in variants.items()}
+            {key: forwards(model, x, count) for key, model in variants.items()}, repeats=repeats)
+        ops = ({key: operator_times(forwards(model, x, count)) for key, model in variants.items()}
                if operators else {})
         for key, fact in facts.items():
             per_repeat = [sample[key] / sample["dense"] for sample in samples]

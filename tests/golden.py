@@ -279,7 +279,7 @@ def record(kind: str, name: str) -> dict[str, Any]:
     return {str(seed): assessor_trace(ASSESSORS[name], seed) for seed in SEEDS}
 
 
-def keys() -> list[tuple[str, str]]:
+def cases() -> list[tuple[str, str]]:
     """Every (kind, case) recorded."""
     return [("tuner", name) for name in CASES] + [("assessor", name) for name in ASSESSORS]
 
@@ -324,7 +324,7 @@ def main() -> None:
     _logger.setLevel(logging.INFO)
     if args.profiles:
         write_profiles()
-    for kind, name in keys():
+    for kind, name in cases():
         began = time.perf_counter()
         path_of(kind, name).write_text(json.dumps(record(kind, name), indent=0) + "\n")
         _logger.info("%s %s: %.1f s", kind, name, time.perf_counter() - began)

@@ -13,7 +13,7 @@ import pytest
 from tests import golden
 
 
-@pytest.mark.parametrize(("kind", "name"), golden.keys(), ids=[f"{k}-{n}" for k, n in golden.keys()])
+@pytest.mark.parametrize(("kind", "name"), golden.cases(), ids=[f"{k}-{n}" for k, n in golden.cases()])
 def test_the_trace_is_the_recorded_one(kind: str, name: str) -> None:
     recorded = json.loads(golden.path_of(kind, name).read_text())
     assert json.loads(json.dumps(golden.record(kind, name))) == recorded

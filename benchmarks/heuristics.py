@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.zoo import one_shot_accuracy
-from nni_prune_tuners.tuner import HEURISTICS, PruneTPETuner
+from nni_prune_tuners.options import HEURISTICS
+from nni_prune_tuners.tuner import PruneTPETuner
 from trials.prune_trial import run_trial
 
 _logger = logging.getLogger(__name__)

@@ -72,7 +72,8 @@ def _level_bounds(model: str) -> dict[str, tuple[float, float]]:
 
 def heuristic_allocations(model: str, target: float) -> list[tuple[str, dict[str, float]]]:
     """PruneTPE's warm starts in the Level branch: ``[(heuristic, {layer: sparsity})]``."""
-    from nni_prune_tuners.tuner import PruneTPETuner, quiet_probe
+    from nni_prune_tuners.dispatcher import quiet_probe
+    from nni_prune_tuners.tuner import PruneTPETuner
 
     with quiet_probe():
         tuner = PruneTPETuner(target_sparsity=target, profile=str(SPACES / f"{model}.profile.json"),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -24,21 +23,20 @@ import optuna
 from nni.assessor import Assessor, AssessResult
 from nni.utils import ClassArgsValidator
 from optuna.trial import TrialState, create_trial
-from schema import And, Optional, Or, Schema, SchemaError
 
-from nni_prune_tuners._class_args import unknown_key_message
+from nni_prune_tuners.dispatcher import exit_dispatcher
+from nni_prune_tuners.options import (
+    ASSESSOR_ARGS,
+    is_number,
+    kept_percentile,
+    unknown_key_message,
+    validate_assessor_class_args,
+)
 
 __all__ = ["PruneEarlyStopAssessor", "PruneEarlyStopClassArgsValidator"]
 
 _logger = logging.getLogger(__name__)
 
-_CLASS_ARGS = ("optimize_mode", "rule", "percentile", "min_trials", "start_step")
-_OPTIMIZE_MODES = ("maximize", "minimize")
-_RULES = ("median", "percentile")
-_MEDIAN = 50.0
-# Keep the top quarter: Optuna's documented PercentilePruner example. A percentile rule defaulting
-# to 50 would only be the median rule under another name.
-_DEFAULT_PERCENTILE = 25.0
 # NaN / infinite / missing values are "worst". Optuna's percentile helper interpolates between
 # neighbours, and interpolating with an infinity yields NaN (read as "do not prune"), so the worst
 # value is a finite number beyond any real metric.
@@ -53,17 +51,9 @@ class _Report(NamedTuple):
     epoch: int | None
 
 
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _to_float(value: object) -> float:
     """The metric as a finite float, or NaN when it is absent, not a number, NaN or infinite."""
-    if not _is_number(value):
+    if not is_number(value):
         return math.nan
     result = float(value)  # type: ignore[arg-type]
     return result if math.isfinite(result) else math.nan
@@ -76,7 +66,7 @@ def _parse_report(entry: object) -> _Report:
         return _Report(
             value=_to_float(entry.get("default")),
             pruned=bool(entry.get("pruned", True)),
-            epoch=epoch if _is_count(epoch) else None,
+            epoch=epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None,
         )
     return _Report(value=_to_float(entry), pruned=True, epoch=None)
 
@@ -117,78 +107,11 @@ def _worst_to_finite(values: Sequence[float], maximize: bool) -> dict[int, float
     }
 
 
-def _check_options(
-    *,
-    optimize_mode: object = "maximize",
-    rule: object = "median",
-    percentile: object = None,
-    min_trials: object = 5,
-    start_step: object = 1,
-) -> float:
-    """Validate the options and return the percentile Optuna should use (kept top percent).
-
-    Shared by the constructor and the classArgs validator so that any classArgs the validator
-    accepts also construct.
-    """
-    if optimize_mode not in _OPTIMIZE_MODES:
-        raise ValueError(f"optimize_mode must be one of {_OPTIMIZE_MODES}, got {optimize_mode!r}")
-    if rule not in _RULES:
-        raise ValueError(f"rule must be one of {_RULES}, got {rule!r}")
-    if not _is_count(min_trials) or min_trials < 0:  # type: ignore[operator]
-        raise ValueError(f"min_trials must be a non-negative integer, got {min_trials!r}")
-    if not _is_count(start_step) or start_step < 0:  # type: ignore[operator]
-        raise ValueError(f"start_step must be a non-negative integer, got {start_step!r}")
-    if percentile is None:
-        return _MEDIAN if rule == "median" else _DEFAULT_PERCENTILE
-    if not _is_number(percentile) or not 0.0 < float(percentile) < 100.0:  # type: ignore[arg-type]
-        raise ValueError(f"percentile must be a number in (0, 100), got {percentile!r}")
-    if rule == "median" and float(percentile) != _MEDIAN:  # type: ignore[arg-type]
-        raise ValueError(
-            f"percentile={percentile!r} conflicts with rule='median' (the 50th percentile); "
-            "set rule: percentile to use another percentile"
-        )
-    return float(percentile)  # type: ignore[arg-type]
-
-
 class PruneEarlyStopClassArgsValidator(ClassArgsValidator):
     """Rejects bad ``PruneEarlyStop`` classArgs before an experiment starts, naming the key."""
 
     def validate_class_args(self, **kwargs: Any) -> None:
-        """Raise :class:`schema.SchemaError` naming the first unknown key (and the closest valid
-        one) or bad value."""
-        unknown = unknown_key_message("PruneEarlyStop", kwargs, _CLASS_ARGS)
-        if unknown is not None:
-            raise SchemaError(unknown)
-        Schema(
-            {
-                Optional("optimize_mode"): And(
-                    lambda m: m in _OPTIMIZE_MODES,
-                    error=f"optimize_mode must be one of {_OPTIMIZE_MODES}, got {{!r}}",
-                ),
-                Optional("rule"): And(
-                    lambda r: r in _RULES, error=f"rule must be one of {_RULES}, got {{!r}}"
-                ),
-                Optional("percentile"): Or(
-                    None,
-                    And(_is_number, lambda p: 0.0 < p < 100.0),
-                    error="percentile must be a number in (0, 100), got {!r}",
-                ),
-                Optional("min_trials"): And(
-                    _is_count,
-                    lambda n: n >= 0,
-                    error="min_trials must be a non-negative integer, got {!r}",
-                ),
-                Optional("start_step"): And(
-                    _is_count,
-                    lambda n: n >= 0,
-                    error="start_step must be a non-negative integer, got {!r}",
-                ),
-            }
-        ).validate(kwargs)
-        try:
-            _check_options(**kwargs)
-        except ValueError as err:
-            raise SchemaError(str(err)) from err
+        validate_assessor_class_args(kwargs)
 
 
 class PruneEarlyStopAssessor(Assessor):
@@ -216,7 +139,7 @@ class PruneEarlyStopAssessor(Assessor):
         ValueError: An option is out of range or of the wrong type; the message names it.
         TypeError: An unknown option, named with the closest valid one. Inside NNI's dispatcher
             either ends the dispatcher with the message instead
-            (:func:`nni_prune_tuners.tuner.exit_dispatcher`).
+            (:func:`nni_prune_tuners.dispatcher.exit_dispatcher`).
     """
 
     def __init__(
@@ -230,10 +153,10 @@ class PruneEarlyStopAssessor(Assessor):
         **unknown: Any,
     ) -> None:
         try:
-            message = unknown_key_message("PruneEarlyStop", unknown, _CLASS_ARGS)
+            message = unknown_key_message("PruneEarlyStop", unknown, ASSESSOR_ARGS)
             if message is not None:
                 raise TypeError(message)
-            kept_percentile = _check_options(
+            percentile_kept = kept_percentile(
                 optimize_mode=optimize_mode,
                 rule=rule,
                 percentile=percentile,
@@ -241,15 +164,13 @@ class PruneEarlyStopAssessor(Assessor):
                 start_step=start_step,
             )
         except (TypeError, ValueError) as error:
-            from nni_prune_tuners.tuner import exit_dispatcher
-
             text = str(error)
             exit_dispatcher(text if text.startswith("PruneEarlyStop") else
                             f"PruneEarlyStop classArgs: {text}")
             raise
         self._maximize = optimize_mode == "maximize"
         self._pruner = optuna.pruners.PercentilePruner(
-            kept_percentile,
+            percentile_kept,
             n_startup_trials=min_trials,
             n_warmup_steps=start_step,
             interval_steps=1,

@@ -26,7 +26,8 @@ from schema import SchemaError
 
 from nni_prune_tuners import search_space as ss
 from nni_prune_tuners.assessor import PruneEarlyStopClassArgsValidator
-from nni_prune_tuners.tuner import PruneTPETuner, quiet_probe, resolve_path
+from nni_prune_tuners.dispatcher import quiet_probe, resolve_path
+from nni_prune_tuners.tuner import PruneTPETuner
 from nni_prune_tuners.upload_check import check_training_service
 
 _logger = logging.getLogger(__name__)

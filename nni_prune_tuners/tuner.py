@@ -11,17 +11,11 @@ for every branch.
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import json
 import logging
 import math
-import os
-import sys
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import nni
@@ -29,26 +23,21 @@ import numpy as np
 import optuna
 from nni import ClassArgsValidator
 from nni.tuner import Tuner
-from schema import And, Optional, Or, Schema, SchemaError, Use
 
 from nni_prune_tuners import allocation, flops, sparsity
 from nni_prune_tuners import search_space as ss
-from nni_prune_tuners._class_args import unknown_key_message
 from nni_prune_tuners.allocation_sampler import AllocationSampler, blocks_for
 from nni_prune_tuners.dedup import SeenConfigurations
+from nni_prune_tuners.dispatcher import experiment_code_directory, report_to_nni_manager
+from nni_prune_tuners.options import TunerOptions, parse_tuner_options
 from nni_prune_tuners.profile import (
-    LATENCY_HINT,
     LayerProfile,
-    ModelProfile,
     ProxyResults,
     channels_removed,
-    load_profile,
 )
 
 _logger = logging.getLogger(__name__)
 
-HEURISTICS = ("uniform", "global_magnitude", "lamp", "erk", "sensitivity")
-ALLOCATIONS = ("model", "local", "tpe")
 #: Candidates asked for one suggestion before a finite space is enumerated or, in an infinite
 #: one, the least-proposed configuration is repeated; once that happened, ``2 * (_REDRAWS + 1)``.
 _MAX_ATTEMPTS = 100
@@ -68,231 +57,6 @@ CHANNEL = "channel"
 #: The heuristics that apply to channel groups: the others read weight quantiles, shapes or
 #: per-layer sensitivity curves, which describe unstructured pruning of one layer.
 _CHANNEL_HEURISTICS = ("uniform",)
-
-
-@dataclass(frozen=True)
-class TunerOptions:
-    """Validated classArgs of :class:`PruneTPETuner`."""
-
-    optimize_mode: str
-    seed: int | None
-    target_sparsity: float | None
-    profile: ModelProfile | None
-    weight_by: str
-    sparsity_scope: str
-    warm_start: tuple[str, ...]
-    proxy: bool
-    n_startup_trials: int
-    constant_liar: bool
-    learn_from: str
-    allocation: str
-
-
-_CLASS_ARGS_SCHEMA = Schema(
-    {
-        Optional("optimize_mode"): Or("maximize", "minimize", error="optimize_mode must be "
-                                      "'maximize' or 'minimize', got {!r}"),
-        Optional("seed"): Or(None, And(int, lambda x: not isinstance(x, bool) and x >= 0),
-                             error="seed must be a non-negative integer or null, got {!r}"),
-        Optional("target_sparsity"): Or(None, And(Or(int, float), Use(float),
-                                                  lambda x: 0.0 < x < 1.0),
-                                        error="target_sparsity must be a number in (0, 1) or "
-                                        "null, got {!r}"),
-        Optional("profile"): Or(None, str, error="profile must be a path string, got {!r}"),
-        Optional("layer_params"): Or(None, dict, error="layer_params must be a mapping, got {!r}"),
-        Optional("weight_by"): Or("params", "flops", "latency", error="weight_by must be "
-                                  "'params', 'flops' or 'latency', got {!r}"),
-        Optional("sparsity_scope"): Or("searched", "model", error="sparsity_scope must be "
-                                       "'searched' or 'model', got {!r}"),
-        Optional("warm_start"): Or(None, [Or(*HEURISTICS)], error="warm_start must be a list "
-                                   f"drawn from {list(HEURISTICS)}, got {{!r}}"),
-        Optional("proxy"): And(bool, error="proxy must be true or false, got {!r}"),
-        Optional("n_startup_trials"): And(int, lambda x: not isinstance(x, bool) and x >= 0,
-                                          error="n_startup_trials must be an integer >= 0, "
-                                          "got {!r}"),
-        Optional("constant_liar"): And(bool, error="constant_liar must be true or false, "
-                                       "got {!r}"),
-        Optional("learn_from"): Or("rescaled", "raw",
-                                   error="learn_from must be 'rescaled' or 'raw', got {!r}"),
-        Optional("allocation"): Or(*ALLOCATIONS, error="allocation must be 'model', 'local' or "
-                                   "'tpe', got {!r}"),
-    }
-)
-_CLASS_ARGS = tuple(str(key.schema) for key in _CLASS_ARGS_SCHEMA.schema)
-
-
-def experiment_code_directory() -> Path | None:
-    """The running experiment's ``trialCodeDirectory`` when called inside NNI's dispatcher.
-
-    NNI starts the dispatcher in the experiment's log folder with the whole experiment config
-    base64-encoded in ``--exp_params``; NNI already made the code directory absolute there.
-    """
-    if "--exp_params" not in sys.argv[:-1]:
-        return None
-    encoded = sys.argv[sys.argv.index("--exp_params") + 1]
-    config = json.loads(base64.b64decode(encoded).decode("utf-8"))
-    directory = config.get("trialCodeDirectory") or config.get("trial", {}).get("codeDir")
-    return None if directory is None else Path(directory)
-
-
-def report_to_nni_manager(message: str) -> None:
-    """Tell the NNI manager of a fatal error so that the experiment shows ERROR with ``message``.
-
-    NNI's dispatcher logs an exception of a tuner's handler and waits for the next command that
-    never comes; its own error command (what NNI sends when the dispatcher itself fails), sent on
-    a connection of the tuner command channel, makes the manager end the experiment in ERROR.
-    Outside an experiment (no ``NNI_TUNER_COMMAND_CHANNEL``) this does nothing.
-    """
-    url = os.environ.get("NNI_TUNER_COMMAND_CHANNEL")
-    if not url:
-        return
-    _logger.error("%s", message)
-    from nni.runtime.tuner_command_channel import TunerCommandChannel
-    from nni.runtime.tuner_command_channel.command_type import CommandType
-
-    channel = TunerCommandChannel(url)
-    try:
-        channel.connect()
-        channel._send(CommandType.Error, message)
-        channel.disconnect()
-    except Exception as failure:  # the error is already logged; a broken channel adds nothing
-        _logger.warning("could not report the error to the NNI manager: %s", failure)
-
-
-#: What a tuner built only to be read or checked would log at INFO: its seed, its search space,
-#: the allocation sampler's notes, Optuna's "A new study created in memory".
-_PROBE_LOGGERS = ("nni_prune_tuners.tuner", "nni_prune_tuners.allocation_sampler", "optuna")
-
-
-@contextlib.contextmanager
-def quiet_probe() -> Iterator[None]:
-    """Hide the INFO lines of a tuner built only to check a config or read its plan (``check``,
-    ``export``, ``presearch``); warnings still show."""
-    loggers = [logging.getLogger(name) for name in _PROBE_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(max(logging.WARNING, logger.getEffectiveLevel()))
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
-def exit_dispatcher(message: str) -> None:
-    """Inside NNI's dispatcher, end it with ``message``; elsewhere do nothing.
-
-    A tuner whose constructor raises has not connected to the manager yet: NNI would log a
-    traceback and the manager would give up after 10 s with ``Tuner did not connect in 10
-    seconds``. Instead the message is logged as one line (dispatcher.log), sent to the manager
-    (the experiment is in ERROR at once, ``nnimanager.log`` says ``Dispatcher error: <message>``)
-    and is the last line the dispatcher writes to stderr (nnictl_stderr.log), with no traceback.
-    """
-    if "--exp_params" not in sys.argv[:-1] or not os.environ.get("NNI_TUNER_COMMAND_CHANNEL"):
-        return
-    report_to_nni_manager(message)
-    raise SystemExit(f"error: {message}")
-
-
-def resolve_path(path: str, base: Path | None) -> Path:
-    """A relative classArgs path is relative to the trial code, where users keep the profile."""
-    candidate = Path(path).expanduser()
-    if candidate.is_absolute() or base is None:
-        return candidate
-    return base / candidate
-
-
-def parse_tuner_options(class_args: Mapping[str, Any], *, base: Path | None = None) -> TunerOptions:
-    """Check PruneTPE's classArgs and load the profile they name.
-
-    Shared by the constructor and :class:`PruneTPEClassArgsValidator` so that both reject the
-    same things with the same messages. A relative ``profile`` is resolved against ``base``
-    (the experiment's ``trialCodeDirectory``), or the working directory without one. Inside
-    NNI's dispatcher a bad option ends the dispatcher with the message (:func:`exit_dispatcher`).
-
-    Raises:
-        ValueError: naming the offending key and value (an unknown key with the closest valid
-            one).
-    """
-    try:
-        return _parse_tuner_options(class_args, base)
-    except ValueError as error:
-        exit_dispatcher(str(error))
-        raise
-
-
-def _parse_tuner_options(class_args: Mapping[str, Any], base: Path | None) -> TunerOptions:
-    unknown = unknown_key_message("PruneTPE", class_args, _CLASS_ARGS)
-    if unknown is not None:
-        raise ValueError(unknown)
-    try:
-        args = _CLASS_ARGS_SCHEMA.validate(dict(class_args))
-    except SchemaError as error:
-        # a nested rule (each item of warm_start) repeats the message for its part: the first
-        # line is the one about the whole value
-        raise ValueError(f"PruneTPE classArgs: {error.code.splitlines()[0]}") from None
-    target = args.get("target_sparsity")
-    if args.get("profile") is not None and args.get("layer_params") is not None:
-        raise ValueError("PruneTPE classArgs: give either 'profile' or 'layer_params', not both")
-    profile: ModelProfile | None = None
-    if args.get("profile") is not None:
-        profile = load_profile(resolve_path(args["profile"], base))
-    elif args.get("layer_params") is not None:
-        profile = ModelProfile.from_layer_params(args["layer_params"])
-    if target is not None and profile is None:
-        raise ValueError(
-            f"PruneTPE classArgs: target_sparsity={target} needs 'profile' (a model profile JSON "
-            f"written by trials/profile_model.py) or 'layer_params' ({{layer: weight count}})"
-        )
-    weight_by = args.get("weight_by", "params")
-    if weight_by == "flops" and profile is not None:
-        missing = [name for name, layer in profile.layers.items() if layer.flops is None]
-        if missing:
-            source = ("'layer_params' carries parameter counts only: give a 'profile'"
-                      if args.get("layer_params") is not None else
-                      "the profile was written without an input shape: re-profile")
-            raise ValueError(
-                f"PruneTPE classArgs: weight_by='flops' needs FLOPs, missing for layers {missing}; "
-                f"{source} with --input-shape (one sample's shape, e.g. 3,32,32): "
-                f"nni-prune-tuners profile --model pkg:factory --input-shape ... --out profile.json"
-            )
-    if weight_by == "latency" and (profile is None or profile.latency is None):
-        raise ValueError(f"PruneTPE classArgs: weight_by='latency' needs a profile with a latency "
-                         f"model (channel branches only); {LATENCY_HINT}")
-    allocation = args.get("allocation", "model")
-    if args.get("learn_from") == "raw" and allocation != "tpe":
-        raise ValueError(f"PruneTPE classArgs: learn_from='raw' needs allocation='tpe', not "
-                         f"{allocation!r} (the allocation model proposes sparsities that already "
-                         f"meet the target)")
-    warm_start = args.get("warm_start")
-    if warm_start is None:
-        supported = () if profile is None else tuple(h for h in HEURISTICS if profile.supports(h))
-        warm_start = supported if target is not None else ()
-    elif warm_start:
-        if target is None:
-            raise ValueError(f"PruneTPE classArgs: warm_start={warm_start} needs target_sparsity")
-        assert profile is not None
-        unsupported = [h for h in warm_start if not profile.supports(h)]
-        if unsupported:
-            raise ValueError(
-                f"PruneTPE classArgs: warm_start={warm_start}: the profile lacks the data for "
-                f"{unsupported} (quantiles, shapes, or sensitivity curves from nni-prune-tuners "
-                f"profile --sensitivity; 'layer_params' supports 'uniform' only)"
-            )
-    return TunerOptions(
-        optimize_mode=args.get("optimize_mode", "maximize"),
-        seed=args.get("seed"),
-        target_sparsity=target,
-        profile=profile,
-        weight_by=weight_by,
-        sparsity_scope=args.get("sparsity_scope", "searched"),
-        warm_start=tuple(dict.fromkeys(warm_start)),
-        proxy=args.get("proxy", True),
-        n_startup_trials=args.get("n_startup_trials", 10),
-        constant_liar=args.get("constant_liar", True),
-        learn_from=args.get("learn_from", "rescaled"),
-        allocation=allocation,
-    )
 
 
 class PruneTPEClassArgsValidator(ClassArgsValidator):

@@ -22,6 +22,7 @@ from nni_prune_tuners.assessor import (
     PruneEarlyStopAssessor,
     PruneEarlyStopClassArgsValidator,
 )
+from nni_prune_tuners.options import kept_percentile
 
 GOOD, BAD = AssessResult.Good, AssessResult.Bad
 NAN = math.nan
@@ -143,10 +144,10 @@ def test_worst_to_finite_maps_nan_to_the_worst_end() -> None:
 
 
 def test_defaults() -> None:
-    assert mod._check_options() == 50.0
-    assert mod._check_options(rule="percentile") == 25.0
-    assert mod._check_options(rule="percentile", percentile=10) == 10.0
-    assert mod._check_options(rule="median", percentile=50) == 50.0
+    assert kept_percentile() == 50.0
+    assert kept_percentile(rule="percentile") == 25.0
+    assert kept_percentile(rule="percentile", percentile=10) == 10.0
+    assert kept_percentile(rule="median", percentile=50) == 50.0
 
 
 BAD_ARGS = [

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from schema import SchemaError
 
-from nni_prune_tuners._class_args import unknown_key_message
 from nni_prune_tuners.assessor import PruneEarlyStopAssessor, PruneEarlyStopClassArgsValidator
+from nni_prune_tuners.options import unknown_key_message
 from nni_prune_tuners.tuner import PruneTPEClassArgsValidator, PruneTPETuner
 
 REPO = Path(__file__).resolve().parent.parent

@@ -22,7 +22,8 @@ from typing import Any
 import nni
 import pytest
 
-from nni_prune_tuners.tuner import ALLOCATIONS, PruneTPETuner
+from nni_prune_tuners.options import ALLOCATIONS
+from nni_prune_tuners.tuner import PruneTPETuner
 from tests.profiles import SHAPES, write_profile
 
 NNI_SPACE: dict[str, Any] = json.loads(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nni_prune_tuners.tuner import HEURISTICS
+from nni_prune_tuners.options import HEURISTICS
 from tests.experiment import WAIT_SECONDS, nnictl, rest
 
 pytestmark = pytest.mark.slow

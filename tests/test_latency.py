@@ -24,11 +24,12 @@ from nni_prune_tuners.latency import (
     kept_fractions,
     random_allocations,
 )
+from nni_prune_tuners.options import parse_tuner_options
 from nni_prune_tuners.profile import parse_profile
 from nni_prune_tuners.search_space import SearchSpaceError
 from nni_prune_tuners.trial.latency import layer_outputs, measure_latency
 from nni_prune_tuners.trial.profile import profile_model, search_space
-from nni_prune_tuners.tuner import PruneTPETuner, parse_tuner_options
+from nni_prune_tuners.tuner import PruneTPETuner
 from tests.nets import TwoConvNet, untrained_dense_cache
 from trials import models
 

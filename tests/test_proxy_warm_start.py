@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from nni_prune_tuners.export import planned_warm_starts
+from nni_prune_tuners.options import parse_tuner_options
 from nni_prune_tuners.profile import parse_profile
 from nni_prune_tuners.sparsity import global_sparsity
-from nni_prune_tuners.tuner import PruneTPETuner, parse_tuner_options
+from nni_prune_tuners.tuner import PruneTPETuner
 from tests.profiles import analytic_profile, write_profile
 from trials import analytic_trial
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
+from nni_prune_tuners.options import parse_tuner_options
 from nni_prune_tuners.profile import SensitivityCurve, load_profile, parse_profile
 from nni_prune_tuners.trial import level_mask
 from nni_prune_tuners.trial import profile as tp
-from nni_prune_tuners.tuner import parse_tuner_options
 from trials import profile_model as pm
 
 CONSOLE = Path(sys.executable).with_name("nni-prune-tuners")

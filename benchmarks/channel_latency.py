@@ -41,7 +41,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from nni_prune_tuners.flops import ChannelBudget, uniform_ratio
+from nni_prune_tuners.flops import flops_terms, uniform_ratio
 from nni_prune_tuners.latency import interleaved_medians
 from nni_prune_tuners.profile import ModelProfile
 
@@ -58,7 +58,7 @@ def uniform_sparsities(profile: ModelProfile, target: float) -> dict[str, float]
     """One common ratio for every channel group of ``profile`` that removes ``target`` of its
     FLOPs (``keep = 1 - s``), each group capped at ``(n - 1) / n`` so one channel stays."""
     groups = list(profile.channel_groups)
-    budget = ChannelBudget.from_profile(profile, groups)
+    budget = flops_terms(profile, groups)
     high = (budget.channels - 1) / budget.channels
     ratios = uniform_ratio(np.zeros(len(groups)), high, budget, target)
     return {group: float(ratio) for group, ratio in zip(groups, ratios, strict=True)}

@@ -300,7 +300,8 @@ def budget_check(dense: Any, profile_data: dict[str, Any], *, shape: Sequence[in
 
     import torch
 
-    from nni_prune_tuners.flops import ChannelBudget, rescale_to_flops
+    from nni_prune_tuners.flops import flops_terms, rescale_to_flops
+    from nni_prune_tuners.latency import latency_terms
     from nni_prune_tuners.profile import parse_profile
     from nni_prune_tuners.trial import prune_channels
     from nni_prune_tuners.trial.latency import forwards, measure_latency
@@ -320,7 +321,7 @@ def budget_check(dense: Any, profile_data: dict[str, Any], *, shape: Sequence[in
     rows = []
     for target in targets:
         for measure in ("latency", "FLOPs"):
-            budget = ChannelBudget.from_profile(profile, groups, latency=measure == "latency")
+            budget = (latency_terms if measure == "latency" else flops_terms)(profile, groups)
             removed, flops_removed = [], []
             for allocation in random_allocations(groups, count, seed=2):
                 start = np.array([allocation[g] for g in groups]) + 1e-3  # zero cannot scale

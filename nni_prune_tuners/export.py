@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from nni_prune_tuners.dispatcher import quiet_probe
+from nni_prune_tuners.params import SPARSITY_SUFFIX
 from nni_prune_tuners.profile import load_profile
-from nni_prune_tuners.search_space import SPARSITY_SUFFIX
 from nni_prune_tuners.tuner import PruneTPETuner, WarmStart
 
 _logger = logging.getLogger(__name__)

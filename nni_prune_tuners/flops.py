@@ -18,7 +18,7 @@ measures differ from ``R(s)`` by that rounding: at most half a channel per group
 :func:`rounding_bound`.
 
 With ``weight_by: latency`` the same form is the profile's measured latency model
-(:class:`~nni_prune_tuners.profile.LatencyModel`): its FLOPs term spreads over the layers as
+(:class:`~nni_prune_tuners.latency.LatencyModel`): its FLOPs term spreads over the layers as
 above, its output-elements term is one more term per layer that scales with the layer's output
 channels alone, and its fixed part is a term no group scales; ``R`` is then the fraction of the
 measured dense latency removed (the terms need not sum to 1, so ``R`` at no pruning need not be
@@ -31,22 +31,31 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
-from nni_prune_tuners.profile import FLOPS_HINT, LATENCY_HINT, ModelProfile
+from nni_prune_tuners.allocation.solve import BUDGET_UNITS, solve_product_budget
+from nni_prune_tuners.budget import Budget
 from nni_prune_tuners.sparsity import TOLERANCE
 
+if TYPE_CHECKING:
+    from nni_prune_tuners.profile import ModelProfile
+
 _logger = logging.getLogger(__name__)
+
+#: How to get FLOPs into a profile written without them.
+FLOPS_HINT = ("re-profile with --input-shape (one sample's shape, e.g. 3,32,32): "
+              "nni-prune-tuners profile --model pkg:factory --input-shape ... --out profile.json")
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
-class ChannelBudget:
-    """The FLOPs model of one ``channel`` branch over its searched groups.
+class ProductTerms:
+    """The measure a ``channel`` branch removes, over its searched groups: a sum of product terms.
 
     Attributes:
         groups: the searched groups, in the order of the sparsity arrays.
@@ -81,52 +90,6 @@ class ChannelBudget:
         for name, index in (("in_index", self.in_index), ("out_index", self.out_index)):
             if np.any(index < -1) or np.any(index >= len(self.groups)):
                 raise ValueError(f"{name} must be -1 or a group index < {len(self.groups)}")
-
-    @classmethod
-    def from_profile(cls, profile: ModelProfile, groups: Sequence[str], *,
-                     latency: bool = False) -> ChannelBudget:
-        """The budget of ``groups`` (searched; the profile's other groups stay dense): of FLOPs,
-        or with ``latency`` of the profile's latency model.
-
-        Raises:
-            ValueError: naming a group that is not one of the profile's, a layer without FLOPs,
-                or ``latency`` without a latency model in the profile.
-        """
-        known = profile.channel_groups
-        for group in groups:
-            if group not in known:
-                raise ValueError(f"{group!r} is not a channel group of the profile; known groups: "
-                                 f"{list(known)}")
-        for name, layer in profile.layers.items():
-            if layer.flops is None:
-                raise ValueError(f"the channel method needs 'flops' for layer {name!r}; "
-                                 f"{FLOPS_HINT}")
-        layers = list(profile.layers.values())
-        terms = [(float(layer.flops or 0.0), layer.in_group, layer.out_group) for layer in layers]
-        if latency:
-            model = profile.latency
-            if model is None:
-                raise ValueError(f"weight_by='latency' needs the profile's latency model; "
-                                 f"{LATENCY_HINT}")
-            flops_total = sum(cost for cost, _, _ in terms)
-            outputs_total = float(sum(layer.outputs or 0 for layer in layers))
-            terms = ([(model.per_flops * cost / flops_total, into, out)
-                      for cost, into, out in terms]
-                     + [(model.per_outputs * (layer.outputs or 0) / outputs_total, None,
-                         layer.out_group) for layer in layers]
-                     + [(model.fixed, None, None)])
-        position = {group: index for index, group in enumerate(groups)}
-        return cls(
-            groups=tuple(groups),
-            channels=np.array([known[g].channels for g in groups], dtype=np.int64),
-            flops=np.array([cost for cost, _, _ in terms], dtype=np.float64),
-            in_index=np.array([position.get(into or "", -1) for _, into, _ in terms],
-                              dtype=np.int64),
-            out_index=np.array([position.get(out or "", -1) for _, _, out in terms],
-                               dtype=np.int64),
-            measure="latency" if latency else "FLOPs",
-            dense=1.0 if latency else None,
-        )
 
     @property
     def total(self) -> float:
@@ -167,7 +130,7 @@ class ChannelBudget:
 
 
 def achievable_range(lo: FloatArray | Sequence[float], hi: FloatArray | Sequence[float],
-                     budget: ChannelBudget) -> tuple[float, float]:
+                     budget: ProductTerms) -> tuple[float, float]:
     """The least and most of the budget's measure removed that the group bounds allow (``R`` is
     monotone)."""
     return budget.removed(lo), budget.removed(hi)
@@ -177,7 +140,7 @@ def check_feasible(
     target: float,
     lo: FloatArray | Sequence[float],
     hi: FloatArray | Sequence[float],
-    budget: ChannelBudget,
+    budget: ProductTerms,
     *,
     where: str = "search space",
 ) -> None:
@@ -195,13 +158,13 @@ def rescale_to_flops(
     raw: FloatArray | Sequence[float],
     lo: FloatArray | Sequence[float],
     hi: FloatArray | Sequence[float],
-    budget: ChannelBudget,
+    budget: ProductTerms,
     target: float,
 ) -> FloatArray:
     """Scale ``raw`` by one factor ``c >= 0`` so that ``R(clip(c * raw, lo, hi)) = target``.
 
     Monotone, hence one bracketed root: each ``clip(c * raw_g, lo_g, hi_g)`` is non-decreasing in
-    ``c`` and ``dR/ds_g >= 0`` (:meth:`ChannelBudget.gradient`), so ``R(s(c))`` is continuous and
+    ``c`` and ``dR/ds_g >= 0`` (:meth:`ProductTerms.gradient`), so ``R(s(c))`` is continuous and
     non-decreasing in ``c``, from ``R(lo)`` at ``c = 0`` to ``R(hi)`` at ``c = max(hi / raw)``.
     Brent's method on that bracket meets the target within :data:`~sparsity.TOLERANCE` (the
     slope in ``c`` is at most 2, so ``c`` to 1e-15 is plenty); the ratios between groups that are
@@ -241,14 +204,14 @@ def rescale_to_flops(
 
 
 def uniform_ratio(lo: FloatArray | Sequence[float], hi: FloatArray | Sequence[float],
-                  budget: ChannelBudget, target: float) -> FloatArray:
+                  budget: ProductTerms, target: float) -> FloatArray:
     """One common ratio for every group that removes ``target`` of the FLOPs (clipped to the
     bounds, where a bound then holds that group): the ``uniform`` warm start of a channel
     branch."""
     return rescale_to_flops(np.ones(len(budget.groups)), lo, hi, budget, target)
 
 
-def rounding_bound(budget: ChannelBudget) -> float:
+def rounding_bound(budget: ProductTerms) -> float:
     """The most the whole-channel rounding moves the FLOPs removed away from ``R(s)``.
 
     ``round(s * n)`` is off ``s * n`` by at most half a channel, so each keep moves by at most
@@ -257,3 +220,81 @@ def rounding_bound(budget: ChannelBudget) -> float:
     """
     return float(np.dot(budget.gradient(np.zeros(len(budget.groups))),
                         0.5 / budget.channels.astype(np.float64)))
+
+
+def flops_terms(profile: ModelProfile, groups: Sequence[str]) -> ProductTerms:
+    """The FLOPs of every prunable layer as terms of ``groups`` (searched; the profile's other
+    groups stay dense).
+
+    Raises:
+        ValueError: naming a group that is not one of the profile's or a layer without FLOPs.
+    """
+    return product_terms(profile, groups, [
+        (float(layer.flops or 0.0), layer.in_group, layer.out_group)
+        for layer in profile.layers.values()])
+
+
+def product_terms(profile: ModelProfile, groups: Sequence[str],
+                  terms: Sequence[tuple[float, str | None, str | None]], *,
+                  measure: str = "FLOPs", dense: float | None = None) -> ProductTerms:
+    """``terms`` (each a cost, the group of its input and of its output) over ``groups``.
+
+    Raises:
+        ValueError: naming a group that is not one of the profile's or a layer without FLOPs.
+    """
+    known = profile.channel_groups
+    for group in groups:
+        if group not in known:
+            raise ValueError(f"{group!r} is not a channel group of the profile; known groups: "
+                             f"{list(known)}")
+    for name, layer in profile.layers.items():
+        if layer.flops is None:
+            raise ValueError(f"the channel method needs 'flops' for layer {name!r}; {FLOPS_HINT}")
+    position = {group: index for index, group in enumerate(groups)}
+    return ProductTerms(
+        groups=tuple(groups),
+        channels=np.array([known[g].channels for g in groups], dtype=np.int64),
+        flops=np.array([cost for cost, _, _ in terms], dtype=np.float64),
+        in_index=np.array([position.get(into or "", -1) for _, into, _ in terms], dtype=np.int64),
+        out_index=np.array([position.get(out or "", -1) for _, _, out in terms], dtype=np.int64),
+        measure=measure,
+        dense=dense,
+    )
+
+
+@dataclass(frozen=True)
+class ChannelBudget(Budget):
+    """The budget of a ``channel`` branch: the fraction of a measure with product terms removed
+    (FLOPs, or the profile's latency model), met exactly by :func:`rescale_to_flops`."""
+
+    terms: ProductTerms
+    lo: FloatArray
+    hi: FloatArray
+    target: float
+    #: The other heuristics read weight quantiles, shapes or per-layer sensitivity curves, which
+    #: describe unstructured pruning of one layer, not a channel group.
+    heuristics: ClassVar[tuple[str, ...]] = ("uniform",)
+
+    def rescale(self, raw: FloatArray) -> FloatArray:
+        return rescale_to_flops(np.maximum(raw, 1e-9), self.lo, self.hi, self.terms, self.target)
+
+    def solve(self, values: FloatArray, grids: FloatArray, *, units: int = BUDGET_UNITS,
+              start: FloatArray | None = None) -> FloatArray:
+        """:func:`~nni_prune_tuners.allocation.solve.solve_product_budget` from ``start`` (a
+        trust region's incumbent: ``ValueError`` if its grid cannot meet the budget), by default
+        from the uniform ratio that meets the target (kept if even the first linearisation is
+        out of the grid's reach)."""
+        if start is not None:  # a trust region: the caller searches globally if it fails
+            return solve_product_budget(values, grids, self.terms, self.target, start,
+                                        units=units)
+        uniform = self.rescale(np.ones(len(self.lo)))
+        try:
+            return solve_product_budget(values, grids, self.terms, self.target, uniform,
+                                        units=units)
+        except ValueError:
+            _logger.debug("linearised FLOPs budget unreachable from the uniform ratio; keeping it")
+            return uniform
+
+    def uniform(self) -> FloatArray:
+        return uniform_ratio(self.lo, self.hi, self.terms, self.target)
+

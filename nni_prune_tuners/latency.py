@@ -16,13 +16,92 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from nni_prune_tuners.profile import ModelProfile
+from nni_prune_tuners._json import check_count, finite_number
+from nni_prune_tuners.flops import ProductTerms, product_terms
+
+if TYPE_CHECKING:
+    from nni_prune_tuners.profile import ChannelGroupProfile, LayerProfile, ModelProfile
 
 _logger = logging.getLogger(__name__)
+
+#: How to get a latency model into a profile written without one.
+LATENCY_HINT = ("profile with --latency on the device you deploy to: nni-prune-tuners profile "
+                "--model pkg:factory --input-shape ... --methods channel --latency --out ...")
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """The measured latency of ``channel`` pruning on one device (``profile --latency``).
+
+    The latency of the pruned model relative to the dense one is predicted as ``fixed +
+    per_flops * F + per_outputs * A``, with ``F`` the fraction of the prunable layers' FLOPs kept
+    and ``A`` the fraction of their output elements kept (what the BatchNorm, activation and
+    addition that follow each layer read and write). The coefficients are >= 0; ``fixed`` is the
+    time no channel removal saves. Their sum is what the model predicts at the dense widths,
+    which need not be 1: kernels choose their path by width, so the dense model can run faster
+    or slower than the pruned ones around it. The rest says where it was measured: ``device``,
+    torch ``threads``, ``batch``, the dense model's ``dense_ms``, how many random
+    ``allocations`` were timed and the fit's ``mean_error`` on them.
+    """
+
+    fixed: float
+    per_flops: float
+    per_outputs: float
+    device: str | None = None
+    threads: int | None = None
+    batch: int | None = None
+    dense_ms: float | None = None
+    allocations: int | None = None
+    mean_error: float | None = None
+
+
+
+def parse_latency(value: Any, layers: Mapping[str, LayerProfile],
+                  groups: Mapping[str, ChannelGroupProfile]) -> LatencyModel | None:
+    """The optional ``latency`` field: coefficients >= 0, not all 0, with every layer's
+    ``outputs`` and the channel groups it is a model of."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"latency must be an object, got {value!r}")
+    coefficients = {}
+    for key in ("fixed", "per_flops", "per_outputs"):
+        number = finite_number(f"latency.{key}", value.get(key))
+        if number < 0:
+            raise ValueError(f"latency.{key} must be >= 0, got {number!r}")
+        coefficients[key] = number
+    if not sum(coefficients.values()) > 0:
+        raise ValueError("latency.fixed + per_flops + per_outputs must be > 0, got 0")
+    if not groups:
+        raise ValueError("latency needs channel_groups: it models channel pruning; "
+                         + LATENCY_HINT)
+    missing = [name for name, layer in layers.items()
+               if layer.outputs is None or layer.flops is None]
+    if missing:
+        raise ValueError(f"latency needs 'outputs' and 'flops' for every layer, missing for "
+                         f"{missing}; {LATENCY_HINT}")
+    extra: dict[str, Any] = {}
+    for key in ("dense_ms", "mean_error"):
+        if value.get(key) is not None:
+            extra[key] = finite_number(f"latency.{key}", value[key])
+    for key in ("threads", "batch", "allocations"):
+        if value.get(key) is not None:
+            check_count(f"latency.{key}", value[key])
+            extra[key] = int(value[key])
+    device = value.get("device")
+    if device is not None and not isinstance(device, str):
+        raise ValueError(f"latency.device must be a string, got {device!r}")
+    return LatencyModel(fixed=coefficients["fixed"], per_flops=coefficients["per_flops"],
+                        per_outputs=coefficients["per_outputs"], device=device, **extra)
+
+
+
 
 #: Fewer timed allocations than this cannot fit three coefficients with any check left over.
 MIN_ALLOCATIONS = 5
@@ -128,3 +207,28 @@ def fit_latency(flops_kept: npt.ArrayLike, outputs_kept: npt.ArrayLike,
     fixed, per_flops, per_outputs = (float(c) for c in coefficients)
     predicted = fixed + per_flops * f + per_outputs * a
     return fixed, per_flops, per_outputs, float(np.mean(np.abs(predicted - r)))
+
+
+def latency_terms(profile: ModelProfile, groups: Sequence[str]) -> ProductTerms:
+    """The profile's latency model as terms of ``groups``: its FLOPs part spread over the layers
+    as their FLOPs are, its output-elements part one more term per layer that scales with the
+    layer's output channels alone, and its fixed part a term no group scales. The terms are
+    ratios to the measured dense time, so the dense measure is 1.
+
+    Raises:
+        ValueError: without a latency model, naming a group that is not one of the profile's,
+            or a layer without FLOPs.
+    """
+    model = profile.latency
+    if model is None:
+        raise ValueError(f"weight_by='latency' needs the profile's latency model; {LATENCY_HINT}")
+    layers = list(profile.layers.values())
+    flops_total = sum(float(layer.flops or 0.0) for layer in layers)
+    outputs_total = float(sum(layer.outputs or 0 for layer in layers))
+    terms = ([(model.per_flops * float(layer.flops or 0.0) / flops_total, layer.in_group,
+               layer.out_group) for layer in layers]
+             + [(model.per_outputs * (layer.outputs or 0) / outputs_total, None, layer.out_group)
+                for layer in layers]
+             + [(model.fixed, None, None)])
+    return product_terms(profile, groups, terms, measure="latency", dense=1.0)
+

@@ -18,9 +18,10 @@ from typing import Any
 from schema import And, Optional, Or, Schema, SchemaError, Use
 
 from nni_prune_tuners.dispatcher import exit_dispatcher, resolve_path
-from nni_prune_tuners.profile import LATENCY_HINT, ModelProfile, load_profile
+from nni_prune_tuners.latency import LATENCY_HINT
+from nni_prune_tuners.profile import ModelProfile, load_profile
+from nni_prune_tuners.sparsity import HEURISTICS
 
-HEURISTICS = ("uniform", "global_magnitude", "lamp", "erk", "sensitivity")
 ALLOCATIONS = ("model", "local", "tpe")
 
 

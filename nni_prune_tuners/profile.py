@@ -21,6 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nni_prune_tuners._json import check_count
+from nni_prune_tuners.flops import FLOPS_HINT
+from nni_prune_tuners.latency import LatencyModel, parse_latency
+from nni_prune_tuners.proxy import ProxyResults, parse_proxy
+
 _logger = logging.getLogger(__name__)
 
 PROFILE_FORMAT = 1
@@ -32,10 +37,6 @@ _HEURISTIC_FIELDS = {
     "erk": "shape",
     "sensitivity": "sensitivity",
 }
-#: How to get FLOPs into a profile written without them.
-FLOPS_HINT = ("re-profile with --input-shape (one sample's shape, e.g. 3,32,32): "
-              "nni-prune-tuners profile --model pkg:factory --input-shape ... --out profile.json")
-
 
 @dataclass(frozen=True)
 class SensitivityCurve:
@@ -127,59 +128,6 @@ class LayerProfile:
 
 
 @dataclass(frozen=True)
-class ProxyEvaluation:
-    """One allocation scored on the one-shot proxy: ``{layer: sparsity}`` and its metric."""
-
-    sparsities: Mapping[str, float]
-    score: float
-
-
-@dataclass(frozen=True)
-class ProxyResults:
-    """What ``nni-prune-tuners presearch`` found on a one-shot proxy (Contract 9).
-
-    The finalists are exact allocations at ``target`` under ``weight_by``; the tuner proposes
-    them first when the experiment has the same target and weighting.
-    """
-
-    target: float
-    weight_by: str
-    finalists: tuple[Mapping[str, float], ...]
-    evaluations: tuple[ProxyEvaluation, ...] = ()
-    method: str = "level"
-    metric: str | None = None
-    calibrated: bool | None = None
-    seconds: float | None = None
-    dense_score: float | None = None
-
-
-@dataclass(frozen=True)
-class LatencyModel:
-    """The measured latency of ``channel`` pruning on one device (``profile --latency``).
-
-    The latency of the pruned model relative to the dense one is predicted as ``fixed +
-    per_flops * F + per_outputs * A``, with ``F`` the fraction of the prunable layers' FLOPs kept
-    and ``A`` the fraction of their output elements kept (what the BatchNorm, activation and
-    addition that follow each layer read and write). The coefficients are >= 0; ``fixed`` is the
-    time no channel removal saves. Their sum is what the model predicts at the dense widths,
-    which need not be 1: kernels choose their path by width, so the dense model can run faster
-    or slower than the pruned ones around it. The rest says where it was measured: ``device``,
-    torch ``threads``, ``batch``, the dense model's ``dense_ms``, how many random
-    ``allocations`` were timed and the fit's ``mean_error`` on them.
-    """
-
-    fixed: float
-    per_flops: float
-    per_outputs: float
-    device: str | None = None
-    threads: int | None = None
-    batch: int | None = None
-    dense_ms: float | None = None
-    allocations: int | None = None
-    mean_error: float | None = None
-
-
-@dataclass(frozen=True)
 class ModelProfile:
     """The prunable layers of a model, keyed by the names that search spaces use."""
 
@@ -245,14 +193,9 @@ class ModelProfile:
             raise ValueError(f"layer_params must be a non-empty mapping, got {layer_params!r}")
         layers = {}
         for name, count in layer_params.items():
-            _check_count(f"layer_params[{name!r}]", count)
+            check_count(f"layer_params[{name!r}]", count)
             layers[str(name)] = LayerProfile(name=str(name), params=int(count))
         return cls(model="layer_params", layers=layers)
-
-
-def _check_count(key: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{key} must be a positive integer, got {value!r}")
 
 
 def _quantiles(key: str, value: Any) -> tuple[float, ...] | None:
@@ -304,7 +247,7 @@ def _layer(index: int, raw: Any) -> LayerProfile:
     if not isinstance(name, str) or not name:
         raise ValueError(f"{where}.name must be a non-empty string, got {name!r}")
     where = f"layers[{index}] ({name!r})"
-    _check_count(f"{where}.params", raw.get("params"))
+    check_count(f"{where}.params", raw.get("params"))
     flops = raw.get("flops")
     if flops is not None and (isinstance(flops, bool) or not isinstance(flops, int | float)
                               or flops <= 0):
@@ -314,7 +257,7 @@ def _layer(index: int, raw: Any) -> LayerProfile:
         if not isinstance(shape, list) or not shape:
             raise ValueError(f"{where}.shape must be a non-empty list of integers, got {shape!r}")
         for dim in shape:
-            _check_count(f"{where}.shape", dim)
+            check_count(f"{where}.shape", dim)
         if math.prod(shape) != raw["params"]:
             raise ValueError(
                 f"{where}.params={raw['params']} does not match shape {shape} "
@@ -322,7 +265,7 @@ def _layer(index: int, raw: Any) -> LayerProfile:
             )
     outputs = raw.get("outputs")
     if outputs is not None:
-        _check_count(f"{where}.outputs", outputs)
+        check_count(f"{where}.outputs", outputs)
     groups = {}
     for side in ("in_group", "out_group"):
         group = raw.get(side)
@@ -385,125 +328,6 @@ def _channel_groups(value: Any, layers: Mapping[str, LayerProfile]) -> dict[str,
     return groups
 
 
-def _allocation(key: str, value: Any, layers: Mapping[str, LayerProfile]) -> dict[str, float]:
-    if not isinstance(value, Mapping) or not value:
-        raise ValueError(f"{key} must be a non-empty object of layer: sparsity, got {value!r}")
-    allocation = {}
-    for layer, sparsity in value.items():
-        if layer not in layers:
-            raise ValueError(f"{key} names layer {layer!r}, which is not in the profile's layers")
-        if (isinstance(sparsity, bool) or not isinstance(sparsity, int | float)
-                or not (math.isfinite(sparsity) and 0.0 <= sparsity < 1.0)):
-            raise ValueError(f"{key}[{layer!r}] must be a number in [0, 1), got {sparsity!r}")
-        allocation[str(layer)] = float(sparsity)
-    return allocation
-
-
-def _proxy(value: Any, layers: Mapping[str, LayerProfile]) -> ProxyResults | None:
-    """The optional ``proxy`` field (Contract 9); unknown keys inside it are ignored."""
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise ValueError(f"proxy must be an object, got {value!r}")
-    target = value.get("target")
-    if (isinstance(target, bool) or not isinstance(target, int | float)
-            or not 0.0 < target < 1.0):
-        raise ValueError(f"proxy.target must be a number in (0, 1), got {target!r}")
-    weight_by = value.get("weight_by")
-    if weight_by not in ("params", "flops"):
-        raise ValueError(f"proxy.weight_by must be 'params' or 'flops', got {weight_by!r}")
-    method = value.get("method", "level")
-    if not isinstance(method, str):
-        raise ValueError(f"proxy.method must be a string, got {method!r}")
-    metric = value.get("metric")
-    if metric is not None and not isinstance(metric, str):
-        raise ValueError(f"proxy.metric must be a string, got {metric!r}")
-    calibrated = value.get("calibrated")
-    if calibrated is not None and not isinstance(calibrated, bool):
-        raise ValueError(f"proxy.calibrated must be true or false, got {calibrated!r}")
-    seconds = value.get("seconds")
-    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int | float)
-                                or not math.isfinite(seconds) or seconds < 0):
-        raise ValueError(f"proxy.seconds must be a number >= 0, got {seconds!r}")
-    dense_score = value.get("dense_score")
-    if dense_score is not None:
-        dense_score = _finite_number("proxy.dense_score", dense_score)
-    raw_evaluations = value.get("evaluations", [])
-    if not isinstance(raw_evaluations, list):
-        raise ValueError(f"proxy.evaluations must be a list, got {raw_evaluations!r}")
-    evaluations = []
-    for index, raw in enumerate(raw_evaluations):
-        where = f"proxy.evaluations[{index}]"
-        if not isinstance(raw, Mapping):
-            raise ValueError(f"{where} must be an object with 'sparsities' and 'score', got {raw!r}")
-        score = _finite_number(f"{where}.score", raw.get("score"))
-        evaluations.append(ProxyEvaluation(
-            _allocation(f"{where}.sparsities", raw.get("sparsities"), layers), score))
-    raw_finalists = value.get("finalists")
-    if not isinstance(raw_finalists, list):
-        raise ValueError(f"proxy.finalists must be a list of layer: sparsity objects, "
-                         f"got {raw_finalists!r}")
-    finalists = tuple(_allocation(f"proxy.finalists[{index}]", raw, layers)
-                      for index, raw in enumerate(raw_finalists))
-    return ProxyResults(
-        target=float(target), weight_by=weight_by, finalists=finalists,
-        evaluations=tuple(evaluations), method=method, metric=metric, calibrated=calibrated,
-        seconds=None if seconds is None else float(seconds),
-        dense_score=dense_score,
-    )
-
-
-def _finite_number(where: str, value: Any) -> float:
-    """``value`` as a float; ValueError naming ``where`` unless it is a finite number."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{where} must be a finite number, got {value!r}")
-    return float(value)
-
-
-#: How to get a latency model into a profile written without one.
-LATENCY_HINT = ("profile with --latency on the device you deploy to: nni-prune-tuners profile "
-                "--model pkg:factory --input-shape ... --methods channel --latency --out ...")
-
-
-def _latency(value: Any, layers: Mapping[str, LayerProfile],
-             groups: Mapping[str, ChannelGroupProfile]) -> LatencyModel | None:
-    """The optional ``latency`` field: coefficients >= 0, not all 0, with every layer's
-    ``outputs`` and the channel groups it is a model of."""
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise ValueError(f"latency must be an object, got {value!r}")
-    coefficients = {}
-    for key in ("fixed", "per_flops", "per_outputs"):
-        number = _finite_number(f"latency.{key}", value.get(key))
-        if number < 0:
-            raise ValueError(f"latency.{key} must be >= 0, got {number!r}")
-        coefficients[key] = number
-    if not sum(coefficients.values()) > 0:
-        raise ValueError("latency.fixed + per_flops + per_outputs must be > 0, got 0")
-    if not groups:
-        raise ValueError("latency needs channel_groups: it models channel pruning; "
-                         + LATENCY_HINT)
-    missing = [name for name, layer in layers.items()
-               if layer.outputs is None or layer.flops is None]
-    if missing:
-        raise ValueError(f"latency needs 'outputs' and 'flops' for every layer, missing for "
-                         f"{missing}; {LATENCY_HINT}")
-    extra: dict[str, Any] = {}
-    for key in ("dense_ms", "mean_error"):
-        if value.get(key) is not None:
-            extra[key] = _finite_number(f"latency.{key}", value[key])
-    for key in ("threads", "batch", "allocations"):
-        if value.get(key) is not None:
-            _check_count(f"latency.{key}", value[key])
-            extra[key] = int(value[key])
-    device = value.get("device")
-    if device is not None and not isinstance(device, str):
-        raise ValueError(f"latency.device must be a string, got {device!r}")
-    return LatencyModel(fixed=coefficients["fixed"], per_flops=coefficients["per_flops"],
-                        per_outputs=coefficients["per_outputs"], device=device, **extra)
-
-
 def parse_profile(data: Any) -> ModelProfile:
     """Validate decoded profile JSON; errors name the offending key and value."""
     if not isinstance(data, Mapping):
@@ -521,8 +345,8 @@ def parse_profile(data: Any) -> ModelProfile:
         layers[layer.name] = layer
     groups = _channel_groups(data.get("channel_groups"), layers)
     profile = ModelProfile(model=str(data.get("model", "model")), layers=layers,
-                           proxy=_proxy(data.get("proxy"), layers), channel_groups=groups,
-                           latency=_latency(data.get("latency"), layers, groups))
+                           proxy=parse_proxy(data.get("proxy"), layers), channel_groups=groups,
+                           latency=parse_latency(data.get("latency"), layers, groups))
     declared = data.get("prunable_params")
     if declared is not None and declared != profile.prunable_params:
         raise ValueError(

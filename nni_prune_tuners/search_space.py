@@ -32,9 +32,10 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from nni_prune_tuners.params import is_sparsity_key, layer_of
+
 _logger = logging.getLogger(__name__)
 
-SPARSITY_SUFFIX = "_sparsity"
 #: Every ``_type`` NNI's builtin TPE accepts, with the number of numbers in ``_value``.
 NUMERIC_ARITY = {
     "randint": 2,
@@ -87,12 +88,12 @@ class Parameter:
 
     @property
     def is_layer_sparsity(self) -> bool:
-        return self.key.endswith(SPARSITY_SUFFIX)
+        return is_sparsity_key(self.key)
 
     @property
     def layer(self) -> str:
         """The layer a ``*_sparsity`` key names (dots allowed: ``features.0_sparsity``)."""
-        return self.key[: -len(SPARSITY_SUFFIX)]
+        return layer_of(self.key)
 
     @property
     def bounds(self) -> tuple[float, float]:
@@ -371,11 +372,13 @@ class ActiveSet:
         label: Which branches were taken, e.g. ``prune_method=agp`` (``top level`` if none).
         choices: ``{choice parameter name: option index}`` that selects this set.
         parameters: The parameters of the set (choices themselves excluded).
+        branches: The ``_name`` of every branch taken (a pruning method, for ``prune_method``).
     """
 
     label: str
     choices: Mapping[str, int]
     parameters: tuple[Parameter, ...]
+    branches: tuple[str, ...] = ()
 
     @property
     def layer_sparsities(self) -> tuple[Parameter, ...]:
@@ -399,7 +402,8 @@ def active_sets(parameters: Sequence[Parameter]) -> list[ActiveSet]:
                 if inner.label != "top level":
                     label = f"{label}, {inner.label}"
                 options.append(
-                    ActiveSet(label, {parameter.name: index, **inner.choices}, inner.parameters)
+                    ActiveSet(label, {parameter.name: index, **inner.choices}, inner.parameters,
+                              (branch.name, *inner.branches))
                 )
         options_per_choice.append(options)
     sets = []
@@ -410,7 +414,8 @@ def active_sets(parameters: Sequence[Parameter]) -> list[ActiveSet]:
         for part in combination:
             choices.update(part.choices)
             members.extend(part.parameters)
-        sets.append(ActiveSet(label, choices, tuple(members)))
+        sets.append(ActiveSet(label, choices, tuple(members),
+                              tuple(name for part in combination for name in part.branches)))
     return sets
 
 
@@ -429,43 +434,3 @@ def layer_sparsity_paths(
                 for inner, path in layer_sparsity_paths(value, branch.parameters):
                     found.append((inner, [parameter.key, *path]))
     return found
-
-
-#: A finite space is enumerated for deduplication only up to this many configurations.
-MAX_ENUMERATED = 100_000
-
-
-def configurations(parameters: Sequence[Parameter]) -> list[dict[str, Any]] | None:
-    """Every configuration of a finite space (NNI-shaped), or None if it is infinite or too big.
-
-    Finite means only ``choice``, ``randint``, ``quniform``, ``qloguniform`` and ranges with equal
-    bounds (one value, as NNI's TPE treats them): what NNI's TPE deduplicates by grid search before
-    it reports the space exhausted. The normal family is unbounded even when quantised.
-    """
-    options: list[list[Any]] = []
-    for parameter in parameters:
-        if parameter.type == "randint":
-            values: list[Any] = list(range(int(parameter.args[0]), int(parameter.args[1])))
-        elif parameter.type in ("quniform", "qloguniform"):
-            low, high, q = parameter.args
-            steps = range(math.floor(low / q), math.ceil(high / q) + 1)
-            values = sorted({parameter.to_value(min(max(k * q, low), high)) for k in steps})
-        elif parameter.type in ("uniform", "loguniform") and parameter.args[0] == parameter.args[1]:
-            values = [parameter.to_value(parameter.args[0])]
-        elif parameter.type == "choice":
-            values = []
-            for option, branch in zip(parameter.args, parameter.branches, strict=True):
-                if branch is None:
-                    values.append(option)
-                    continue
-                inner = configurations(branch.parameters)
-                if inner is None:
-                    return None
-                values.extend({"_name": branch.name, **config} for config in inner)
-        else:
-            return None
-        options.append(values)
-        if math.prod(len(v) for v in options) > MAX_ENUMERATED:
-            return None
-    keys = [parameter.key for parameter in parameters]
-    return [dict(zip(keys, combination, strict=True)) for combination in product(*options)]

@@ -22,6 +22,9 @@ FloatArray = npt.NDArray[np.float64]
 
 #: How close the rescaled global sparsity must be to the target.
 TOLERANCE = 1e-9
+#: The warm-start heuristics: allocations known before any trial (``sensitivity`` reads the
+#: profile's one-shot sensitivity curves; the others are computed here).
+HEURISTICS = ("uniform", "global_magnitude", "lamp", "erk", "sensitivity")
 
 
 def _as_array(values: Sequence[float] | FloatArray, name: str) -> FloatArray:

@@ -2,7 +2,7 @@
 
 Everything that is not a layer sparsity (the branch choice, the learning rate, ...) is delegated to
 the wrapped sampler (PruneTPE's TPE). When a trial asks for the first layer sparsity of a branch,
-the whole block is proposed at once from the trials of that branch (:mod:`allocation`):
+the whole block is proposed at once from the trials of that branch (:mod:`nni_prune_tuners.allocation`):
 
 - finished trials are the data; early-stopped or failed trials (PRUNED) enter at the worst value
   seen, as TPE ranks them below every finished trial;
@@ -16,7 +16,7 @@ the whole block is proposed at once from the trials of that branch (:mod:`alloca
   another branch's gets global proposals only: local moves from its poor incumbent would climb
   too slowly to overtake;
 - with ``few_layer_moves`` (``allocation: local``), every proposal after the warm starts is a
-  local move that changes a few layers (:func:`allocation.few_layer_move`), except in a branch
+  local move that changes a few layers (:func:`~.moves.few_layer_move`), except in a branch
   behind another: on a network that one over-pruned layer breaks, global proposals score at
   chance, and the model's local optimum moves every layer at once;
 - a proposal equal (within 1e-6 per value) to a finished or running one is drawn again, then
@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from optuna.distributions import BaseDistribution
@@ -37,7 +37,20 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from threadpoolctl import threadpool_limits
 
-from nni_prune_tuners import allocation
+from nni_prune_tuners.allocation.model import Posterior, Prior, fit
+from nni_prune_tuners.allocation.moves import (
+    MOVES,
+    TrustRegion,
+    choose_move,
+    few_layer_move,
+    is_repeat,
+    perturb,
+    propose,
+)
+
+if TYPE_CHECKING:
+    from nni_prune_tuners.budget import Budget
+    from nni_prune_tuners.constraint import Branch
 
 _logger = logging.getLogger(__name__)
 
@@ -52,17 +65,20 @@ _MIN_FOR_FLOOR = 20
 
 @dataclass(frozen=True)
 class SparsityBlock:
-    """The layer sparsities of one branch, by Optuna name, and the budget they share.
+    """The layer sparsities of one branch, by Optuna name, the budget they share and the
+    model's terms.
 
     Attributes:
         choices: ``{choice parameter: option index}`` that selects the branch.
         names: Optuna names of the layer sparsities, in the order of ``budget``'s arrays.
-        budget: weights, bounds and target.
+        budget: bounds and target.
+        terms: the sensitivity curves and the proxy, where the branch has them.
     """
 
     choices: Mapping[str, int]
     names: tuple[str, ...]
-    budget: allocation.Block
+    budget: Budget
+    terms: tuple[Prior, ...] = ()
 
     def selected_by(self, params: Mapping[str, Any]) -> bool:
         return all(params.get(name) == index for name, index in self.choices.items())
@@ -104,7 +120,7 @@ class AllocationSampler(BaseSampler):
         self._constant_liar = constant_liar
         self._proposed: dict[int, dict[str, float]] = {}
         self._moves: dict[int, tuple[int, str]] = {}  # trial number -> (block, kind of move)
-        self._regions = [allocation.TrustRegion() for _ in self._blocks]
+        self._regions = [TrustRegion() for _ in self._blocks]
         self._variances: dict[int, tuple[int, tuple[float, float]]] = {}
         self._finished: dict[int, dict[int, tuple[list[float] | None, TrialState, float | None]]] = {}
         self.repeats_rejected = 0
@@ -113,7 +129,7 @@ class AllocationSampler(BaseSampler):
     def moves(self) -> dict[str, int]:
         """How many proposals of each kind (``global``, ``local``) this sampler made."""
         kinds = [kind for _, kind in self._moves.values()]
-        return {kind: kinds.count(kind) for kind in allocation.MOVES}
+        return {kind: kinds.count(kind) for kind in MOVES}
 
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
@@ -200,9 +216,9 @@ class AllocationSampler(BaseSampler):
         samples = np.vstack([finished, pending]) if len(pending) else finished
         if len(scores) and self._constant_liar:
             lie = np.full(len(pending), scores.mean())
-            posterior = self._fit(index, samples, np.concatenate([scores, lie]), block.budget.terms)
+            posterior = self._fit(index, samples, np.concatenate([scores, lie]), block.terms)
         elif len(scores):
-            posterior = self._fit(index, finished, scores, block.budget.terms)
+            posterior = self._fit(index, finished, scores, block.terms)
         incumbent = None
         radius = self._regions[index].radius
         if len(scores):
@@ -213,23 +229,23 @@ class AllocationSampler(BaseSampler):
             elif self._few_layer_moves:
                 move = "local"
             else:
-                move = allocation.choose_move(self._tallies(study, index, scores), self._rng)
+                move = choose_move(self._tallies(study, index, scores), self._rng)
             self._moves[trial.number] = (index, move)
             if move == "local":
                 incumbent = finished[int(np.argmax(scores))]
         if incumbent is not None and self._few_layer_moves:
-            candidate = allocation.few_layer_move(block.budget, posterior, self._rng, incumbent,
-                                                  step=radius / 2)
+            candidate = few_layer_move(block.budget, block.terms, posterior, self._rng,
+                                       incumbent, step=radius / 2)
         else:
-            candidate = allocation.propose(block.budget, posterior, self._rng,
-                                           incumbent=incumbent, radius=radius)
+            candidate = propose(block.budget, block.terms, posterior, self._rng,
+                                incumbent=incumbent, radius=radius)
         rejected = 0
-        while rejected < _REDRAWS + _PERTURBATIONS and allocation.is_repeat(candidate, samples):
+        while rejected < _REDRAWS + _PERTURBATIONS and is_repeat(candidate, samples):
             rejected += 1
             if rejected <= _REDRAWS:
-                candidate = allocation.propose(block.budget, posterior, self._rng)
+                candidate = propose(block.budget, block.terms, posterior, self._rng)
             else:
-                candidate = allocation.perturb(block.budget, candidate, self._rng)
+                candidate = perturb(block.budget, candidate, self._rng)
         if rejected:
             self.repeats_rejected += rejected
             _logger.info("trial %d: %d proposals rejected as repeats (%d in all)",
@@ -256,7 +272,7 @@ class AllocationSampler(BaseSampler):
         """
         sign = _orientation(study)
         median = float(np.median(scores))
-        tallies = {kind: [0, 0] for kind in allocation.MOVES}
+        tallies = {kind: [0, 0] for kind in MOVES}
         for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
                                                                 TrialState.PRUNED)):
             block, kind = self._moves.get(other.number, (None, ""))
@@ -270,13 +286,13 @@ class AllocationSampler(BaseSampler):
 
     def _fit(
         self, index: int, samples: np.ndarray, values: np.ndarray,
-        terms: Sequence[allocation.Prior],
-    ) -> allocation.Posterior:
+        terms: Sequence[Prior],
+    ) -> Posterior:
         """Fit, re-selecting the variances only when the data grew by a tenth since they were."""
         cached = self._variances.get(index)
         if cached is not None and len(values) <= 1.1 * cached[0] + 1:
-            return allocation.fit(samples, values, variances=cached[1], terms=terms)
-        posterior = allocation.fit(samples, values, terms=terms)
+            return fit(samples, values, variances=cached[1], terms=terms)
+        posterior = fit(samples, values, terms=terms)
         self._variances[index] = (len(values), posterior.variances)
         return posterior
 
@@ -339,10 +355,11 @@ def _orientation(study: Study) -> float:
     return 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
 
 
-def blocks_for(groups: Sequence[Any]) -> list[SparsityBlock]:
-    """Sampler blocks from the tuner's sparsity groups (choices, parameters, budget)."""
+def blocks_for(branches: Sequence[Branch]) -> list[SparsityBlock]:
+    """Sampler blocks from the branches of the search space (choices, parameters, budget)."""
     return [
-        SparsityBlock(dict(group.choices), tuple(p.name for p in group.parameters), group.budget)
-        for group in groups
+        SparsityBlock(dict(branch.choices), tuple(p.name for p in branch.parameters),
+                      branch.budget, branch.terms)
+        for branch in branches
     ]
 

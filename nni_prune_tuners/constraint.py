@@ -54,6 +54,11 @@ class Branch:
         """The profile's sensitivity curves of the branch's layers, when it has them."""
         return next((term for term in self.terms if term.metric_units), None)
 
+    @property
+    def proxy(self) -> Prior | None:
+        """The presearch evaluations' term, when the branch has one."""
+        return next((term for term in self.terms if not term.metric_units), None)
+
 
 def branches(parameters: Sequence[ss.Parameter], options: TunerOptions,
              proxy: Proxy | None) -> list[Branch]:

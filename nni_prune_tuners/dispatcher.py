@@ -60,7 +60,9 @@ def report_to_nni_manager(message: str) -> None:
 
 #: What a tuner built only to be read or checked would log at INFO: its seed, its search space,
 #: the allocation sampler's notes, Optuna's "A new study created in memory".
-_PROBE_LOGGERS = ("nni_prune_tuners.tuner", "nni_prune_tuners.allocation_sampler", "optuna")
+_PROBE_LOGGERS = ("nni_prune_tuners.tuner", "nni_prune_tuners.constraint",
+                  "nni_prune_tuners.warm_start", "nni_prune_tuners.proxy", "nni_prune_tuners.dedup",
+                  "nni_prune_tuners.study", "nni_prune_tuners.allocation", "optuna")
 
 
 @contextlib.contextmanager

@@ -118,6 +118,11 @@ class PruneTPETuner(Tuner):
         return [warm_start for warm_start, _ in self._warm_start_plan]
 
     @property
+    def branches(self) -> list[Branch]:
+        """The branches of the current space under the target (none without one)."""
+        return list(self._branches)
+
+    @property
     def repeats_rejected(self) -> int:
         """Candidates rejected because they repeated a configuration already proposed."""
         return self._dedup.repeats_rejected

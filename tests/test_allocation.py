@@ -13,7 +13,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nni_prune_tuners import allocation
-from nni_prune_tuners.allocation_sampler import AllocationSampler
+from nni_prune_tuners.allocation import AllocationSampler
+from nni_prune_tuners.budget import LinearBudget
 from nni_prune_tuners.dedup import SeenConfigurations
 from nni_prune_tuners.tuner import PruneTPETuner
 from tests.profiles import analytic_profile, write_profile
@@ -53,10 +54,10 @@ def test_solve_budget_says_when_the_budget_is_out_of_reach() -> None:
         allocation.solve_budget(np.zeros((2, 2)), grids, np.ones(2), 0.6)
 
 
-def block(layers: int = 6, target: float = 0.9, seed: int = 0) -> allocation.Block:
+def block(layers: int = 6, target: float = 0.9, seed: int = 0) -> LinearBudget:
     rng = np.random.RandomState(seed)
     weights = np.exp(rng.uniform(np.log(500), np.log(5e5), layers))
-    return allocation.Block(weights, np.full(layers, 0.05), np.full(layers, 0.98),
+    return LinearBudget(weights, np.full(layers, 0.05), np.full(layers, 0.98),
                             float(weights.sum()), target)
 
 
@@ -68,7 +69,7 @@ def test_proposals_meet_the_target_inside_the_bounds_and_local_ones_stay_near() 
     gaps: dict[bool, list[float]] = {False: [], True: []}
     for local in (False, True):
         for _ in range(20):
-            s = allocation.propose(budget, posterior, rng, incumbent=samples[0] if local else None)
+            s = allocation.propose(budget, (), posterior, rng, incumbent=samples[0] if local else None)
             assert np.dot(budget.weights, s) / budget.total == pytest.approx(0.9, abs=1e-9)
             assert np.all(s >= 0.05 - 1e-12) and np.all(s <= 0.98 + 1e-12)
             distance = allocation.log_density(s) - allocation.log_density(samples[0])
@@ -88,7 +89,7 @@ def test_few_layer_moves_meet_the_target_and_follow_the_model() -> None:
     for ranked in (False, True):
         posterior = allocation.fit(samples, fragile) if ranked else None
         for _ in range(30):
-            s = allocation.few_layer_move(budget, posterior, rng, incumbent, step=0.2)
+            s = allocation.few_layer_move(budget, (), posterior, rng, incumbent, step=0.2)
             assert np.dot(budget.weights, s) / budget.total == pytest.approx(0.9, abs=1e-9)
             assert np.all(s >= 0.05 - 1e-12) and np.all(s <= 0.98 + 1e-12)
             shift = allocation.log_density(s) - allocation.log_density(incumbent)
@@ -128,7 +129,7 @@ def test_thompson_proposals_find_the_sensitive_layer() -> None:
     samples = np.array([budget.rescale(rng.uniform(0.2, 1.0, 4)) for _ in range(40)])
     values = -10 * allocation.log_density(samples[:, 0]) ** 2 - allocation.log_density(samples).sum(1)
     posterior = allocation.fit(samples, values)
-    proposals = np.array([allocation.propose(budget, posterior, rng) for _ in range(10)])
+    proposals = np.array([allocation.propose(budget, (), posterior, rng) for _ in range(10)])
     assert np.median(proposals[:, 0]) < np.median(samples[:, 0])
 
 
@@ -334,9 +335,8 @@ def test_the_sensitivity_allocation_is_the_budget_optimum_of_the_curves() -> Non
          np.array([0.0, 0.0, 0.01, 0.02]),  # robust
          np.array([0.0, 0.01, 0.05, 0.3])),
     )
-    budget = allocation.Block(weights, np.full(3, 0.0), np.full(3, 0.99), float(weights.sum()), 0.8,
-                              prior)
-    chosen = allocation.sensitivity_allocation(budget)
+    budget = LinearBudget(weights, np.full(3, 0.0), np.full(3, 0.99), float(weights.sum()), 0.8)
+    chosen = allocation.sensitivity_allocation(budget, prior)
     assert np.dot(weights, chosen) / weights.sum() == pytest.approx(0.8, abs=1e-9)
     # brute force over a fine grid of the two free layers; the third takes what is left
     best = np.inf

@@ -17,7 +17,7 @@ from benchmarks.channel_latency import (
     tuner_picks,
     uniform_sparsities,
 )
-from nni_prune_tuners.flops import ChannelBudget
+from nni_prune_tuners.flops import flops_terms
 from nni_prune_tuners.latency import interleaved_medians
 from nni_prune_tuners.profile import parse_profile
 from nni_prune_tuners.trial.profile import profile_model
@@ -55,7 +55,7 @@ def test_uniform_sparsities_share_one_ratio_that_meets_the_flops_target() -> Non
     sparsities = uniform_sparsities(profile, 0.5)
     assert list(sparsities) == ["features.0", "features.2"]
     assert len(set(sparsities.values())) == 1
-    budget = ChannelBudget.from_profile(profile, list(sparsities))
+    budget = flops_terms(profile, list(sparsities))
     assert budget.removed(list(sparsities.values())) == pytest.approx(0.5, abs=1e-9)
 
 

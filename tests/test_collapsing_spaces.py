@@ -138,7 +138,7 @@ def test_a_narrow_unbounded_space_repeats_its_least_proposed_and_says_so(
     the least-proposed one is proposed again, logged, and nothing is raised."""
     tuner = PruneTPETuner(seed=0)
     tuner.update_search_space({"q": {"_type": "qlognormal", "_value": [0, 0.5, 1]}})
-    with caplog.at_level(logging.INFO, logger="nni_prune_tuners.tuner"):
+    with caplog.at_level(logging.INFO, logger="nni_prune_tuners"):
         values = []
         for parameter_id in range(40):
             params = tuner.generate_parameters(parameter_id)

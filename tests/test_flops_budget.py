@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nni_prune_tuners import allocation, flops
+from nni_prune_tuners import allocation, flops, sparsity
+from nni_prune_tuners.budget import LinearBudget
 from nni_prune_tuners.profile import ModelProfile, parse_profile
 
 
@@ -18,7 +19,7 @@ def _layer(name: str, flops_: int, in_group: str | None, out_group: str | None) 
             "out_group": out_group}
 
 
-def _synthetic_budget_profile() -> tuple[ModelProfile, flops.ChannelBudget]:
+def _synthetic_budget_profile() -> tuple[ModelProfile, flops.ProductTerms]:
     """A residual chain: ``stem`` is the stream (stem, conv2 and the shortcut add), ``conv1`` a
     block's inner width, ``mix`` a layer that reads and writes its own group (product rule), the
     classifier dense on its outputs."""
@@ -38,7 +39,7 @@ def _synthetic_budget_profile() -> tuple[ModelProfile, flops.ChannelBudget]:
         ],
     }
     profile = parse_profile(raw)
-    return profile, flops.ChannelBudget.from_profile(profile, ["stem", "conv1", "mix"])
+    return profile, flops.flops_terms(profile, ["stem", "conv1", "mix"])
 
 
 def test_flops_removed_is_the_profiles_formula() -> None:
@@ -61,11 +62,11 @@ def test_flops_removed_is_the_profiles_formula() -> None:
 
 def test_a_group_searched_alone_leaves_the_others_dense() -> None:
     profile, _ = _synthetic_budget_profile()
-    budget = flops.ChannelBudget.from_profile(profile, ["conv1"])
+    budget = flops.flops_terms(profile, ["conv1"])
     assert budget.removed([0.25]) == pytest.approx(0.25 * 8000 / 9600)
     with pytest.raises(ValueError, match=r"'nope' is not a channel group of the profile; known "
                                          r"groups: \['stem', 'conv1', 'mix'\]"):
-        flops.ChannelBudget.from_profile(profile, ["nope"])
+        flops.flops_terms(profile, ["nope"])
 
 
 def test_gradient_is_the_derivative_and_non_negative() -> None:
@@ -138,13 +139,12 @@ def test_rounding_to_whole_channels_stays_within_the_bound() -> None:
     assert worst <= bound
 
 
-def _channel_block(budget: flops.ChannelBudget, lo: np.ndarray, hi: np.ndarray,
-                   target: float) -> allocation.Block:
-    return allocation.Block(budget.gradient(np.zeros(len(lo))), lo, hi, 1.0, target,
-                            flops=budget)
+def _channel_block(budget: flops.ProductTerms, lo: np.ndarray, hi: np.ndarray,
+                   target: float) -> flops.ChannelBudget:
+    return flops.ChannelBudget(budget, lo, hi, target)
 
 
-def _zoo_budget(name: str) -> tuple[flops.ChannelBudget, np.ndarray, np.ndarray]:
+def _zoo_budget(name: str) -> tuple[flops.ProductTerms, np.ndarray, np.ndarray]:
     import torch
 
     from nni_prune_tuners.trial.profile import profile_model
@@ -153,7 +153,7 @@ def _zoo_budget(name: str) -> tuple[flops.ChannelBudget, np.ndarray, np.ndarray]
     torch.manual_seed(0)
     profile = parse_profile(profile_model(models.ZOO[name]().eval(), name=name, channel=True))
     groups = list(profile.channel_groups.values())
-    budget = flops.ChannelBudget.from_profile(profile, [g.name for g in groups])
+    budget = flops.flops_terms(profile, [g.name for g in groups])
     hi = np.array([(g.channels - 1) / g.channels for g in groups])
     return budget, np.zeros(len(groups)), hi
 
@@ -172,7 +172,7 @@ def test_rescale_meets_the_target_on_the_zoo(name: str) -> None:
         # the allocation model's proposals from the prior meet it too
         block = _channel_block(budget, lo, hi, target)
         for _ in range(5):
-            s = allocation.propose(block, None, rng)
+            s = allocation.propose(block, (), None, rng)
             assert abs(budget.removed(s) - target) <= 1e-9
 
 
@@ -209,19 +209,19 @@ def test_linearised_knapsack_stops_when_the_allocation_stops_changing() -> None:
     grids = allocation.layer_grids(lo, hi)
     values = -np.array([20.0, 1.0, 1.0])[:, None] * allocation.log_density(grids) ** 2
     start = flops.uniform_ratio(lo, hi, budget, 0.5)
-    few = allocation.solve_channel_budget(values, grids, budget, 0.5, start, rounds=5)
-    more = allocation.solve_channel_budget(values, grids, budget, 0.5, start, rounds=50)
+    few = allocation.solve_product_budget(values, grids, budget, 0.5, start, rounds=5)
+    more = allocation.solve_product_budget(values, grids, budget, 0.5, start, rounds=50)
     np.testing.assert_array_equal(few, more)  # converged within 5 rounds
     # each entry is a grid point of its group
     assert all(np.any(np.isclose(grids[i], few[i], rtol=0, atol=1e-15)) for i in range(3))
 
 
 def test_linear_blocks_solve_exactly_as_before() -> None:
-    """A block without FLOPs solves with solve_budget itself: the linear path is unchanged."""
+    """A linear budget solves with solve_budget itself."""
     rng = np.random.RandomState(7)
     lo, hi = np.full(4, 0.1), np.full(4, 0.95)
     weights = np.array([100.0, 2000.0, 500.0, 50.0])
-    block = allocation.Block(weights, lo, hi, float(weights.sum()), 0.8)
+    block = LinearBudget(weights, lo, hi, float(weights.sum()), 0.8)
     grids = allocation.layer_grids(lo, hi)
     values = rng.standard_normal((4, allocation.GRID)).cumsum(axis=1)
     np.testing.assert_array_equal(
@@ -229,5 +229,5 @@ def test_linear_blocks_solve_exactly_as_before() -> None:
         allocation.solve_budget(values, grids, weights, 0.8 * weights.sum()))
     np.testing.assert_array_equal(
         block.rescale(np.full(4, 0.5)),
-        allocation.sparsity.rescale_to_target(np.full(4, 0.5), lo, hi, weights, 0.8,
-                                              total=float(weights.sum())))
+        sparsity.rescale_to_target(np.full(4, 0.5), lo, hi, weights, 0.8,
+                                   total=float(weights.sum())))

@@ -22,6 +22,7 @@ from nni_prune_tuners.latency import (
     fastest_ratio,
     fit_latency,
     kept_fractions,
+    latency_terms,
     random_allocations,
 )
 from nni_prune_tuners.options import parse_tuner_options
@@ -117,7 +118,7 @@ def test_kept_fractions_count_whole_channels(resnet: dict[str, Any]) -> None:
 def test_the_latency_budget_is_the_profiles_model(resnet: dict[str, Any]) -> None:
     profile = parse_profile(resnet)
     groups = list(profile.channel_groups)
-    budget = flops.ChannelBudget.from_profile(profile, groups, latency=True)
+    budget = latency_terms(profile, groups)
     assert budget.measure == "latency" and budget.removed(np.zeros(len(groups))) == pytest.approx(0)
     # whole-channel sparsities, so that the model's rounded fractions are the budget's own
     channels = np.array([profile.channel_groups[g].channels for g in groups])
@@ -129,7 +130,7 @@ def test_the_latency_budget_is_the_profiles_model(resnet: dict[str, Any]) -> Non
     assert np.all(budget.gradient(s) >= 0)
     # pruned widths that run faster than the dense ones: any pruning already removes a part
     fast = parse_profile({**resnet, "latency": {**resnet["latency"], "fixed": 0.1}})
-    budget = flops.ChannelBudget.from_profile(fast, groups, latency=True)
+    budget = latency_terms(fast, groups)
     assert budget.removed(np.zeros(len(groups))) == pytest.approx(0.1)
     assert budget.removed(s) == pytest.approx(1 - (0.1 + 0.5 * f + 0.3 * a), abs=1e-12)
 
@@ -138,9 +139,9 @@ def test_every_suggestion_removes_the_target_fraction_of_latency(
     tmp_path: Path, resnet: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     profile = parse_profile(resnet)
-    budget = flops.ChannelBudget.from_profile(profile, list(profile.channel_groups), latency=True)
-    by_flops = flops.ChannelBudget.from_profile(profile, list(profile.channel_groups))
-    with caplog.at_level(logging.INFO, logger="nni_prune_tuners.tuner"):
+    budget = latency_terms(profile, list(profile.channel_groups))
+    by_flops = flops.flops_terms(profile, list(profile.channel_groups))
+    with caplog.at_level(logging.INFO, logger="nni_prune_tuners"):
         tuner = PruneTPETuner(target_sparsity=0.4, profile=str(_write(tmp_path, resnet)), seed=0,
                               weight_by="latency")
         tuner.update_search_space(_space(resnet, ["channel"]))
@@ -251,7 +252,7 @@ def test_profile_latency_then_a_latency_budget_under_nnictl(registered: list[str
     space = json.loads(space_file.read_text())
     (branch,) = space["prune_method"]["_value"]
     groups = [key.removesuffix("_sparsity") for key in branch if key != "_name"]
-    budget = flops.ChannelBudget.from_profile(profile, groups, latency=True)
+    budget = latency_terms(profile, groups)
     reach = [budget.removed([branch[f"{g}_sparsity"]["_value"][side] for g in groups])
              for side in (0, 1)]
     target = round(sum(reach) / 2, 4)  # inside the reachable range, whatever was measured

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from nni_prune_tuners.profile import load_profile
+from nni_prune_tuners.proxy import proxy_separates
 from nni_prune_tuners.sparsity import global_sparsity
 from nni_prune_tuners.trial import presearch as ps
 from nni_prune_tuners.trial import profile as tp
-from nni_prune_tuners.tuner import PruneTPETuner, proxy_separates
+from nni_prune_tuners.tuner import PruneTPETuner
 
 #: A tiny CNN with BatchNorm; the metric is agreement with the dense model's predictions on
 #: fixed random inputs (dense: 1.0), so no data set or training is needed.

@@ -13,15 +13,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nni_prune_tuners import allocation
+from nni_prune_tuners import allocation, proxy
+from nni_prune_tuners.budget import LinearBudget
+from nni_prune_tuners.proxy import PROXY_MARGIN, proxy_separates
 from nni_prune_tuners.sparsity import global_sparsity
-from nni_prune_tuners.tuner import PROXY_MARGIN, PruneTPETuner, proxy_separates
+from nni_prune_tuners.tuner import PruneTPETuner
 from tests.profiles import analytic_profile, write_profile
 from trials import analytic_trial
 
 WEIGHTS = np.array([100.0, 400.0, 800.0, 1600.0, 400.0, 100.0])
 LO, HI = np.zeros(6), np.full(6, 0.98)
-BLOCK = allocation.Block(WEIGHTS, LO, HI, float(WEIGHTS.sum()), 0.8)
+BLOCK = LinearBudget(WEIGHTS, LO, HI, float(WEIGHTS.sum()), 0.8)
 SENSITIVITY = np.array([3.0, 0.5, 0.2, 0.1, 0.6, 4.0])
 #: Another network's sensitivities: a proxy that ranks by these predicts nothing here.
 UNRELATED = np.array([0.2, 3.0, 0.1, 4.0, 0.5, 0.3])
@@ -83,15 +85,15 @@ def test_proposals_with_the_term_meet_the_target() -> None:
     rng = np.random.RandomState(2)
     at = _allocations(rng, 40)
     term = allocation.proxy_term(at, _metric(at, SENSITIVITY), LO, HI)
-    block = allocation.Block(WEIGHTS, LO, HI, float(WEIGHTS.sum()), 0.8, proxy=term)
+    assert term is not None
     trials = _allocations(rng, 8)
-    posterior = allocation.fit(trials, _metric(trials, SENSITIVITY), terms=block.terms)
+    posterior = allocation.fit(trials, _metric(trials, SENSITIVITY), terms=(term,))
     for fitted in (None, posterior):
         for incumbent in (None, trials[0]):
-            s = allocation.propose(block, fitted, rng, incumbent=incumbent)
+            s = allocation.propose(BLOCK, (term,), fitted, rng, incumbent=incumbent)
             assert global_sparsity(s, WEIGHTS) == pytest.approx(0.8, abs=1e-9)
             assert np.all(s >= LO - 1e-12) and np.all(s <= HI + 1e-12)
-        s = allocation.few_layer_move(block, fitted, rng, trials[0], step=0.2)
+        s = allocation.few_layer_move(BLOCK, (term,), fitted, rng, trials[0], step=0.2)
         assert global_sparsity(s, WEIGHTS) == pytest.approx(0.8, abs=1e-9)
 
 
@@ -111,7 +113,7 @@ def _presearched_profile(evaluations: int) -> dict[str, Any]:
     """The analytic profile with proxy evaluations scored by the analytic trial itself."""
     rng = np.random.RandomState(4)
     rows = []
-    block = allocation.Block(PARAMS, np.full(len(LAYERS), 0.05), np.full(len(LAYERS), 0.98),
+    block = LinearBudget(PARAMS, np.full(len(LAYERS), 0.05), np.full(len(LAYERS), 0.98),
                              float(PARAMS.sum()), TARGET)
     for _ in range(evaluations):
         s = block.rescale(rng.uniform(0.5, 0.98, len(LAYERS)))
@@ -137,7 +139,7 @@ def _tuner(tmp_path: Path, **class_args: Any) -> PruneTPETuner:
 def test_the_tuner_makes_the_evaluations_a_term_where_the_model_proposes(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, class_args: dict[str, Any], term: bool
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="nni_prune_tuners.tuner"):
+    with caplog.at_level(logging.INFO, logger="nni_prune_tuners"):
         _tuner(tmp_path, **class_args)
     said = "the proxy's 30 evaluations are a term of the allocation model; the trials set its weight"
     assert any(said in r.getMessage() for r in caplog.records) == term, caplog.text
@@ -150,7 +152,7 @@ def test_evaluations_that_miss_a_layer_of_the_branch_are_left_out(
     for row in data["proxy"]["evaluations"]:
         row["sparsities"].pop("fc")
     path = write_profile(tmp_path / "profile.json", data)
-    with caplog.at_level(logging.INFO, logger="nni_prune_tuners.tuner"):
+    with caplog.at_level(logging.INFO, logger="nni_prune_tuners"):
         PruneTPETuner(target_sparsity=TARGET, profile=str(path), seed=5).update_search_space(SPACE)
     assert "the proxy evaluations do not cover its layers" in caplog.text
 
@@ -165,7 +167,7 @@ def test_branches_over_the_same_layers_and_bounds_share_one_fit(
         return real(*args, **kwargs)
 
     real = allocation.proxy_term
-    monkeypatch.setattr(allocation, "proxy_term", counted)
+    monkeypatch.setattr(proxy, "proxy_term", counted)
     path = write_profile(tmp_path / "profile.json", _presearched_profile(10))
     branches = [{"_name": method, **SPACE} for method in ("agp", "level")]
     narrower = {"_name": "narrow", **SPACE,
@@ -176,7 +178,7 @@ def test_branches_over_the_same_layers_and_bounds_share_one_fit(
     tuner.update_search_space({"prune_method": {"_type": "choice",
                                                 "_value": [*branches, narrower]}})
     assert len(fits) == 2  # other bounds: a fit of its own; the others are kept
-    agp, level, narrow = (group.budget.proxy for group in tuner._groups)
+    agp, level, narrow = (branch.proxy for branch in tuner.branches)
     assert agp is level and narrow is not agp
 
 
@@ -202,7 +204,7 @@ def test_heuristics_the_proxy_scored_below_every_finalist_are_left_out(
                                      for name, s in heuristics.items() if name != "uniform"]
     data["proxy"]["finalists"] = finalists
     path = write_profile(tmp_path / "profile.json", data)
-    with caplog.at_level(logging.INFO, logger="nni_prune_tuners.tuner"):
+    with caplog.at_level(logging.INFO, logger="nni_prune_tuners"):
         tuner = PruneTPETuner(target_sparsity=TARGET, profile=str(path), seed=5)
         tuner.update_search_space(SPACE)
     # uniform was not scored by the proxy, so nothing says it is beaten
@@ -210,7 +212,7 @@ def test_heuristics_the_proxy_scored_below_every_finalist_are_left_out(
         "proxy finalist 1", "proxy finalist 2", "uniform", above]
     assert "the erk warm start is left out: the proxy scored it 0.1, clearly below each of " \
            "its finalists (0.5 at least)" in caplog.text
-    with caplog.at_level(logging.INFO, logger="nni_prune_tuners.tuner"):
+    with caplog.at_level(logging.INFO, logger="nni_prune_tuners"):
         kept = PruneTPETuner(target_sparsity=TARGET, profile=str(path), seed=5, proxy=False)
         kept.update_search_space(SPACE)
     assert [w.heuristic for w in kept.warm_starts] == list(heuristics)
@@ -250,11 +252,11 @@ def test_a_proxy_whose_scores_all_lie_near_the_floor_is_ignored(
 ) -> None:
     heuristics = _heuristic_allocations(tmp_path)
     path = _near_chance_profile(tmp_path, heuristics, spread=0.03)
-    with caplog.at_level(logging.INFO, logger="nni_prune_tuners.tuner"):
+    with caplog.at_level(logging.INFO, logger="nni_prune_tuners"):
         tuner = PruneTPETuner(target_sparsity=TARGET, profile=str(path), seed=5)
         tuner.update_search_space(SPACE)
     assert [w.heuristic for w in tuner.warm_starts] == list(heuristics)
-    assert all(group.budget.proxy is None for group in tuner._groups)
+    assert all(branch.proxy is None for branch in tuner.branches)
     assert "ranking says nothing" in caplog.text
     # the same finalists far enough above the floor: they come first, and beat the heuristics
     path = _near_chance_profile(tmp_path, heuristics, spread=0.3)

@@ -71,7 +71,7 @@ def _layers(params: dict[str, Any]) -> dict[str, float]:
 def test_finalists_come_first_in_every_branch_before_the_heuristics(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="nni_prune_tuners.tuner"):
+    with caplog.at_level(logging.INFO, logger="nni_prune_tuners"):
         tuner = _tuner(tmp_path, _profile())
         proposed = [tuner.generate_parameters(i) for i in range(6)]
     assert [(w.heuristic, w.branch) for w in tuner.warm_starts] == [
@@ -116,7 +116,7 @@ def test_proxy_results_for_another_experiment_are_ignored_with_the_reason(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, proxy: dict[str, Any],
     class_args: dict[str, Any], reason: str,
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="nni_prune_tuners.tuner"):
+    with caplog.at_level(logging.INFO, logger="nni_prune_tuners"):
         tuner = _tuner(tmp_path, _profile(**proxy), **class_args)
     assert [w.heuristic for w in tuner.warm_starts] == ["uniform"] * 2 + ["lamp"] * 2
     assert any(reason in r.getMessage() for r in caplog.records), caplog.text

@@ -69,7 +69,7 @@ def test_every_suggestion_removes_the_target_fraction_of_flops(
 ) -> None:
     path, raw = zoo[name]
     profile = parse_profile(raw)
-    budget = flops.ChannelBudget.from_profile(profile, list(profile.channel_groups))
+    budget = flops.flops_terms(profile, list(profile.channel_groups))
     tuner = PruneTPETuner(target_sparsity=0.5, profile=str(path), seed=0, allocation=allocation)
     tuner.update_search_space(_space(raw, ["channel"]))
     assert [w.heuristic for w in tuner.warm_starts] == ["uniform"]
@@ -94,7 +94,7 @@ def test_every_suggestion_removes_the_target_fraction_of_flops(
 def test_a_space_with_both_kinds_of_branch(zoo: dict[str, tuple[Path, dict[str, Any]]]) -> None:
     path, raw = zoo["resnet_digits"]
     profile = parse_profile(raw)
-    budget = flops.ChannelBudget.from_profile(profile, list(profile.channel_groups))
+    budget = flops.flops_terms(profile, list(profile.channel_groups))
     tuner = PruneTPETuner(target_sparsity=0.6, profile=str(path), seed=1, weight_by="flops")
     tuner.update_search_space(_space(raw, ["level", "channel"]))
     plan = [(w.heuristic, w.branch) for w in tuner.warm_starts]
@@ -117,7 +117,7 @@ def test_the_channel_branch_says_what_its_target_means(
 ) -> None:
     path, raw = zoo["mobilenet_digits"]
     tuner = PruneTPETuner(target_sparsity=0.5, profile=str(path), seed=0)
-    with caplog.at_level(logging.INFO, logger="nni_prune_tuners.tuner"):
+    with caplog.at_level(logging.INFO, logger="nni_prune_tuners"):
         tuner.update_search_space(_space(raw, ["level", "channel"]))
     lines = [r.getMessage() for r in caplog.records if "prune_method=channel" in r.getMessage()]
     assert any("fraction of FLOPs removed" in line and "half a channel per group" in line
@@ -213,7 +213,7 @@ def test_real_pruning_lands_within_the_rounding_bound(
     differ from the target only by the whole-channel rounding, within its stated bound."""
     path, raw = zoo[name]
     profile = parse_profile(raw)
-    budget = flops.ChannelBudget.from_profile(profile, list(profile.channel_groups))
+    budget = flops.flops_terms(profile, list(profile.channel_groups))
     bound = flops.rounding_bound(budget)
     tuner = PruneTPETuner(target_sparsity=0.5, profile=str(path), seed=3)
     tuner.update_search_space(_space(raw, ["channel"]))
@@ -245,7 +245,7 @@ def test_channel_experiment_runs_under_nnictl(registered: list[str], tmp_path: P
             "optimize_mode": "maximize", "target_sparsity": 0.5, "seed": 0,
             "profile": str(path)}})
     profile = parse_profile(raw)
-    budget = flops.ChannelBudget.from_profile(profile, list(profile.channel_groups))
+    budget = flops.flops_terms(profile, list(profile.channel_groups))
     with nni_experiment(config, workdir=tmp_path) as experiment:
         experiment.wait(timeout=300)
         trials = experiment.trials()

@@ -41,7 +41,7 @@ def test_each_warm_start_is_logged_by_heuristic_and_branch(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     tuner = _tuner(_config(tmp_path))
-    with caplog.at_level(logging.INFO, logger="nni_prune_tuners.tuner"):
+    with caplog.at_level(logging.INFO, logger="nni_prune_tuners"):
         for parameter_id in range(5):
             tuner.generate_parameters(parameter_id)
     lines = [r.getMessage() for r in caplog.records if "warm start (" in r.getMessage()]

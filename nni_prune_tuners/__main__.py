@@ -38,6 +38,7 @@ _DESCRIPTION = ("Register PruneTPE and PruneEarlyStop with nnictl, check an expe
 
 
 def _parser() -> argparse.ArgumentParser:
+    """The commands; ``profile`` and ``presearch`` only named here, parsed torch-side."""
     parser = argparse.ArgumentParser(prog=_prog(), description=_DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
     _command(commands, "register", "register PruneTPE and PruneEarlyStop with nnictl",
@@ -79,6 +80,7 @@ def _command(commands: argparse._SubParsersAction[argparse.ArgumentParser], name
 
 
 def _torch_command(command: str, argv: Sequence[str], prog: str) -> int:
+    """Run a torch-side command; without torch, say which extra installs it."""
     try:
         if command == "presearch":
             from nni_prune_tuners.trial.presearch import main as command_main
@@ -93,6 +95,7 @@ def _torch_command(command: str, argv: Sequence[str], prog: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return the exit status (2: wrong input, 1: the work failed)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] in (["profile"], ["presearch"]):  # its own parser, in the torch-side module
         return _torch_command(argv[0], argv[1:], prog=f"{_parser().prog} {argv[0]}")

@@ -85,6 +85,7 @@ def _reason(error: Exception) -> str:
 
 
 def _line(text: str, lineno: int) -> str:
+    """Line ``lineno`` (1-based) of ``text``, to show where strict JSON fails."""
     lines = text.splitlines()
     return lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
 
@@ -105,6 +106,7 @@ def _algorithm(config: Mapping[str, Any], role: str) -> tuple[str | None, dict[s
 
 
 def _read_config(path: Path) -> Mapping[str, Any]:
+    """The experiment config, or a ``ValueError`` naming why it cannot be read."""
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as error:

@@ -38,6 +38,7 @@ class TrialRecord:
 
     @property
     def score(self) -> float | None:
+        """The final ``default`` metric (or the plain final number); None unless finite."""
         value = self.final.get("default") if isinstance(self.final, Mapping) else self.final
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             return None
@@ -105,6 +106,7 @@ def _decode(data: str) -> Any:
 
 
 def _parameter_id(value: Any) -> int | None:
+    """NNI records a parameter id as a number, a string, or nothing for a trial without one."""
     return None if value is None or value == "" else int(value)
 
 

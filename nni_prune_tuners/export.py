@@ -231,6 +231,7 @@ def _config_lists(method: str | None, sparsities: dict[str, float],
 
 
 def _write(result: Mapping[str, Any], out: Path) -> None:
+    """Write ``result`` as JSON; a failure is the command's one-line error, not a traceback."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")

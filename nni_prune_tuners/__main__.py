@@ -31,19 +31,35 @@ def _prog() -> str:
     return "python -m nni_prune_tuners"
 
 
+#: What ``--help`` says; plain text (the module docstring is reStructuredText).
+_DESCRIPTION = ("Register PruneTPE and PruneEarlyStop with nnictl, check an experiment config, "
+                "export the best trial of an experiment, and (with torch) profile a model or "
+                "presearch its allocations.")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=_prog(), description=(__doc__ or "").split("\n\n")[0])
+    """The commands; ``profile`` and ``presearch`` only named here, parsed torch-side."""
+    parser = argparse.ArgumentParser(prog=_prog(), description=_DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("register", help="register PruneTPE and PruneEarlyStop with nnictl")
-    commands.add_parser("unregister", help="remove them from nnictl")
-    check = commands.add_parser(
-        "check", help="validate an experiment config (classArgs, search space, profile, target) "
-        "before nnictl create")
-    check.add_argument("--config", required=True, type=Path)
-    export = commands.add_parser(
-        "export", help="write the best trial of a finished experiment as an NNI config_list")
+    _command(commands, "register", "register PruneTPE and PruneEarlyStop with nnictl",
+             "Register PruneTPE and PruneEarlyStop with the nnictl of this environment "
+             "(nnictl algo register); registering again updates them.")
+    _command(commands, "unregister", "remove them from nnictl",
+             "Remove PruneTPE and PruneEarlyStop from nnictl's registry, if registered.")
+    check = _command(
+        commands, "check", "validate an experiment config (classArgs, search space, profile, "
+        "target) before nnictl create",
+        "Build the tuner and assessor of an experiment config as NNI's dispatcher will, so "
+        "that a mistake is named before nnictl create rather than as an experiment in ERROR.")
+    check.add_argument("--config", required=True, type=Path,
+                       help="the experiment config YAML that nnictl create would be given")
+    export = _command(
+        commands, "export", "write the best trial of a finished experiment as an NNI config_list",
+        "Write the best trial of an experiment (running or stopped) as JSON with its NNI "
+        "pruning config_list, the statuses of all trials and how it compares with the warm "
+        "starts.")
     export.add_argument("--experiment", required=True, help="experiment id")
-    export.add_argument("--out", required=True, type=Path)
+    export.add_argument("--out", required=True, type=Path, help="the JSON file to write")
     export.add_argument("--experiment-dir", type=Path,
                         help="the experiment's folder, if nnictl's registry does not know it")
     commands.add_parser(
@@ -57,7 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+             summary: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand with its one-line summary (the command list) and its own ``--help`` text."""
+    return commands.add_parser(name, help=summary, description=description)
+
+
 def _torch_command(command: str, argv: Sequence[str], prog: str) -> int:
+    """Run a torch-side command; without torch, say which extra installs it."""
     try:
         if command == "presearch":
             from nni_prune_tuners.trial.presearch import main as command_main
@@ -72,6 +95,7 @@ def _torch_command(command: str, argv: Sequence[str], prog: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return the exit status (2: wrong input, 1: the work failed)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] in (["profile"], ["presearch"]):  # its own parser, in the torch-side module
         return _torch_command(argv[0], argv[1:], prog=f"{_parser().prog} {argv[0]}")

@@ -26,11 +26,11 @@ from schema import SchemaError
 
 from nni_prune_tuners import search_space as ss
 from nni_prune_tuners.assessor import PruneEarlyStopClassArgsValidator
-from nni_prune_tuners.dispatcher import quiet_probe, resolve_path
-from nni_prune_tuners.tuner import PruneTPETuner
 from nni_prune_tuners.upload_check import check_training_service
+from nni_prune_tuners.warm_start import planned_warm_starts
 
 _logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class CheckedConfig:
@@ -84,6 +84,7 @@ def _reason(error: Exception) -> str:
 
 
 def _line(text: str, lineno: int) -> str:
+    """Line ``lineno`` (1-based) of ``text``, to show where strict JSON fails."""
     lines = text.splitlines()
     return lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
 
@@ -104,6 +105,7 @@ def _algorithm(config: Mapping[str, Any], role: str) -> tuple[str | None, dict[s
 
 
 def _read_config(path: Path) -> Mapping[str, Any]:
+    """The experiment config, or a ``ValueError`` naming why it cannot be read."""
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as error:
@@ -116,17 +118,11 @@ def _read_config(path: Path) -> Mapping[str, Any]:
     return config
 
 
-def check_config(path: str | Path) -> CheckedConfig:
-    """Validate ``path`` as NNI will use it; raise ``ValueError`` naming what is wrong."""
-    path = Path(path)
-    config = _read_config(path)
+def _search_space(config: Mapping[str, Any], path: Path, *,
+                  legacy: bool) -> tuple[Mapping[str, Any], list[str]]:
+    """The config's search space, inline or from its file, and the warning of a file NNI reads
+    as YAML."""
     base = path.resolve().parent
-    legacy = "trainingServicePlatform" in config
-    trial = config.get("trial") or {}
-    code = trial.get("codeDir", ".") if legacy and isinstance(trial, Mapping) else config.get(
-        "trialCodeDirectory", ".")
-    code_directory = (base / str(code)).resolve()
-
     warnings: list[str] = []
     if "searchSpace" in config:
         space = config["searchSpace"]
@@ -140,33 +136,53 @@ def check_config(path: str | Path) -> CheckedConfig:
             warnings.append(warning)
     if not isinstance(space, Mapping):
         raise ValueError(f"the search space must be a mapping of parameter: spec, got {space!r}")
+    return space, warnings
 
-    tuner_name, tuner_args = _algorithm(config, "tuner")
-    branches: tuple[str, ...] = ()
-    warm_starts = 0
-    if tuner_name == "PruneTPE":
-        if isinstance(tuner_args.get("profile"), str):
-            # as the dispatcher will resolve it: against the trial code directory
-            tuner_args["profile"] = str(resolve_path(tuner_args["profile"], code_directory))
-        with quiet_probe():
-            tuner = PruneTPETuner(**tuner_args)
-            tuner.update_search_space(dict(space))
-        if tuner_args.get("target_sparsity") is not None:
-            branches = tuple(active.label for active in ss.active_sets(tuner.parameters))
-        warm_starts = tuner.pending_warm_starts
-    else:
+
+def _check_tuner(name: str | None, class_args: dict[str, Any], space: Mapping[str, Any],
+                 code_directory: Path) -> tuple[tuple[str, ...], int]:
+    """Check PruneTPE's classArgs and space as the dispatcher will (another tuner: parse the space
+    only); return the branches its target covers and how many warm starts it plans."""
+    if name != "PruneTPE":
         ss.parse_search_space(dict(space))
-        _logger.info("tuner %r is not PruneTPE: only the search space was checked", tuner_name)
+        _logger.info("tuner %r is not PruneTPE: only the search space was checked", name)
+        return (), 0
+    # a relative profile resolves against the trial code directory, as in the dispatcher
+    warm_starts = planned_warm_starts(class_args, dict(space), base=code_directory)
+    branches: tuple[str, ...] = ()
+    if class_args.get("target_sparsity") is not None:
+        branches = tuple(active.label
+                         for active in ss.active_sets(ss.parse_search_space(dict(space))))
+    return branches, len(warm_starts)
 
+
+def _check_assessor(name: str | None, class_args: Mapping[str, Any]) -> None:
+    """Validate PruneEarlyStop's classArgs with its own validator, its message on one line."""
+    if name != "PruneEarlyStop":
+        return
+    try:
+        PruneEarlyStopClassArgsValidator().validate_class_args(**class_args)
+    except SchemaError as error:
+        message = str(error.code).strip().splitlines()[-1]
+        if not message.startswith("PruneEarlyStop"):
+            message = f"assessor PruneEarlyStop: {message}"
+        raise ValueError(message) from None
+
+
+def check_config(path: str | Path) -> CheckedConfig:
+    """Validate ``path`` as NNI will use it; raise ``ValueError`` naming what is wrong."""
+    path = Path(path)
+    config = _read_config(path)
+    legacy = "trainingServicePlatform" in config
+    trial = config.get("trial") or {}
+    code = trial.get("codeDir", ".") if legacy and isinstance(trial, Mapping) else config.get(
+        "trialCodeDirectory", ".")
+    code_directory = (path.resolve().parent / str(code)).resolve()
+    space, warnings = _search_space(config, path, legacy=legacy)
+    tuner_name, tuner_args = _algorithm(config, "tuner")
+    branches, warm_starts = _check_tuner(tuner_name, tuner_args, space, code_directory)
     assessor_name, assessor_args = _algorithm(config, "assessor")
-    if assessor_name == "PruneEarlyStop":
-        try:
-            PruneEarlyStopClassArgsValidator().validate_class_args(**assessor_args)
-        except SchemaError as error:
-            message = str(error.code).strip().splitlines()[-1]
-            if not message.startswith("PruneEarlyStop"):
-                message = f"assessor PruneEarlyStop: {message}"
-            raise ValueError(message) from None
+    _check_assessor(assessor_name, assessor_args)
     # what NNI would upload (remote and cluster platforms) and the remote platform's pitfalls
     for warning in check_training_service(config, code_directory):
         _logger.warning("warning: %s", warning)

@@ -5,236 +5,58 @@ A best trial of a ``channel`` branch (Contract 10) exports its group ratios as t
 (whole output channels, one dependency group per channel group), not a Level ``sparse_ratio``
 per layer, which would mask scattered weights instead.
 
-Works on stopped experiments too: it reads the experiment's own SQLite database (where NNI keeps
-every trial's parameters and metrics) instead of the REST API of a running one. The experiment
-folder is found through nnictl's experiment registry (``~/nni-experiments/.experiment``), or
-given directly.
+The experiment's records (works on stopped experiments too) are read by
+:mod:`nni_prune_tuners.experiment_records`; the export also says which warm start, if any, the
+best trial was, or what the search gained over the best of them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import re
-import sqlite3
-import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nni_prune_tuners.dispatcher import quiet_probe
-from nni_prune_tuners.params import SPARSITY_SUFFIX
+from nni_prune_tuners import params
+from nni_prune_tuners.dispatcher import resolve_path
+from nni_prune_tuners.experiment_records import (
+    ExportError,
+    TrialRecord,
+    best_trial,
+    early_stopped,
+    find_experiment_dir,
+    load_experiment,
+    load_running,
+    shown_status,
+)
 from nni_prune_tuners.profile import load_profile
-from nni_prune_tuners.tuner import PruneTPETuner, WarmStart
+from nni_prune_tuners.warm_start import WarmStart
+from nni_prune_tuners.warm_start import planned_warm_starts as plan_warm_starts
+
+#: The record names callers (the demo) import from the command's module, beside its own.
+__all__ = [
+    "ExportError",
+    "TrialRecord",
+    "best_trial",
+    "branch_label",
+    "channel_config_list",
+    "channel_group_layers",
+    "compare_with_warm_starts",
+    "describe_comparison",
+    "early_stopped",
+    "export_best",
+    "find_experiment_dir",
+    "load_experiment",
+    "load_running",
+    "planned_warm_starts",
+    "shown_status",
+    "to_config_list",
+    "warm_start_of",
+]
 
 _logger = logging.getLogger(__name__)
-
-NNI_HOME = Path.home() / "nni-experiments"
-#: How nnimanager.log records the dispatcher's kill of a trial (the assessor's decision).
-_KILL = re.compile(r'received command from dispatcher: KI, "(\w+)"')
-
-
-@dataclass
-class TrialRecord:
-    """One trial as recorded by NNI: parameters, last status, final and intermediate metrics."""
-
-    trial_id: str
-    parameters: dict[str, Any]
-    status: str
-    final: Any = None
-    intermediates: list[Any] = field(default_factory=list)
-
-    @property
-    def score(self) -> float | None:
-        value = self.final.get("default") if isinstance(self.final, Mapping) else self.final
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            return None
-        return float(value)
-
-
-def early_stopped(manager_log: str) -> set[str]:
-    """Trials the dispatcher told NNI to kill: the assessor's decisions.
-
-    NNI 3.0's local training service marks them ``USER_CANCELED`` (it records the early stop
-    only after the trial has ended), so the kills in ``nnimanager.log`` say which they were.
-    """
-    return set(_KILL.findall(manager_log))
-
-
-def shown_status(trial: TrialRecord, killed: set[str]) -> str:
-    """The status to show: ``EARLY_STOPPED`` for a trial the assessor stopped."""
-    if trial.status == "USER_CANCELED" and trial.trial_id in killed:
-        return "EARLY_STOPPED"
-    return trial.status
-
-
-class ExportError(RuntimeError):
-    """The experiment's records cannot be read, or the result cannot be written."""
-
-
-def find_experiment_dir(experiment_id: str, *, nni_home: Path = NNI_HOME) -> Path:
-    """The folder NNI writes experiment ``experiment_id`` to (it holds ``db/nni.sqlite``).
-
-    A corrupt registry is named in the error (and skipped) rather than raised as a traceback:
-    the experiment may still sit in the default folder.
-    """
-    candidates = []
-    registry = nni_home / ".experiment"
-    registry_problem = ""
-    if registry.exists():
-        try:
-            experiments = json.loads(registry.read_text(encoding="utf-8"))
-            if not isinstance(experiments, Mapping):
-                raise ValueError(f"a JSON object was expected, got {type(experiments).__name__}")
-        except (OSError, UnicodeDecodeError, ValueError) as error:
-            registry_problem = f"nnictl's experiment registry {str(registry)!r} is unreadable ({error})"
-            experiments = {}
-        entry = experiments.get(experiment_id)
-        if isinstance(entry, Mapping) and entry.get("logDir"):
-            candidates.append(Path(str(entry["logDir"])) / experiment_id)
-    candidates.append(nni_home / experiment_id)
-    for candidate in candidates:
-        if (candidate / "db" / "nni.sqlite").exists():
-            if registry_problem:
-                _logger.warning("warning: %s; found the experiment in %s", registry_problem, candidate)
-            return candidate
-    problem = f"; {registry_problem}" if registry_problem else ""
-    raise ValueError(
-        f"experiment {experiment_id!r} not found (looked in {[str(c) for c in candidates]})"
-        f"{problem}; pass --experiment-dir"
-    )
-
-
-def _decode(data: str) -> Any:
-    """Metric data is JSON of a JSON string (NNI dumps the trial's dump)."""
-    value = json.loads(data)
-    return json.loads(value) if isinstance(value, str) else value
-
-
-def _parameter_id(value: Any) -> int | None:
-    return None if value is None or value == "" else int(value)
-
-
-def assemble_trials(
-    jobs: Iterable[tuple[float, str, str, str | None]],
-    metrics: Iterable[tuple[float, str, Any, str, str]],
-) -> list[TrialRecord]:
-    """Trial records from NNI's job rows and metric rows, each trial with the parameters it ran.
-
-    ``jobs`` are ``(time, trial id, status, hyper-parameters JSON or None)`` (a trial's last
-    status wins); ``metrics`` are ``(time, trial id, parameter id, type, data)``. NNI 3.0's local
-    training service can hand two trials that start together each other's parameters, so the
-    parameter id a trial's *metrics* carry is the truth, not the one recorded with the job. That
-    id is looked up among the jobs recorded so far, latest first, because a resumed experiment
-    numbers its parameters from 0 again.
-    """
-    trials: dict[str, TrialRecord] = {}
-    by_parameter_id: dict[int, dict[str, Any]] = {}
-    rows: list[tuple[float, int, tuple[Any, ...]]] = [
-        (time, 0, (trial_id, status, hyper)) for time, trial_id, status, hyper in jobs
-    ]
-    rows += [(time, 1, tuple(rest)) for time, *rest in metrics]
-    rows.sort(key=lambda row: (row[0], row[1]))
-    for _, kind_of_row, row in rows:
-        if kind_of_row == 0:
-            trial_id, status, hyper = row
-            record = trials.setdefault(trial_id, TrialRecord(trial_id, {}, status))
-            record.status = status
-            if hyper and not record.parameters:
-                packed = json.loads(hyper)
-                record.parameters = packed.get("parameters", {})
-                parameter_id = _parameter_id(packed.get("parameter_id"))
-                if parameter_id is not None:
-                    by_parameter_id[parameter_id] = record.parameters
-            continue
-        trial_id, parameter_id, kind, data = row
-        reporter = trials.get(trial_id)
-        if reporter is None:
-            continue
-        ran = _parameter_id(parameter_id)
-        if ran is not None and ran in by_parameter_id:
-            reporter.parameters = by_parameter_id[ran]
-        if kind == "FINAL":
-            reporter.final = _decode(data)
-        elif kind == "PERIODICAL":
-            reporter.intermediates.append(_decode(data))
-    return list(trials.values())
-
-
-def load_experiment(experiment_dir: Path) -> tuple[dict[str, Any], list[TrialRecord]]:
-    """The experiment's config (latest revision) and its trials, in start order.
-
-    Raises:
-        ValueError: ``experiment_dir`` holds no ``db/nni.sqlite``.
-        ExportError: the database is corrupt, truncated, empty or not NNI's.
-    """
-    database = experiment_dir / "db" / "nni.sqlite"
-    if not database.is_file():
-        raise ValueError(f"{str(experiment_dir)!r} is not an NNI experiment folder: it has no "
-                         f"db/nni.sqlite (the folder is <experimentWorkingDirectory>/<experiment id>)")
-    try:
-        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-        try:
-            row = connection.execute(
-                "select params from ExperimentProfile order by revision desc limit 1"
-            ).fetchone()
-            config = json.loads(row[0]) if row else {}
-            trials = assemble_trials(
-                connection.execute(
-                    "select timestamp, trialJobId, event, data from TrialJobEvent "
-                    "order by timestamp, rowid"
-                ).fetchall(),
-                connection.execute(
-                    "select timestamp, trialJobId, parameterId, type, data from MetricData "
-                    "order by timestamp, sequence"
-                ).fetchall(),
-            )
-        finally:
-            connection.close()
-    except sqlite3.Error as error:
-        empty = " (the file is empty)" if database.stat().st_size == 0 else ""
-        raise ExportError(f"NNI's database {str(database)!r} cannot be read: {error}{empty}; "
-                          f"it is corrupt, truncated or not an NNI experiment database") from None
-    except (ValueError, TypeError, KeyError) as error:
-        raise ExportError(f"NNI's database {str(database)!r} holds a record that is not what NNI "
-                          f"writes: {error}") from None
-    return config, trials
-
-
-def load_running(port: int) -> list[TrialRecord]:
-    """The trials of the experiment whose REST server listens on loopback ``port``."""
-
-    def get(path: str) -> Any:
-        url = f"http://127.0.0.1:{port}/api/v1/nni/{path}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return json.loads(response.read())
-
-    jobs = sorted(get("trial-jobs"), key=lambda job: job.get("sequenceId", 0))
-    metrics = sorted(get("metric-data"), key=lambda m: (m["timestamp"], m["sequence"]))
-    return assemble_trials(
-        [(j.get("startTime", 0), j["trialJobId"], j["status"],
-          (j.get("hyperParameters") or [None])[0]) for j in jobs],
-        [(m["timestamp"], m["trialJobId"], m["parameterId"], m["type"], m["data"])
-         for m in metrics],
-    )
-
-
-def layer_sparsities(parameters: Mapping[str, Any]) -> tuple[str | None, dict[str, float]]:
-    """The pruning method (``_name`` of the nested branch, if any) and ``{layer: sparsity}``."""
-    method = None
-    found: dict[str, float] = {}
-    for key, value in parameters.items():
-        if key.endswith(SPARSITY_SUFFIX) and isinstance(value, int | float):
-            found[key[: -len(SPARSITY_SUFFIX)]] = float(value)
-        elif isinstance(value, Mapping):
-            inner_method, inner = layer_sparsities(value)
-            method = method or inner_method or value.get("_name")
-            found.update(inner)
-    return method, found
-
 
 def to_config_list(sparsities: Mapping[str, float]) -> list[dict[str, Any]]:
     """NNI's pruning ``config_list``: one entry per layer with its own ``sparse_ratio``.
@@ -247,9 +69,6 @@ def to_config_list(sparsities: Mapping[str, float]) -> list[dict[str, Any]]:
         for layer, ratio in sparsities.items()
     ]
 
-
-#: The ``_name`` of the structured branch (Contract 10).
-CHANNEL = "channel"
 
 
 def channel_config_list(
@@ -274,13 +93,12 @@ def channel_config_list(
 
 
 def _profile_path(config: Mapping[str, Any]) -> Path | None:
-    """The PruneTPE profile of an experiment's config, relative paths under trialCodeDirectory."""
+    """The PruneTPE profile of an experiment's config, resolved as the dispatcher resolves it."""
     profile = ((config.get("tuner") or {}).get("classArgs") or {}).get("profile")
     if not isinstance(profile, str):
         return None
-    path = Path(profile)
     code_directory = config.get("trialCodeDirectory")
-    return Path(code_directory) / path if code_directory and not path.is_absolute() else path
+    return resolve_path(profile, Path(code_directory) if code_directory else None)
 
 
 def channel_group_layers(config: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
@@ -297,15 +115,6 @@ def channel_group_layers(config: Mapping[str, Any]) -> dict[str, tuple[str, ...]
                         "names each group by its first layer only", path, error)
         return {}
     return {name: tuple(group.layers) for name, group in groups.items()}
-
-
-def best_trial(trials: list[TrialRecord], *, maximize: bool = True) -> TrialRecord:
-    """The succeeded trial with the best finite final ``default`` metric."""
-    sign = 1.0 if maximize else -1.0
-    scored = [(sign * t.score, t) for t in trials if t.status == "SUCCEEDED" and t.score is not None]
-    if not scored:
-        raise ExportError("the experiment has no succeeded trial with a final metric")
-    return max(scored, key=lambda pair: pair[0])[1]
 
 
 #: Two allocations within this of each other in every layer are the same warm start.
@@ -325,28 +134,40 @@ def planned_warm_starts(config: Mapping[str, Any]) -> list[WarmStart]:
     class_args = dict(tuner.get("classArgs") or {})
     if class_args.get("target_sparsity") is None:
         return []
-    profile = class_args.get("profile")
     code_directory = config.get("trialCodeDirectory")
-    if isinstance(profile, str) and code_directory and not Path(profile).is_absolute():
-        class_args["profile"] = str(Path(code_directory) / profile)
-    class_args.setdefault("seed", 0)  # the plan does not depend on it; drawing one logs
     try:
-        with quiet_probe():
-            planner = PruneTPETuner(**class_args)
-            planner.update_search_space(config.get("searchSpace") or {})
+        return plan_warm_starts(class_args, config.get("searchSpace") or {},
+                                base=Path(code_directory) if code_directory else None)
     except (ValueError, OSError) as error:
         _logger.warning("cannot tell which trials were warm starts: %s", error)
         return []
-    return planner.warm_starts
+
+
+def branch_label(parameters: Mapping[str, Any]) -> str:
+    """The label of the branches a trial's parameters took, written as
+    :func:`nni_prune_tuners.search_space.active_sets` writes it (``prune_method=agp``, inner
+    choices after their branch as ``prune_method/agp/inner=x``; ``top level`` without any).
+
+    A plain option of a choice that also has named ones (``x=option 1`` there) cannot be told
+    without the search space, so such a trial matches no warm start rather than a wrong one.
+    """
+
+    def parts(values: Mapping[str, Any], path: str) -> Iterable[str]:
+        for key, value in values.items():
+            if isinstance(value, Mapping) and params.NAME_KEY in value:
+                name = value[params.NAME_KEY]
+                yield f"{path}{key}={name}"
+                yield from parts(value, f"{path}{key}/{name}/")
+
+    return ", ".join(parts(parameters, "")) or "top level"
 
 
 def warm_start_of(trial: TrialRecord, warm_starts: Iterable[WarmStart]) -> WarmStart | None:
-    """The warm start ``trial`` ran, if it ran one: same branch, same layer sparsities."""
-    method, sparsities = layer_sparsities(trial.parameters)
+    """The warm start ``trial`` ran, if it ran one: the same branches, the same layer sparsities."""
+    branch = branch_label(trial.parameters)
+    sparsities = params.read(trial.parameters).sparsities
     for warm_start in warm_starts:
-        if method is not None and f"={method}" not in warm_start.branch:
-            continue
-        if sparsities.keys() == warm_start.sparsities.keys() and all(
+        if warm_start.branch == branch and sparsities.keys() == warm_start.sparsities.keys() and all(
             abs(sparsities[layer] - value) <= _SAME_ALLOCATION
             for layer, value in warm_start.sparsities.items()
         ):
@@ -392,44 +213,54 @@ def describe_comparison(best_trial_id: str, comparison: Mapping[str, Any] | None
             f"trial {rival['trial_id']}: {rival['metric']:.6g}) by {comparison['gain']:+.6g}")
 
 
+
+def _config_lists(method: str | None, sparsities: dict[str, float],
+                  config: Mapping[str, Any]) -> dict[str, Any]:
+    """The export's ``config_list``, and a ``channel`` trial's group ratios as they are: whole
+    channels, not per-layer weight sparsities."""
+    if method == params.CHANNEL:
+        return {"groups": sparsities,
+                "config_list": channel_config_list(sparsities, channel_group_layers(config))}
+    return {"config_list": to_config_list(sparsities)}
+
+
+def _write(result: Mapping[str, Any], out: Path) -> None:
+    """Write ``result`` as JSON; a failure is the command's one-line error, not a traceback."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    except OSError as error:
+        raise ExportError(f"cannot write {str(out)!r}: {error.strerror or error}") from None
+
+
 def export_best(experiment_id: str, out: Path, *, experiment_dir: Path | None = None) -> dict[str, Any]:
     """Write the best trial of an experiment as JSON holding its NNI ``config_list``, and how
     many trials ended in each status (the assessor's kills as ``EARLY_STOPPED``)."""
     folder = experiment_dir or find_experiment_dir(experiment_id)
     config, trials = load_experiment(folder)
     tuner = config.get("tuner") or {}
-    mode = (tuner.get("classArgs") or {}).get("optimize_mode", "maximize")
-    best = best_trial(trials, maximize=mode != "minimize")
+    maximize = (tuner.get("classArgs") or {}).get("optimize_mode", "maximize") != "minimize"
+    best = best_trial(trials, maximize=maximize)
     comparison = compare_with_warm_starts(best, trials, planned_warm_starts(config),
-                                          maximize=mode != "minimize")
+                                          maximize=maximize)
     manager_log = folder / "log" / "nnimanager.log"
     killed = early_stopped(manager_log.read_text(errors="replace")) if manager_log.exists() else set()
     statuses = dict(Counter(shown_status(trial, killed) for trial in trials))
-    method, sparsities = layer_sparsities(best.parameters)
-    if not sparsities:
+    ran = params.read(best.parameters)
+    if not ran.sparsities:
         raise ExportError(f"best trial {best.trial_id} has no *_sparsity parameter: {best.parameters}")
     result: dict[str, Any] = {
         "experiment_id": experiment_id,
         "trial_id": best.trial_id,
-        "method": method,
+        "method": ran.method,
         "metric": best.final,
         "parameters": best.parameters,
-    }
-    if method == CHANNEL:  # group ratios of whole channels, not per-layer weight sparsities
-        result["groups"] = sparsities
-        result["config_list"] = channel_config_list(sparsities, channel_group_layers(config))
-    else:
-        result["config_list"] = to_config_list(sparsities)
-    result |= {
+        **_config_lists(ran.method, ran.sparsities, config),
         "trials": len(trials),
         "statuses": statuses,
         "warm_starts": comparison,
     }
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-    except OSError as error:
-        raise ExportError(f"cannot write {str(out)!r}: {error.strerror or error}") from None
+    _write(result, out)
     _logger.info("best of %d trials (%s): %s (%s) -> %s", len(trials),
                  ", ".join(f"{count} {status}" for status, count in sorted(statuses.items())),
                  best.trial_id, best.final, out)

@@ -47,6 +47,7 @@ def nnictl_command() -> list[str]:
 
 
 def _nnictl(*args: str) -> str:
+    """Run nnictl; its output, or a ``RegistrationError`` holding it."""
     result = subprocess.run(
         [*nnictl_command(), *args], capture_output=True, text=True, env=dict(os.environ),
         check=False,

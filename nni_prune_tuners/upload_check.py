@@ -123,6 +123,7 @@ def parse_ignore(text: str) -> list[IgnoreRule]:
 
 
 def _last_match(path: str, is_dir: bool, rules: Sequence[IgnoreRule]) -> bool:
+    """Whether the last rule matching ``path`` ignores it (gitignore: later rules win)."""
     ignored = False
     for rule in rules:
         if (not rule.directory_only or is_dir) and rule.regex.fullmatch(path):
@@ -214,11 +215,13 @@ def _reuse_mode(config: Mapping[str, Any], section: Mapping[str, Any]) -> bool:
 
 
 def _machines(section: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The remote platform's ``machineList`` entries, skipping what is not a mapping."""
     machines = section.get("machineList")
     return [m for m in machines if isinstance(m, Mapping)] if isinstance(machines, list) else []
 
 
 def _trial_command(config: Mapping[str, Any]) -> str:
+    """The trial command of a v2 (``trialCommand``) or legacy (``trial.command``) config."""
     trial = config.get("trial")
     if "trainingServicePlatform" in config and isinstance(trial, Mapping):
         return str(trial.get("command", ""))

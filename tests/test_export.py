@@ -7,13 +7,13 @@ import json
 import sqlite3
 from pathlib import Path
 
-from nni_prune_tuners.export import (
+from nni_prune_tuners.experiment_records import (
     TrialRecord,
     assemble_trials,
     early_stopped,
-    export_best,
     shown_status,
 )
+from nni_prune_tuners.export import export_best
 
 
 def _hyper(parameter_id: int, conv0: float) -> str:

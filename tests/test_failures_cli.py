@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from nni_prune_tuners.__main__ import main
-from nni_prune_tuners.export import find_experiment_dir
+from nni_prune_tuners.experiment_records import find_experiment_dir
 from tests.test_export import JOBS, METRICS
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,13 +8,16 @@ from typing import Any
 
 import pytest
 
+from nni_prune_tuners.experiment_records import TrialRecord
 from nni_prune_tuners.export import (
-    TrialRecord,
+    branch_label,
     compare_with_warm_starts,
     describe_comparison,
     planned_warm_starts,
+    warm_start_of,
 )
-from nni_prune_tuners.tuner import PruneTPETuner
+from nni_prune_tuners.search_space import active_sets, parse_search_space
+from nni_prune_tuners.tuner import PruneTPETuner, WarmStart
 from tests.profiles import write_profile
 from trials import analytic_trial
 
@@ -90,3 +93,36 @@ def test_a_moved_profile_only_loses_the_comparison(tmp_path: Path,
         assert planned_warm_starts(config) == []
     assert "cannot tell which trials were warm starts" in caplog.text
     assert planned_warm_starts({"tuner": {"name": "TPE", "classArgs": {}}}) == []
+
+
+NESTED = {"prune_method": {"_type": "choice", "_value": [
+    {"_name": "agp", "schedule": {"_type": "choice", "_value": [{"_name": "cubic"}, {"_name": "linear"}]},
+     "conv0_sparsity": {"_type": "uniform", "_value": [0.1, 0.9]}},
+    {"_name": "agp2", "conv0_sparsity": {"_type": "uniform", "_value": [0.1, 0.9]}}]}}
+
+
+def test_branch_label_is_written_as_the_search_space_writes_it() -> None:
+    labels = [active.label for active in active_sets(parse_search_space(NESTED))]
+    assert labels == ["prune_method=agp, prune_method/agp/schedule=cubic",
+                      "prune_method=agp, prune_method/agp/schedule=linear", "prune_method=agp2"]
+    ran = {"prune_method": {"_name": "agp", "schedule": {"_name": "linear"}, "conv0_sparsity": 0.5}}
+    assert branch_label(ran) == labels[1]
+    assert branch_label({"prune_method": {"_name": "agp2", "conv0_sparsity": 0.5}}) == labels[2]
+    assert branch_label({"conv0_sparsity": 0.5}) == "top level"
+
+
+def test_a_warm_start_is_matched_by_its_exact_branch() -> None:
+    planned = [WarmStart("lamp", "prune_method=agp2", {"conv0": 0.5}),
+               WarmStart("erk", "prune_method=agp, prune_method/agp/schedule=cubic", {"conv0": 0.5})]
+    def trial(parameters: dict[str, Any]) -> TrialRecord:
+        return TrialRecord("T", parameters, "SUCCEEDED", {"default": 0.5})
+
+    agp = trial({"prune_method": {"_name": "agp", "schedule": {"_name": "linear"},
+                                  "conv0_sparsity": 0.5}})
+    assert warm_start_of(agp, planned) is None  # neither agp2 nor the cubic schedule
+    cubic = trial({"prune_method": {"_name": "agp", "schedule": {"_name": "cubic"},
+                                    "conv0_sparsity": 0.5}})
+    assert warm_start_of(cubic, planned) is planned[1]
+    assert warm_start_of(trial({"prune_method": {"_name": "agp2", "conv0_sparsity": 0.5}}),
+                         planned) is planned[0]
+    assert warm_start_of(trial({"conv0_sparsity": 0.5}), planned) is None

@@ -42,6 +42,7 @@ from nni.tuner import Tuner
 
 from benchmarks.driver import Evaluation, drive
 from nni_prune_tuners import search_space as ss
+from nni_prune_tuners.constraint import layer_sparsity_paths
 from nni_prune_tuners.sparsity import rescale_to_target
 from nni_prune_tuners.tuner import PruneTPETuner
 from trials import analytic_trial
@@ -136,7 +137,7 @@ def layer_values(
     """``{layer: sparsity}`` of the layer sparsities present in NNI ``params``."""
     return {
         parameter.layer: float(_get(params, path))
-        for parameter, path in ss.layer_sparsity_paths(params, parameters)
+        for parameter, path in layer_sparsity_paths(params, parameters)
     }
 
 
@@ -148,7 +149,7 @@ def rescaled(
 ) -> dict[str, Any]:
     """A copy of ``params`` whose layer sparsities meet ``target``: the seed's in-trial fix."""
     out = copy.deepcopy(dict(params))
-    found = ss.layer_sparsity_paths(out, parameters)
+    found = layer_sparsity_paths(out, parameters)
     values = rescale_to_target(
         [_get(out, path) for _, path in found],
         [p.bounds[0] for p, _ in found],

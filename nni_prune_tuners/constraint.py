@@ -205,7 +205,7 @@ def constrain(params: dict[str, Any], parameters: Sequence[ss.Parameter],
     Raises:
         ValueError: if the sampled sparsities cannot meet the target.
     """
-    paths = ss.layer_sparsity_paths(params, parameters)
+    paths = layer_sparsity_paths(params, parameters)
     names = {p.name for p, _ in paths}
     branch = next(b for b in found if {p.name for p in b.parameters} == names)
     position = {p.name: path for p, path in paths}
@@ -215,6 +215,23 @@ def constrain(params: dict[str, Any], parameters: Sequence[ss.Parameter],
         _set(params, position[parameter.name], float(value))
     return [(parameter, float(value))
             for parameter, value in zip(branch.parameters, values, strict=True)]
+
+
+def layer_sparsity_paths(
+    params: Mapping[str, Any], parameters: Sequence[ss.Parameter]
+) -> list[tuple[ss.Parameter, list[str]]]:
+    """Each layer-sparsity parameter present in NNI ``params`` with its key path into them."""
+    found: list[tuple[ss.Parameter, list[str]]] = []
+    for parameter in parameters:
+        value = params[parameter.key]
+        if parameter.is_layer_sparsity:
+            found.append((parameter, [parameter.key]))
+        elif parameter.type == "choice" and isinstance(value, Mapping):
+            branch = parameter.branches[parameter.to_sample(value)]
+            if branch is not None:
+                for inner, path in layer_sparsity_paths(value, branch.parameters):
+                    found.append((inner, [parameter.key, *path]))
+    return found
 
 
 def _get(params: Mapping[str, Any], path: Sequence[str]) -> float:

@@ -24,7 +24,6 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
-import optuna
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -312,29 +311,6 @@ def walk(parameters: Sequence[Parameter]) -> Iterator[Parameter]:
                 yield from walk(branch.parameters)
 
 
-def sample(trial: optuna.Trial, parameters: Sequence[Parameter]) -> dict[str, Any]:
-    """Ask ``trial`` for the parameters of one configuration, returned NNI-shaped."""
-    result: dict[str, Any] = {}
-    for parameter in parameters:
-        raw = _suggest(trial, parameter.name, parameter.distribution())
-        branch = parameter.branches[raw] if parameter.type == "choice" else None
-        if branch is None:
-            result[parameter.key] = parameter.to_value(raw)
-        else:
-            result[parameter.key] = {"_name": branch.name, **sample(trial, branch.parameters)}
-    return result
-
-
-def _suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> Any:
-    """Optuna's public ``suggest_*`` call for ``distribution``."""
-    if isinstance(distribution, CategoricalDistribution):
-        return trial.suggest_categorical(name, distribution.choices)
-    if isinstance(distribution, IntDistribution):
-        return trial.suggest_int(name, distribution.low, distribution.high)
-    assert isinstance(distribution, FloatDistribution)
-    return trial.suggest_float(name, distribution.low, distribution.high, log=distribution.log)
-
-
 def to_samples(params: Mapping[str, Any], parameters: Sequence[Parameter]) -> dict[str, Any]:
     """Optuna samples (by name) that reproduce NNI ``params``: to replay history into Optuna.
 
@@ -417,20 +393,3 @@ def active_sets(parameters: Sequence[Parameter]) -> list[ActiveSet]:
         sets.append(ActiveSet(label, choices, tuple(members),
                               tuple(name for part in combination for name in part.branches)))
     return sets
-
-
-def layer_sparsity_paths(
-    params: Mapping[str, Any], parameters: Sequence[Parameter]
-) -> list[tuple[Parameter, list[str]]]:
-    """Each layer-sparsity parameter present in NNI ``params`` with its key path into them."""
-    found: list[tuple[Parameter, list[str]]] = []
-    for parameter in parameters:
-        value = params[parameter.key]
-        if parameter.is_layer_sparsity:
-            found.append((parameter, [parameter.key]))
-        elif parameter.type == "choice" and isinstance(value, Mapping):
-            branch = parameter.branches[parameter.to_sample(value)]
-            if branch is not None:
-                for inner, path in layer_sparsity_paths(value, branch.parameters):
-                    found.append((inner, [parameter.key, *path]))
-    return found

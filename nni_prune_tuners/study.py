@@ -19,6 +19,12 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
 from nni_prune_tuners import search_space as ss
 from nni_prune_tuners.allocation.sampler import AllocationSampler, blocks_for
@@ -95,7 +101,7 @@ class TunerStudy:
     def ask(self) -> tuple[Trial, dict[str, Any]]:
         """A new trial and its NNI-shaped parameters."""
         trial = self.study.ask()
-        return trial, ss.sample(trial, self._parameters)
+        return trial, sample(trial, self._parameters)
 
     def tell(self, trial: Trial, value: float) -> None:
         self.study.tell(trial, value)
@@ -142,7 +148,7 @@ class TunerStudy:
                 # not the tuner's seed: TPE's startup trials draw that stream already
                 sampler=optuna.samplers.RandomSampler(seed=int(rng.randint(2**31))))
         trial = self._prior.ask()
-        ss.sample(trial, self._parameters)
+        sample(trial, self._parameters)
         self._prior.tell(trial, state=optuna.trial.TrialState.FAIL)
         return dict(trial.params)
 
@@ -172,3 +178,26 @@ def _same_params(candidate: Mapping[str, Any], params: Mapping[str, Any]) -> boo
         name in params and math.isclose(float(params[name]), float(value), abs_tol=1e-9)
         for name, value in candidate.items()
     )
+
+
+def sample(trial: optuna.Trial, parameters: Sequence[ss.Parameter]) -> dict[str, Any]:
+    """Ask ``trial`` for the parameters of one configuration, returned NNI-shaped."""
+    result: dict[str, Any] = {}
+    for parameter in parameters:
+        raw = _suggest(trial, parameter.name, parameter.distribution())
+        branch = parameter.branches[raw] if parameter.type == "choice" else None
+        if branch is None:
+            result[parameter.key] = parameter.to_value(raw)
+        else:
+            result[parameter.key] = {"_name": branch.name, **sample(trial, branch.parameters)}
+    return result
+
+
+def _suggest(trial: optuna.Trial, name: str, distribution: BaseDistribution) -> Any:
+    """Optuna's public ``suggest_*`` call for ``distribution``."""
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(name, distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return trial.suggest_int(name, distribution.low, distribution.high)
+    assert isinstance(distribution, FloatDistribution)
+    return trial.suggest_float(name, distribution.low, distribution.high, log=distribution.log)

@@ -9,6 +9,7 @@ import optuna
 import pytest
 
 from nni_prune_tuners import search_space as ss
+from nni_prune_tuners.study import sample
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_WITH_TRAILING_COMMAS = """{
@@ -79,7 +80,7 @@ def _sample_many(space: dict, n: int = 200) -> list[dict]:
     samples = []
     for _ in range(n):
         trial = study.ask()
-        samples.append(ss.sample(trial, parameters))
+        samples.append(sample(trial, parameters))
         study.tell(trial, 0.0)
     return samples
 

@@ -39,11 +39,9 @@ def solve_budget(
 ) -> FloatArray:
     """Maximise ``sum_i values[i, g_i]`` subject to ``sum_i weights[i] * grids[i, g_i] >= budget``.
 
-    A multiple-choice knapsack, solved exactly by dynamic programming over the budget measured in
-    ``units`` steps of the slack above the least that the allowed choices prune (costs are
-    rounded to the nearest step; the pruned-weight total saturates at the budget, so any
-    over-pruning costs no state). Entries of ``values`` that are ``-inf`` are
-    forbidden, which is how a trust region is imposed.
+    A multiple-choice knapsack, solved exactly by dynamic programming over ``units`` steps of the
+    slack above the least the allowed choices prune (costs rounded to a step; the total saturates
+    at the budget, so over-pruning costs no state). ``-inf`` values are forbidden choices.
 
     Returns:
         The chosen sparsity of every layer.

@@ -300,8 +300,7 @@ def budget_check(dense: Any, profile_data: dict[str, Any], *, shape: Sequence[in
 
     import torch
 
-    from nni_prune_tuners.flops import flops_terms, rescale_to_flops
-    from nni_prune_tuners.latency import latency_terms
+    from nni_prune_tuners.flops import flops_terms, latency_terms, rescale_to_flops
     from nni_prune_tuners.profile import parse_profile
     from nni_prune_tuners.trial import prune_channels
     from nni_prune_tuners.trial.latency import forwards, measure_latency

@@ -22,7 +22,6 @@ from nni_prune_tuners import search_space as ss
 from nni_prune_tuners.allocation.model import Prior, sensitivity_prior
 from nni_prune_tuners.allocation.moves import perturb as perturbed
 from nni_prune_tuners.budget import Budget, LinearBudget
-from nni_prune_tuners.latency import latency_terms
 from nni_prune_tuners.options import TunerOptions
 from nni_prune_tuners.params import CHANNEL
 from nni_prune_tuners.profile import ModelProfile, channels_removed
@@ -151,7 +150,7 @@ def _channel_branch(active: ss.ActiveSet, parameters: tuple[ss.Parameter, ...],
             raise ss.SearchSpaceError(f"search space key {parameter.name!r}: {error}") from None
     groups = [p.layer for p in parameters]
     try:
-        terms = (latency_terms(profile, groups) if options.weight_by == "latency"
+        terms = (flops.latency_terms(profile, groups) if options.weight_by == "latency"
                  else flops.flops_terms(profile, groups))
     except ValueError as error:
         raise ss.SearchSpaceError(f"branch {active.label!r}: {error}") from None

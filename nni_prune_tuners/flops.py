@@ -31,23 +31,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
 from nni_prune_tuners.allocation.solve import BUDGET_UNITS, solve_product_budget
 from nni_prune_tuners.budget import Budget
+from nni_prune_tuners.latency import LATENCY_HINT
+from nni_prune_tuners.profile import FLOPS_HINT, ModelProfile
 from nni_prune_tuners.sparsity import TOLERANCE
-
-if TYPE_CHECKING:
-    from nni_prune_tuners.profile import ModelProfile
 
 _logger = logging.getLogger(__name__)
 
-#: How to get FLOPs into a profile written without them.
-FLOPS_HINT = ("re-profile with --input-shape (one sample's shape, e.g. 3,32,32): "
-              "nni-prune-tuners profile --model pkg:factory --input-shape ... --out profile.json")
+
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -260,6 +257,30 @@ def product_terms(profile: ModelProfile, groups: Sequence[str],
         measure=measure,
         dense=dense,
     )
+
+
+def latency_terms(profile: ModelProfile, groups: Sequence[str]) -> ProductTerms:
+    """The profile's latency model as terms of ``groups``: its FLOPs part spread over the layers
+    as their FLOPs are, its output-elements part one more term per layer that scales with the
+    layer's output channels alone, and its fixed part a term no group scales. The terms are
+    ratios to the measured dense time, so the dense measure is 1.
+
+    Raises:
+        ValueError: without a latency model, naming a group that is not one of the profile's,
+            or a layer without FLOPs.
+    """
+    model = profile.latency
+    if model is None:
+        raise ValueError(f"weight_by='latency' needs the profile's latency model; {LATENCY_HINT}")
+    layers = list(profile.layers.values())
+    flops_total = sum(float(layer.flops or 0.0) for layer in layers)
+    outputs_total = float(sum(layer.outputs or 0 for layer in layers))
+    terms = ([(model.per_flops * float(layer.flops or 0.0) / flops_total, layer.in_group,
+               layer.out_group) for layer in layers]
+             + [(model.per_outputs * (layer.outputs or 0) / outputs_total, None, layer.out_group)
+                for layer in layers]
+             + [(model.fixed, None, None)])
+    return product_terms(profile, groups, terms, measure="latency", dense=1.0)
 
 
 @dataclass(frozen=True)

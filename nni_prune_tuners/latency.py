@@ -17,16 +17,12 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from nni_prune_tuners._json import check_count, finite_number
-from nni_prune_tuners.flops import ProductTerms, product_terms
-
-if TYPE_CHECKING:
-    from nni_prune_tuners.profile import ChannelGroupProfile, LayerProfile, ModelProfile
 
 _logger = logging.getLogger(__name__)
 
@@ -62,8 +58,17 @@ class LatencyModel:
 
 
 
-def parse_latency(value: Any, layers: Mapping[str, LayerProfile],
-                  groups: Mapping[str, ChannelGroupProfile]) -> LatencyModel | None:
+class _Layer(Protocol):
+    """What the latency model needs of a profiled layer."""
+
+    @property
+    def flops(self) -> float | None: ...
+    @property
+    def outputs(self) -> int | None: ...
+
+
+def parse_latency(value: Any, layers: Mapping[str, _Layer],
+                  groups: Mapping[str, object]) -> LatencyModel | None:
     """The optional ``latency`` field: coefficients >= 0, not all 0, with every layer's
     ``outputs`` and the channel groups it is a model of."""
     if value is None:
@@ -159,23 +164,6 @@ def random_allocations(groups: Sequence[str], count: int, *, seed: int,
     return out
 
 
-def kept_fractions(profile: ModelProfile, sparsities: Mapping[str, float]) -> tuple[float, float]:
-    """``(F, A)``: the fractions of the prunable layers' FLOPs and output elements that the
-    pruned model keeps, in the whole channels it really removes (groups not named stay dense).
-
-    Raises:
-        ValueError: for a layer without ``flops`` or ``outputs``, or a key that is no group.
-    """
-    missing = [n for n, layer in profile.layers.items() if layer.outputs is None]
-    if missing:
-        raise ValueError(f"kept_fractions needs 'outputs' for layers {missing}")
-    flops = profile.channel_flops(sparsities, rounded=True) / profile.channel_flops({})
-    keep = {g: profile.channel_groups[g].keep(s, rounded=True) for g, s in sparsities.items()}
-    outputs = [(layer.outputs or 0, keep.get(layer.out_group or "", 1.0))
-               for layer in profile.layers.values()]
-    return flops, sum(n * k for n, k in outputs) / sum(n for n, _ in outputs)
-
-
 def fit_latency(flops_kept: npt.ArrayLike, outputs_kept: npt.ArrayLike,
                 ratios: npt.ArrayLike) -> tuple[float, float, float, float]:
     """``(fixed, per_flops, per_outputs, mean_error)`` of the latency ratios measured at the
@@ -207,28 +195,3 @@ def fit_latency(flops_kept: npt.ArrayLike, outputs_kept: npt.ArrayLike,
     fixed, per_flops, per_outputs = (float(c) for c in coefficients)
     predicted = fixed + per_flops * f + per_outputs * a
     return fixed, per_flops, per_outputs, float(np.mean(np.abs(predicted - r)))
-
-
-def latency_terms(profile: ModelProfile, groups: Sequence[str]) -> ProductTerms:
-    """The profile's latency model as terms of ``groups``: its FLOPs part spread over the layers
-    as their FLOPs are, its output-elements part one more term per layer that scales with the
-    layer's output channels alone, and its fixed part a term no group scales. The terms are
-    ratios to the measured dense time, so the dense measure is 1.
-
-    Raises:
-        ValueError: without a latency model, naming a group that is not one of the profile's,
-            or a layer without FLOPs.
-    """
-    model = profile.latency
-    if model is None:
-        raise ValueError(f"weight_by='latency' needs the profile's latency model; {LATENCY_HINT}")
-    layers = list(profile.layers.values())
-    flops_total = sum(float(layer.flops or 0.0) for layer in layers)
-    outputs_total = float(sum(layer.outputs or 0 for layer in layers))
-    terms = ([(model.per_flops * float(layer.flops or 0.0) / flops_total, layer.in_group,
-               layer.out_group) for layer in layers]
-             + [(model.per_outputs * (layer.outputs or 0) / outputs_total, None, layer.out_group)
-                for layer in layers]
-             + [(model.fixed, None, None)])
-    return product_terms(profile, groups, terms, measure="latency", dense=1.0)
-

@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from nni_prune_tuners._json import check_count
-from nni_prune_tuners.flops import FLOPS_HINT
 from nni_prune_tuners.latency import LatencyModel, parse_latency
 from nni_prune_tuners.proxy import ProxyResults, parse_proxy
 
 _logger = logging.getLogger(__name__)
 
 PROFILE_FORMAT = 1
+#: How to get FLOPs into a profile written without them.
+FLOPS_HINT = ("re-profile with --input-shape (one sample's shape, e.g. 3,32,32): "
+              "nni-prune-tuners profile --model pkg:factory --input-shape ... --out profile.json")
 N_QUANTILES = 101
 #: The profile field each allocation heuristic reads (``uniform`` needs none).
 _HEURISTIC_FIELDS = {
@@ -168,6 +170,22 @@ class ModelProfile:
             total += (layer.flops * keep.get(layer.in_group or "", 1.0)
                       * keep.get(layer.out_group or "", 1.0))
         return total
+
+    def kept_fractions(self, sparsities: Mapping[str, float]) -> tuple[float, float]:
+        """``(F, A)``: the fractions of the prunable layers' FLOPs and output elements that the
+        pruned model keeps, in the whole channels it really removes (groups not named stay dense).
+
+        Raises:
+            ValueError: for a layer without ``flops`` or ``outputs``, or a key that is no group.
+        """
+        missing = [n for n, layer in self.layers.items() if layer.outputs is None]
+        if missing:
+            raise ValueError(f"kept_fractions needs 'outputs' for layers {missing}")
+        flops = self.channel_flops(sparsities, rounded=True) / self.channel_flops({})
+        keep = {g: self.channel_groups[g].keep(s, rounded=True) for g, s in sparsities.items()}
+        outputs = [(layer.outputs or 0, keep.get(layer.out_group or "", 1.0))
+                   for layer in self.layers.values()]
+        return flops, sum(n * k for n, k in outputs) / sum(n for n, _ in outputs)
 
     def weight(self, name: str, weight_by: str) -> float:
         """The layer's weight in the global sparsity: its parameter count or its FLOPs."""

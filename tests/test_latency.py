@@ -18,11 +18,10 @@ import yaml
 
 from nni_prune_tuners import flops
 from nni_prune_tuners.config_check import check_config
+from nni_prune_tuners.flops import latency_terms
 from nni_prune_tuners.latency import (
     fastest_ratio,
     fit_latency,
-    kept_fractions,
-    latency_terms,
     random_allocations,
 )
 from nni_prune_tuners.options import parse_tuner_options
@@ -98,16 +97,16 @@ def test_random_allocations_are_seeded_capped_and_spread(resnet: dict[str, Any])
     assert drawn == random_allocations(groups, 20, seed=0) != random_allocations(groups, 20, seed=1)
     assert all(set(a) == set(groups) and 0 <= min(a.values()) <= max(a.values()) <= 0.8
                for a in drawn)
-    kept = [kept_fractions(profile, a)[0] for a in drawn]
+    kept = [profile.kept_fractions(a)[0] for a in drawn]
     assert max(kept) - min(kept) > 0.5  # nearly dense to heavily pruned
 
 
 def test_kept_fractions_count_whole_channels(resnet: dict[str, Any]) -> None:
     profile = parse_profile(resnet)
-    assert kept_fractions(profile, {}) == (1.0, 1.0)
+    assert profile.kept_fractions({}) == (1.0, 1.0)
     group = next(iter(profile.channel_groups.values()))
     sparsities = {group.name: 0.5}
-    f, a = kept_fractions(profile, sparsities)
+    f, a = profile.kept_fractions(sparsities)
     assert f == pytest.approx(profile.channel_flops(sparsities, rounded=True)
                               / profile.channel_flops({}))
     layers = profile.layers.values()
@@ -123,7 +122,7 @@ def test_the_latency_budget_is_the_profiles_model(resnet: dict[str, Any]) -> Non
     # whole-channel sparsities, so that the model's rounded fractions are the budget's own
     channels = np.array([profile.channel_groups[g].channels for g in groups])
     s = np.round(np.linspace(0.1, 0.7, len(groups)) * channels) / channels
-    f, a = kept_fractions(profile, dict(zip(groups, s, strict=True)))
+    f, a = profile.kept_fractions(dict(zip(groups, s, strict=True)))
     assert budget.removed(s) == pytest.approx(1 - (0.2 + 0.5 * f + 0.3 * a), abs=1e-12)
     # the fixed fifth is never removed: at most 0.8, and the gradient still points one way
     assert budget.removed(np.full(len(groups), 0.999)) < 0.8

@@ -14,13 +14,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-
-if TYPE_CHECKING:
-    from nni_prune_tuners.profile import SensitivityCurve
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -295,7 +292,16 @@ def proxy_term(
                  metric_units=False)
 
 
-def sensitivity_prior(curves: Sequence[SensitivityCurve | None]) -> Prior | None:
+class Curve(Protocol):
+    """A one-shot sensitivity curve (``profile.SensitivityCurve``): the metric's drop with one
+    layer alone pruned, measured at a few sparsities."""
+
+    @property
+    def sparsities(self) -> Sequence[float]: ...
+    def drop(self, sparsity: float) -> float: ...
+
+
+def sensitivity_prior(curves: Sequence[Curve | None]) -> Prior | None:
     """The one-shot sensitivity curves of a branch's layers as a term, if every layer has one."""
     if any(curve is None for curve in curves):
         return None

@@ -10,17 +10,23 @@ few times (:func:`solve_product_budget`). Each budget type calls the one it need
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-if TYPE_CHECKING:
-    from nni_prune_tuners.flops import ProductTerms
-
 _logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
+
+
+class ProductMeasure(Protocol):
+    """A measure removed that is not linear in the sparsities (``flops.ProductTerms``): what
+    its budget solve needs, its value and gradient."""
+
+    def removed(self, sparsities: FloatArray | Sequence[float]) -> float: ...
+    def gradient(self, sparsities: FloatArray | Sequence[float]) -> FloatArray: ...
 
 #: Budget units of the knapsack.
 BUDGET_UNITS = 800
@@ -94,7 +100,7 @@ def solve_budget(
 def solve_product_budget(
     values: FloatArray,
     grids: FloatArray,
-    flops: ProductTerms,
+    flops: ProductMeasure,
     target: float,
     start: FloatArray,
     *,

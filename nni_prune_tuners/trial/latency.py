@@ -25,7 +25,6 @@ from nni_prune_tuners.latency import (
     fastest_ratio,
     fit_latency,
     interleaved_medians,
-    kept_fractions,
     random_allocations,
 )
 from nni_prune_tuners.profile import parse_profile
@@ -86,7 +85,7 @@ def _time_allocations(
         _, samples = interleaved_medians(
             {"dense": forwards(model, x, count), "pruned": forwards(pruned, x, count)},
             repeats=repeats)
-        kept = kept_fractions(parsed, sparsities)
+        kept = parsed.kept_fractions(sparsities)
         flops_kept.append(kept[0])
         outputs_kept.append(kept[1])
         ratios.append(fastest_ratio(samples, "pruned", "dense"))

@@ -181,17 +181,10 @@ class PruneTPETuner(Tuner):
             raise nni.NoMoreTrialError()
         repeats = 0
         for attempt in range(self._dedup.attempts):
-            if not self._enqueue_warm_start() and attempt > REDRAWS:
-                self._study.enqueue(self._study.prior_draw(self._rng))
-            trial, params = self._study.ask()
-            try:
-                self._constrain(params, trial)
-            except ValueError as error:
-                _logger.warning("discarding a sample that cannot meet the target: %s", error)
-                self._study.fail(trial)
+            candidate = self._candidate(attempt)
+            if candidate is None:
                 continue
-            if params in self._dedup.seen and self._branches and attempt >= REDRAWS:
-                self._constrain(params, trial, perturb=True)
+            trial, params = candidate
             if params in self._dedup.seen:
                 repeats += 1
                 self._study.fail(trial)
@@ -201,6 +194,22 @@ class PruneTPETuner(Tuner):
         self._study.enqueue(fallback, nni_shaped=True)
         trial, params = self._study.ask()
         return self._start(parameter_id, params, trial, repeats)
+
+    def _candidate(self, attempt: int) -> tuple[Trial, dict[str, Any]] | None:
+        """One candidate at the target: the next warm start, TPE's, or after a few repeats a
+        draw from the priors, perturbed if it still repeats; None if it cannot meet the target."""
+        if not self._enqueue_warm_start() and attempt > REDRAWS:
+            self._study.enqueue(self._study.prior_draw(self._rng))
+        trial, params = self._study.ask()
+        try:
+            self._constrain(params, trial)
+        except ValueError as error:
+            _logger.warning("discarding a sample that cannot meet the target: %s", error)
+            self._study.fail(trial)
+            return None
+        if params in self._dedup.seen and self._branches and attempt >= REDRAWS:
+            self._constrain(params, trial, perturb=True)
+        return trial, params
 
     def _start(self, parameter_id: int, params: dict[str, Any], trial: Trial,
                repeats: int) -> dict[str, Any]:

@@ -251,16 +251,8 @@ class PruneTPETuner(Tuner):
         score = _scalar(value)
         entry = self._running.pop(parameter_id, None)
         if entry is None:
-            # a customized trial, or one whose end NNI reported first: NNI 3.0's local training
-            # service can swap the parameters of trials started together, so ``trial_end`` may
-            # name a parameter id that is still running in the other trial
-            origin = "customized" if kwargs.get("customized") else "already ended"
-            if score is None:
-                _logger.warning("ignoring %s trial %s with metric %r", origin, parameter_id, value)
-            else:
-                self._completed.append((parameters, score))
-                self._dedup.seen.add(parameters)
-                self._study.add_finished(parameters, score, reason=f"{origin} trial")
+            self._receive_unknown(parameter_id, parameters, value, score,
+                                  "customized" if kwargs.get("customized") else "already ended")
             return
         generation, trial = entry
         if score is None:
@@ -274,6 +266,18 @@ class PruneTPETuner(Tuner):
         else:
             self._study.add_finished(parameters, score, reason="from before the search space "
                                      "changed")
+
+    def _receive_unknown(self, parameter_id: int, parameters: dict[str, Any], value: Any,
+                         score: float | None, origin: str) -> None:
+        """The result of a trial not running here: a customized trial, or one whose end NNI
+        reported first (NNI 3.0's local training service can swap the parameters of trials
+        started together, so ``trial_end`` may name a parameter id still running in the other)."""
+        if score is None:
+            _logger.warning("ignoring %s trial %s with metric %r", origin, parameter_id, value)
+            return
+        self._completed.append((parameters, score))
+        self._dedup.seen.add(parameters)
+        self._study.add_finished(parameters, score, reason=f"{origin} trial")
 
     def trial_end(self, parameter_id: int, success: bool, **kwargs: Any) -> None:
         """A trial that ended without a result (killed, failed, early-stopped) is told pruned.

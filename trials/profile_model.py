@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nni_prune_tuners.trial.inputs import load_factory
+from nni_prune_tuners.trial.layers import layer_flops
 from nni_prune_tuners.trial.profile import (
     PROFILE_FORMAT,
     QUANTILE_LEVELS,
     add_sensitivity,
     build_parser,
     lamp_scores,
-    layer_flops,
-    load_factory,
     profile_model,
     quantiles,
     run,

@@ -26,25 +26,30 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from nni_prune_tuners.params import CHANNEL, sparsity_key
 from nni_prune_tuners.profile import channels_removed
-from nni_prune_tuners.trial.masking import PRUNABLE_TYPES, layer_weight, prunable_layers
+from nni_prune_tuners.trial.inputs import ExampleInputs, call_model, eval_mode, output_shapes
+from nni_prune_tuners.trial.layers import (
+    PRUNABLE_TYPES,
+    count_flops,
+    layer_weight,
+    listing,
+    prunable_layers,
+)
+
+if TYPE_CHECKING:
+    from nni_prune_tuners.trial.pruner import StrategySetup
 
 _logger = logging.getLogger(__name__)
-
-#: ``example_inputs``: one tensor, a tuple of positional inputs, or a dict of keyword inputs.
-ExampleInputs = torch.Tensor | Sequence[Any] | Mapping[str, Any]
-
 
 @dataclass(frozen=True)
 class ChannelGroup:
@@ -78,35 +83,6 @@ class ChannelLayer:
     out_group: str | None
 
 
-def _call(model: nn.Module, example_inputs: ExampleInputs) -> Any:
-    if isinstance(example_inputs, Mapping):
-        return model(**example_inputs)
-    if isinstance(example_inputs, tuple | list):
-        return model(*example_inputs)
-    return model(example_inputs)
-
-
-def _output_shapes(output: Any) -> list[tuple[int, ...]]:
-    if isinstance(output, torch.Tensor):
-        return [tuple(output.shape)]
-    if isinstance(output, Mapping):
-        return [shape for value in output.values() for shape in _output_shapes(value)]
-    if isinstance(output, tuple | list):
-        return [shape for value in output for shape in _output_shapes(value)]
-    return []
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Trace in eval mode, so BatchNorm running statistics do not move; restore the mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def _output_layers(model: nn.Module, example_inputs: ExampleInputs) -> list[nn.Module]:
     """Prunable layers whose output tensor is one of the model's outputs (the classifier)."""
     produced: dict[int, tuple[nn.Module, torch.Tensor]] = {}  # the tensor kept: ids stay unique
@@ -119,7 +95,7 @@ def _output_layers(model: nn.Module, example_inputs: ExampleInputs) -> list[nn.M
         handles.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            output = _call(model, example_inputs)
+            output = call_model(model, example_inputs)
     finally:
         for handle in handles:
             handle.remove()
@@ -203,10 +179,10 @@ def _prunes_cleanly(
     """Why removing one channel of each of ``groups`` (on a copy) breaks the forward, else None."""
     trial = copy.deepcopy(model)
     try:
-        with _eval_mode(trial):
+        with eval_mode(trial):
             _remove(trial, example_inputs, {raw.group.name: [0] for raw in groups}, groups)
             with torch.no_grad():
-                got = _output_shapes(_call(trial, example_inputs))
+                got = output_shapes(call_model(trial, example_inputs))
     except Exception as exc:  # any failure of the surgery or the forward means: not prunable
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None if got == shapes else f"the outputs change shape from {shapes} to {got}"
@@ -214,10 +190,10 @@ def _prunes_cleanly(
 
 def _checked_groups(model: nn.Module, example_inputs: ExampleInputs) -> list[_RawGroup]:
     """The groups whose channels can really be removed, one channel of each at a time proven."""
-    with _eval_mode(model):
+    with eval_mode(model):
         raw = _raw_groups(model, example_inputs)
         with torch.no_grad():
-            shapes = _output_shapes(_call(model, example_inputs))
+            shapes = output_shapes(call_model(model, example_inputs))
         if not raw or _prunes_cleanly(model, example_inputs, raw, shapes) is None:
             return raw
         kept: list[_RawGroup] = []
@@ -321,47 +297,18 @@ def prune_channels(
     removed = _check_sparsities(sparsities, checked)
     chosen = [checked[name] for name in checked if removed.get(name)]
     indices = {raw.group.name: _removal(model, raw, removed[raw.group.name]) for raw in chosen}
-    with _eval_mode(model):
+    with eval_mode(model):
         with torch.no_grad():
-            shapes = _output_shapes(_call(model, example_inputs))
+            shapes = output_shapes(call_model(model, example_inputs))
         _remove(model, example_inputs, indices, chosen)
         with torch.no_grad():
-            got = _output_shapes(_call(model, example_inputs))
+            got = output_shapes(call_model(model, example_inputs))
     if got != shapes:  # every group was proven one channel at a time; this would be a bug
         raise RuntimeError(f"channel pruning at {dict(sparsities)} changed the outputs' shapes "
                            f"from {shapes} to {got}")
     _logger.info("removed %s channels of %d groups: %d parameters left", sum(removed.values()),
                  len(chosen), sum(p.numel() for p in model.parameters()))
     return model
-
-
-def count_flops(model: nn.Module, example_inputs: ExampleInputs) -> dict[str, int]:
-    """Multiply-accumulates per sample of every Conv/Linear layer, counted on the real module.
-
-    Conv: ``output elements * in_channels / groups * kernel size``; Linear: ``out_features *
-    in_features * positions`` (tokens). Divided by the batch size of ``example_inputs``. Layers the
-    forward does not call are left out.
-    """
-    flops: dict[str, int] = {}
-    handles: list[RemovableHandle] = []
-    for name, module in prunable_layers(model).items():
-        def hook(mod: nn.Module, _inp: Any, out: torch.Tensor, name: str = name) -> None:
-            batch = out.shape[0] if out.dim() > 1 else 1
-            if isinstance(mod, nn.Linear):
-                macs = out.numel() * mod.in_features
-            else:
-                conv: Any = mod
-                macs = out.numel() * (conv.in_channels // conv.groups) * math.prod(conv.kernel_size)
-            flops[name] = flops.get(name, 0) + macs // batch
-
-        handles.append(module.register_forward_hook(hook))
-    try:
-        with _eval_mode(model), torch.no_grad():
-            _call(model, example_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return flops
 
 
 def channel_layers(
@@ -381,7 +328,7 @@ def channel_layers(
     missing = [name for name in layers if name not in flops]
     if missing:
         raise ValueError(f"layers {missing} were not called by the forward pass")
-    with _eval_mode(model):
+    with eval_mode(model):
         raw = {r.group.name: r for r in _raw_groups(model, example_inputs)}
     chosen = list(groups) if groups is not None else channel_groups(model, example_inputs)
     out_group: dict[str, str] = {}
@@ -402,3 +349,88 @@ def channel_layers(
             source = None
         result.append(ChannelLayer(name, int(flops[name]), source, out_group.get(name)))
     return result
+
+
+class ChannelStrategy:
+    """``Pruner``'s channel strategy: the channels go for real, once, in the constructor.
+
+    The optimizer is built after pruning, by the factory, on the smaller parameters.
+
+    Attributes:
+        groups: every channel group of the dense model, searched or not.
+        pruned_layers: every prunable layer of the pruned model (the layers measured).
+    """
+
+    method = CHANNEL
+
+    def __init__(self, setup: StrategySetup) -> None:
+        if setup.optimizer is not None:
+            raise ValueError("optimizer: with prune_method channel the optimizer must be built "
+                             "after pruning (it would hold the old, larger parameters); pass "
+                             "optimizer_factory=lambda model: torch.optim.SGD(model.parameters()"
+                             ", ...) and train with pruner.optimizer")
+        if setup.example_inputs is None:
+            raise ValueError("example_inputs is required for prune_method channel: what the model "
+                             "is called with (e.g. one batch of inputs), to trace its channel groups")
+        model, inputs, self.targets = setup.model, setup.example_inputs, dict(setup.targets)
+        groups = {group.name: group for group in channel_groups(model, inputs)}
+        for name, sparsity in self.targets.items():
+            if name not in groups:
+                raise ValueError(f"'{sparsity_key(name)}': {name!r} is not a channel group of "
+                                 f"{type(model).__name__}; groups: {listing(groups)}")
+            channels_removed(sparsity, groups[name].channels, key=sparsity_key(name))
+        self.groups = [groups[name] for name in groups]
+        self._dense_flops = sum(count_flops(model, inputs).values())
+        self._dense_weights = {name: layer_weight(m).numel()
+                               for name, m in prunable_layers(model).items()}
+        dense = list(model.parameters())  # kept alive until checked, so ids are not reused
+        self.model = prune_channels(model, self.targets, inputs)
+        self._flops = sum(count_flops(self.model, inputs).values())
+        self.pruned_layers = prunable_layers(self.model)
+        assert setup.make_optimizer is not None  # Pruner checked: one of the two
+        self.optimizer = setup.make_optimizer(self.model)
+        kept = {id(p) for p in self.model.parameters()}
+        stale = {id(p) for p in dense} - kept
+        if any(id(p) in stale for group in self.optimizer.param_groups for p in group["params"]):
+            raise ValueError("optimizer_factory returned an optimizer that holds parameters of the "
+                             "model before pruning: build it from the model it is given")
+        _logger.info("channel: %d groups pruned, %.4f of the FLOPs and %.4f of the weights removed",
+                     sum(1 for s in self.targets.values() if s > 0), self.flops_removed(),
+                     self.sparsity())
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    @property
+    def pruned(self) -> bool:
+        return True
+
+    def on_epoch_start(self, epoch: int) -> bool:
+        return False
+
+    def layer_sparsity(self) -> dict[str, float]:
+        return {name: 1.0 - layer_weight(m).numel() / self._dense_weights[name]
+                for name, m in self.pruned_layers.items()}
+
+    def sparsity(self) -> float:
+        left = sum(layer_weight(m).numel() for m in self.pruned_layers.values())
+        return 1.0 - left / sum(self._dense_weights.values())
+
+    def group_sparsity(self) -> dict[str, float]:
+        return {group.name: (group.channels - layer_weight(self.pruned_layers[group.name]).shape[0])
+                / group.channels for group in self.groups if group.name in self.targets}
+
+    def flops_removed(self) -> float:
+        return 1.0 - self._flops / self._dense_flops
+
+    def final_extras(self) -> dict[str, Any]:
+        return {"flops_removed": self.flops_removed()}
+
+    def config_list(self) -> list[dict[str, Any]]:
+        from nni_prune_tuners.export import channel_config_list
+
+        return channel_config_list(self.targets, {group.name: group.layers for group in self.groups})
+
+    def remove(self) -> None:
+        """Nothing to remove: the channels are gone, nothing is masked."""

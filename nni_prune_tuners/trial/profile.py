@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import math
 import os
@@ -34,6 +33,7 @@ from torch import nn
 from nni_prune_tuners.latency import MIN_ALLOCATIONS
 from nni_prune_tuners.params import CHANNEL, MASK_METHODS, METHODS, SPARSITY_SUFFIX
 from nni_prune_tuners.sparsity import lamp_scores
+from nni_prune_tuners.trial._json import write_json
 from nni_prune_tuners.trial.channel import ChannelGroup, channel_groups, channel_layers
 from nni_prune_tuners.trial.inputs import example_input, load_factory, load_object, parse_shape
 from nni_prune_tuners.trial.latency import measure_latency
@@ -227,24 +227,6 @@ def search_space(
     return {"prune_method": {"_type": "choice", "_value": options}}
 
 
-def to_json(obj: Any, indent: int = 0) -> str:
-    """Indented JSON that keeps lists of numbers (shapes, bounds, quantiles) on one line."""
-    pad, inner = " " * indent, " " * (indent + 2)
-    if isinstance(obj, dict) and obj:
-        items = [f"{inner}{json.dumps(k)}: {to_json(v, indent + 2)}" for k, v in obj.items()]
-        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
-    if isinstance(obj, list) and any(isinstance(v, dict | list) for v in obj):
-        items = [f"{inner}{to_json(v, indent + 2)}" for v in obj]
-        return "[\n" + ",\n".join(items) + f"\n{pad}]"
-    return json.dumps(obj)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` with :func:`to_json`, creating the parent folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_json(obj) + "\n")
-
-
 def _parse_floats(text: str, option: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",") if part.strip()]
@@ -310,9 +292,8 @@ def run(
     return 0
 
 
-def _run(
-    args: argparse.Namespace, default_weights: DefaultWeights | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def _check_args(args: argparse.Namespace) -> None:
+    """The options that contradict each other, before anything is imported or built."""
     if args.out is None and args.search_space is None:
         raise ValueError("nothing to do: give --out and/or --search-space")
     if args.sensitivity and (args.eval_fn is None or args.out is None):
@@ -326,6 +307,12 @@ def _run(
         raise ValueError(f"--latency-batch must be >= 1 and --latency-allocations >= "
                          f"{MIN_ALLOCATIONS}, got {args.latency_batch} and "
                          f"{args.latency_allocations}")
+
+
+def _run(
+    args: argparse.Namespace, default_weights: DefaultWeights | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    _check_args(args)
     grid = _check_grid(_parse_floats(args.sensitivity_sparsities, "--sensitivity-sparsities"))
     input_shape = parse_shape(args.input_shape) if args.input_shape is not None else None
     factory = load_factory(args.model)

@@ -156,7 +156,7 @@ def layer_tables(model: Any, example: Any, *, repeats: int, sample_seconds: floa
     import torch
     from torch import nn
 
-    from nni_prune_tuners.trial.channel import prunable_layers
+    from nni_prune_tuners.trial.layers import prunable_layers
 
     layers = prunable_layers(model)
     inputs: dict[str, tuple[int, ...]] = {}

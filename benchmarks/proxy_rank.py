@@ -142,7 +142,8 @@ def proxy_score(model: str, sparsities: Mapping[str, float], *,
     import torch
 
     from nni_prune_tuners.trial.batchnorm import recalibrate_batchnorm
-    from nni_prune_tuners.trial.masking import layer_weight, level_mask, prunable_layers
+    from nni_prune_tuners.trial.layers import layer_weight, prunable_layers
+    from nni_prune_tuners.trial.masking import level_mask
     from trials.profile_model import val_accuracy
     from trials.prune_trial import build_model, dense_state_dict
 

@@ -84,5 +84,5 @@ def test_a_key_that_is_not_a_channel_group_fails_before_training(tmp_path: Path)
     model = untrained_dense_cache(tmp_path, "mlp_digits")
     last = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
     params = {"prune_method": {"_name": "channel", f"{last}_sparsity": 0.5}}
-    with pytest.raises(ValueError, match=rf"{last}_sparsity: '{last}' is not a channel group"):
+    with pytest.raises(ValueError, match=rf"'{last}_sparsity': '{last}' is not a channel group"):
         run_trial(params, epochs=1, cache_dir=tmp_path, model="trials.models:mlp_digits")

@@ -33,18 +33,16 @@ import torch.nn.functional as F
 from filelock import FileLock
 from torch import nn
 
-from nni_prune_tuners.trial import Pruner, count_flops, prune_channels
-from nni_prune_tuners.trial.profile import load_factory
+from nni_prune_tuners import params as grammar
+from nni_prune_tuners.params import AGP, METHOD_KEY, SPARSITY_SUFFIX, sparsity_key
+from nni_prune_tuners.trial import Pruner
+from nni_prune_tuners.trial.inputs import load_factory
 from trials.atomic import write_atomic
 from trials.data import DATA_VARIANTS, DigitsSplit, load_split
-from trials.masking import AgpSchedule, layer_weight, measured_sparsity, prunable_layers
+from trials.masking import AgpSchedule, layer_weight, prunable_layers
 
 _logger = logging.getLogger(__name__)
 
-METHODS = ("agp", "level", "channel")
-#: The structured method: whole channels removed before fine-tuning (Contract 10).
-CHANNEL = "channel"
-SPARSITY_SUFFIX = "_sparsity"
 #: AGP with the seed's ``end_epoch=3`` then fine-tunes two epochs at its final sparsity.
 DEFAULT_EPOCHS = 5
 CACHE_ENV = "PRUNE_TRIAL_CACHE"
@@ -187,42 +185,24 @@ class TrialResult:
 def parse_params(params: Any, layer_names: Sequence[str]) -> tuple[str, dict[str, float]]:
     """Validate Contract 2 parameters and return ``(method, {layer: sparsity})``.
 
-    Fails loudly (``ValueError``) on anything a tuner should never send, so NNI marks the trial
-    FAILED instead of recording a silent, meaningless success.
+    The grammar is :func:`nni_prune_tuners.params.parse`'s; a tuner sends exactly the nested
+    ``prune_method`` choice, so anything else (another hyperparameter, an unknown layer) is an
+    error here too. Fails loudly (``ValueError``) so that NNI marks the trial FAILED instead of
+    recording a silent, meaningless success.
     """
     if not isinstance(params, Mapping):
         raise ValueError(f"parameters must be a JSON object, got {params!r}")
-    if set(params) != {"prune_method"}:
-        raise ValueError(
-            f"parameters must have exactly the key 'prune_method', got {sorted(params)}"
-        )
-    branch = params["prune_method"]
-    if not isinstance(branch, Mapping):
-        raise ValueError(f"'prune_method' must be an object with '_name', got {branch!r}")
-    if "_name" not in branch:
-        raise ValueError(f"'prune_method' is missing '_name', got keys {sorted(branch)}")
-    method = branch["_name"]
-    if method not in METHODS:
-        raise ValueError(f"unknown prune method {method!r}; expected one of {list(METHODS)}")
-    sparsities: dict[str, float] = {}
-    for key, value in branch.items():
-        if key == "_name":
-            continue
-        if not isinstance(key, str) or not key.endswith(SPARSITY_SUFFIX):
-            raise ValueError(f"unexpected parameter key {key!r}; layer keys end in '_sparsity'")
-        layer = key[: -len(SPARSITY_SUFFIX)]
+    if set(params) != {METHOD_KEY}:
+        raise ValueError(f"parameters must have exactly the key '{METHOD_KEY}', got {sorted(params)}")
+    parsed = grammar.parse(params)
+    assert parsed.method is not None  # parse names a method or raises
+    for key in parsed.others.get(METHOD_KEY, {}):
+        raise ValueError(f"unexpected parameter key {key!r}; layer keys end in '{SPARSITY_SUFFIX}'")
+    for layer in parsed.sparsities:
         if layer not in layer_names:
-            raise ValueError(
-                f"unknown layer {layer!r} in {key!r}; prunable layers: {list(layer_names)}"
-            )
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{key} must be a number in [0, 1), got {value!r}")
-        if not (math.isfinite(value) and 0.0 <= value < 1.0):
-            raise ValueError(f"{key} must be in [0, 1), got {value!r}")
-        sparsities[layer] = float(value)
-    if not sparsities:
-        raise ValueError("'prune_method' names no layer: expected keys like 'conv0_sparsity'")
-    return method, sparsities
+            raise ValueError(f"unknown layer {layer!r} in {sparsity_key(layer)!r}; prunable layers: "
+                             f"{list(layer_names)}")
+    return parsed.method, parsed.sparsities
 
 
 def default_cache_dir() -> Path:
@@ -426,8 +406,8 @@ def run_trial(
     schedule = agp if agp is not None else AgpSchedule()
     dev = select_device(device)
     net = build_model(model)
-    method, sparsities = parse_params(params, list(prunable_layers(net)))
-    if method == "agp" and epochs <= schedule.end_epoch:
+    method, _ = parse_params(params, list(prunable_layers(net)))
+    if method == AGP and epochs <= schedule.end_epoch:  # before the dense model is trained
         raise ValueError(
             f"epochs must exceed the AGP end_epoch ({schedule.end_epoch}) so the masks reach "
             f"their final sparsity, got epochs={epochs}"
@@ -436,12 +416,8 @@ def run_trial(
     with torch_threads(num_threads):
         net.load_state_dict(dense_state_dict(cache_dir, model=model, data=variant))
         split = load_split(variant).to(dev)
-        if method == CHANNEL:
-            return _run_channel(net.to(dev), sparsities, epochs=epochs, seed=seed, data=split,
-                                report=report, recipe=RECIPES.get(model, Recipe()))
-        return _run(net.to(dev), params, method, sparsities, epochs=epochs, seed=seed,
-                    data=split, report=report, schedule=schedule,
-                    recipe=RECIPES.get(model, Recipe()))
+        return _run(net.to(dev), params, epochs=epochs, seed=seed, data=split, report=report,
+                    schedule=schedule, recipe=RECIPES.get(model, Recipe()))
 
 
 def _finetune_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -453,82 +429,9 @@ def _finetune_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimiz
                            weight_decay=_WEIGHT_DECAY)
 
 
-def _run_channel(
-    model: nn.Module,
-    sparsities: Mapping[str, float],
-    *,
-    epochs: int,
-    seed: int,
-    data: DigitsSplit,
-    report: Callable[[dict[str, Any]], None] | None,
-    recipe: Recipe,
-) -> TrialResult:
-    """``channel``: remove the channels for real, then fine-tune the smaller model as Level does.
-
-    The optimizer is built after pruning (one built before would hold the old, larger
-    parameters); the example input is one sample of the data's shape.
-    """
-    from nni_prune_tuners.trial.channel import channel_groups, channel_layers
-
-    dense_acc = accuracy(model, data.x_val, data.y_val)
-    example = data.x_val[:1]
-    dense_flops = count_flops(model, example)
-    dense_params = sum(layer_weight(m).numel() for m in prunable_layers(model).values())
-    groups = {group.name: group for group in channel_groups(model, example)}
-    unknown = [name for name in sparsities if name not in groups]
-    if unknown:  # before any change: the search space names a layer that is no channel group
-        raise ValueError(f"{unknown[0]}_sparsity: {unknown[0]!r} is not a channel group of the "
-                         f"model; groups: {list(groups)}")
-    removed = {name: round(s * groups[name].channels) for name, s in sparsities.items()}
-    keep = {name: 1.0 - removed[name] / groups[name].channels for name in sparsities}
-    predicted = sum(layer.flops * keep.get(layer.in_group or "", 1.0)
-                    * keep.get(layer.out_group or "", 1.0)
-                    for layer in channel_layers(model, example, groups=list(groups.values())))
-    model = prune_channels(model, sparsities, example)
-    pruned_flops = count_flops(model, example)
-    flops_removed = 1.0 - sum(pruned_flops.values()) / sum(dense_flops.values())
-    sparsity = 1.0 - sum(layer_weight(m).numel()
-                         for m in prunable_layers(model).values()) / dense_params
-    optimizer = _finetune_optimizer(model, recipe)  # after pruning: the new, smaller parameters
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-                 if recipe.finetune_cosine else None)
-    generator = torch.Generator().manual_seed(seed)
-    history: list[dict[str, Any]] = []
-    for epoch in range(epochs):
-        train_epoch(model, optimizer, data, generator)
-        if scheduler is not None:
-            scheduler.step()
-        metrics = {"default": accuracy(model, data.x_val, data.y_val), "epoch": epoch,
-                   "sparsity": sparsity, "pruned": True}
-        history.append(metrics)
-        if report is not None:
-            report(metrics)
-    target = 1.0 - predicted / sum(dense_flops.values())
-    if abs(flops_removed - target) > 1e-6:  # the profile's prediction is exact (docs/channel.md)
-        _logger.warning("measured FLOPs removed %.6f is off the whole-channel prediction %.6f",
-                        flops_removed, target)
-    _logger.info("channel: %.4f of the FLOPs and %.4f of the weights removed", flops_removed,
-                 sparsity)
-    return TrialResult(
-        accuracy=accuracy(model, data.x_val, data.y_val),
-        test_accuracy=accuracy(model, data.x_test, data.y_test),
-        dense_accuracy=dense_acc,
-        sparsity=sparsity,
-        target_sparsity=target,
-        method=CHANNEL,
-        layer_sparsity={name: removed[name] / groups[name].channels for name in sparsities},
-        history=history,
-        state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        flops_removed=flops_removed,
-        model=model,
-    )
-
-
 def _run(
     model: nn.Module,
     params: Mapping[str, Any],
-    method: str,
-    sparsities: Mapping[str, float],
     *,
     epochs: int,
     seed: int,
@@ -537,14 +440,17 @@ def _run(
     schedule: AgpSchedule,
     recipe: Recipe,
 ) -> TrialResult:
+    """Prune with :class:`Pruner` (any method), fine-tune its model with its optimizer, score.
+
+    The optimizer comes from the recipe's factory, so that ``channel`` builds it after pruning;
+    the example input (``channel``'s dependency analysis and FLOPs) is one validation sample.
+    """
     dense_acc = accuracy(model, data.x_val, data.y_val)
-    optimizer = _finetune_optimizer(model, recipe)
+    pruner = Pruner(model, params, epochs=epochs, agp=schedule, example_inputs=data.x_val[:1],
+                    optimizer_factory=lambda net: _finetune_optimizer(net, recipe))
+    model, optimizer = pruner.model, pruner.optimizer
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
                  if recipe.finetune_cosine else None)
-    pruner = Pruner(model, params, epochs=epochs, optimizer=optimizer, agp=schedule)
-    layers = prunable_layers(model)
-    weights = {name: layer_weight(layers[name]) for name in sparsities}
-
     generator = torch.Generator().manual_seed(seed)
     history: list[dict[str, Any]] = []
     for epoch in range(epochs):
@@ -552,35 +458,52 @@ def _run(
         train_epoch(model, optimizer, data, generator)
         if scheduler is not None:
             scheduler.step()
-        metrics = {
-            "default": accuracy(model, data.x_val, data.y_val),
-            "epoch": epoch,
-            # counted exactly (zeros / weights), so a report equals the count it stands for
-            "sparsity": measured_sparsity(w.detach() for w in weights.values()),
-            "pruned": pruner.pruned,
-        }
+        metrics = pruner.intermediate(accuracy(model, data.x_val, data.y_val), epoch)
         history.append(metrics)
         _logger.debug("epoch %d: %s", epoch, metrics)
         if report is not None:
             report(metrics)
-
     pruner.remove()
-    final = {name: w.detach() for name, w in weights.items()}
-    total = sum(w.numel() for w in final.values())
-    target = sum(w.numel() * sparsities[n] for n, w in final.items()) / total
+    final = pruner.final(accuracy(model, data.x_val, data.y_val))
     result = TrialResult(
-        accuracy=accuracy(model, data.x_val, data.y_val),
+        accuracy=final["default"],
         test_accuracy=accuracy(model, data.x_test, data.y_test),
         dense_accuracy=dense_acc,
-        sparsity=measured_sparsity(final.values()),
-        target_sparsity=target,
-        method=method,
-        layer_sparsity={n: measured_sparsity([w]) for n, w in final.items()},
+        sparsity=final["sparsity"],
+        target_sparsity=0.0,
+        method=pruner.method,
+        layer_sparsity={},
         history=history,
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        flops_removed=final.get("flops_removed"),
     )
-    if abs(result.sparsity - target) > 1e-3:
-        _logger.warning("measured sparsity %.6f is off the target %.6f", result.sparsity, target)
+    return _with_targets(result, pruner)
+
+
+def _with_targets(result: TrialResult, pruner: Pruner) -> TrialResult:
+    """Fill what the parameters asked for beside what was measured, per named layer or group.
+
+    Masks: the weighted global sparsity the tuner aimed at, and each named layer's zeros.
+    Channels (a ``flops_removed`` result): the FLOPs removed, exact for whole channels
+    (docs/channel.md), each named group's channels removed, and the pruned module.
+    """
+    if result.flops_removed is not None:
+        groups = pruner.group_sparsity()
+        result.target_sparsity = result.flops_removed
+        result.layer_sparsity = {name: groups[name] for name in pruner.targets}
+        result.model = pruner.model
+    else:
+        measured = pruner.layer_sparsity()
+        layers = prunable_layers(pruner.model)
+        sizes = {name: layer_weight(layers[name]).numel() for name in pruner.targets}
+        result.target_sparsity = (sum(sizes[n] * s for n, s in pruner.targets.items())
+                                  / sum(sizes.values()))
+        result.layer_sparsity = {name: measured[name] for name in pruner.targets}
+    _logger.info("%s: %.4f of the weights removed (target %.4f)", result.method, result.sparsity,
+                 result.target_sparsity)
+    if result.flops_removed is None and abs(result.sparsity - result.target_sparsity) > 1e-3:
+        _logger.warning("measured sparsity %.6f is off the target %.6f", result.sparsity,
+                        result.target_sparsity)
     return result
 
 

@@ -30,15 +30,16 @@ pruning by ``optimizer_factory``) or by hand::
 
 from __future__ import annotations
 
+from nni_prune_tuners.params import CHANNEL, MASK_METHODS, METHODS, PruneParams, parse
 from nni_prune_tuners.trial.batchnorm import recalibrate_batchnorm
 from nni_prune_tuners.trial.channel import (
     ChannelGroup,
     ChannelLayer,
     channel_groups,
     channel_layers,
-    count_flops,
     prune_channels,
 )
+from nni_prune_tuners.trial.layers import count_flops, prunable_layers
 from nni_prune_tuners.trial.masking import (
     AgpSchedule,
     WeightMasker,
@@ -47,18 +48,19 @@ from nni_prune_tuners.trial.masking import (
     level_mask,
     measured_sparsity,
     num_pruned,
-    prunable_layers,
 )
 from nni_prune_tuners.trial.parameters import PARAMS_ENV, next_parameters
-from nni_prune_tuners.trial.pruner import METHODS, PRUNE_METHODS, Pruner, parse_params
+from nni_prune_tuners.trial.pruner import Pruner, parse_params
 
 __all__ = [
+    "CHANNEL",
+    "MASK_METHODS",
     "METHODS",
     "PARAMS_ENV",
-    "PRUNE_METHODS",
     "AgpSchedule",
     "ChannelGroup",
     "ChannelLayer",
+    "PruneParams",
     "Pruner",
     "WeightMasker",
     "agp_mask",
@@ -70,6 +72,7 @@ __all__ = [
     "measured_sparsity",
     "next_parameters",
     "num_pruned",
+    "parse",
     "parse_params",
     "prunable_layers",
     "prune_channels",

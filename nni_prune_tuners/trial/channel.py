@@ -26,41 +26,28 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
+from nni_prune_tuners.params import CHANNEL, sparsity_key
 from nni_prune_tuners.profile import channels_removed
-from nni_prune_tuners.trial.masking import PRUNABLE_TYPES, layer_weight, prunable_layers
+from nni_prune_tuners.trial._depgraph import ChannelGroup, _dependency_graph, _raw_groups, _RawGroup
+from nni_prune_tuners.trial.inputs import ExampleInputs, call_model, eval_mode, output_shapes
+from nni_prune_tuners.trial.layers import (
+    count_flops,
+    layer_weight,
+    listing,
+    prunable_layers,
+)
+
+if TYPE_CHECKING:
+    from nni_prune_tuners.trial.pruner import StrategySetup
 
 _logger = logging.getLogger(__name__)
-
-#: ``example_inputs``: one tensor, a tuple of positional inputs, or a dict of keyword inputs.
-ExampleInputs = torch.Tensor | Sequence[Any] | Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class ChannelGroup:
-    """Layers whose output channels are removed together (Contract 10).
-
-    Attributes:
-        name: the group's first layer in ``named_modules()`` order; the search-space key is
-            ``<name>_sparsity``.
-        layers: the names of the layers whose output channels the group sets, in model order.
-        channels: the number of output channels each of those layers has (and the group prunes).
-    """
-
-    name: str
-    layers: tuple[str, ...]
-    channels: int
-
 
 @dataclass(frozen=True)
 class ChannelLayer:
@@ -78,124 +65,6 @@ class ChannelLayer:
     out_group: str | None
 
 
-def _call(model: nn.Module, example_inputs: ExampleInputs) -> Any:
-    if isinstance(example_inputs, Mapping):
-        return model(**example_inputs)
-    if isinstance(example_inputs, tuple | list):
-        return model(*example_inputs)
-    return model(example_inputs)
-
-
-def _output_shapes(output: Any) -> list[tuple[int, ...]]:
-    if isinstance(output, torch.Tensor):
-        return [tuple(output.shape)]
-    if isinstance(output, Mapping):
-        return [shape for value in output.values() for shape in _output_shapes(value)]
-    if isinstance(output, tuple | list):
-        return [shape for value in output for shape in _output_shapes(value)]
-    return []
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Trace in eval mode, so BatchNorm running statistics do not move; restore the mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def _output_layers(model: nn.Module, example_inputs: ExampleInputs) -> list[nn.Module]:
-    """Prunable layers whose output tensor is one of the model's outputs (the classifier)."""
-    produced: dict[int, tuple[nn.Module, torch.Tensor]] = {}  # the tensor kept: ids stay unique
-    handles: list[RemovableHandle] = []
-    for module in prunable_layers(model).values():
-        def hook(mod: nn.Module, _inp: Any, out: Any) -> None:
-            if isinstance(out, torch.Tensor):
-                produced[id(out)] = (mod, out)
-
-        handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            output = _call(model, example_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    tensors = [output] if isinstance(output, torch.Tensor) else (
-        list(output.values()) if isinstance(output, Mapping) else list(output)
-        if isinstance(output, tuple | list) else [])
-    return [produced[id(t)][0] for t in tensors if id(t) in produced and produced[id(t)][1] is t]
-
-
-def _torch_pruning() -> Any:
-    """Torch-Pruning, imported when first needed: Level and AGP trials do not need it."""
-    try:
-        import torch_pruning
-    except ImportError as exc:
-        raise ImportError("the channel method needs Torch-Pruning: pip install "
-                          "'nni-prune-tuners[trial]' (or torch-pruning==1.6.1)") from exc
-    return torch_pruning
-
-
-def _dependency_graph(model: nn.Module, example_inputs: ExampleInputs) -> Any:
-    """Torch-Pruning's ``DependencyGraph`` of ``model`` traced on ``example_inputs``."""
-    tp = _torch_pruning()
-    try:
-        with warnings.catch_warnings():
-            # cls tokens and position embeddings: pruning their last dimension is what we want
-            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-    except Exception as exc:  # Torch-Pruning raises whatever the traced ops raise
-        raise ValueError(f"the dependency analysis of {type(model).__name__} failed on the "
-                         f"example inputs: {type(exc).__name__}: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class _RawGroup:
-    """A Torch-Pruning group as names: the root (layer, out-channel handler) and its members."""
-
-    group: ChannelGroup
-    root: str
-    outputs: tuple[str, ...]  # prunable layers whose output channels it removes
-    inputs: tuple[str, ...]  # prunable layers whose input channels it removes
-    #: per output layer, (its channel index, the root's channel index) of each tied channel
-    index_maps: tuple[tuple[str, tuple[tuple[int, int], ...]], ...]
-
-
-def _raw_groups(model: nn.Module, example_inputs: ExampleInputs) -> list[_RawGroup]:
-    """Torch-Pruning's groups of ``model`` (classifier excluded), not yet checked by a forward."""
-    names = {module: name for name, module in model.named_modules()}
-    order = {name: index for index, name in enumerate(names.values())}
-    graph = _dependency_graph(model, example_inputs)
-    ignored = _output_layers(model, example_inputs)
-    groups = []
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE_TYPES):
-        outputs: set[str] = set()
-        inputs: set[str] = set()
-        maps: dict[str, tuple[tuple[int, int], ...]] = {}
-        for item in group.items:
-            module = item.dep.target.module
-            if not isinstance(module, PRUNABLE_TYPES) or module not in names:
-                continue
-            if graph.is_out_channel_pruning_fn(item.dep.handler):
-                outputs.add(names[module])
-                maps[names[module]] = tuple((int(getattr(i, "idx", i)), int(getattr(i, "root_idx", i)))
-                                            for i in item.idxs)
-            elif graph.is_in_channel_pruning_fn(item.dep.handler):
-                inputs.add(names[module])
-        members = tuple(sorted(outputs, key=order.__getitem__))
-        channels = len(group.items[0].idxs)
-        if not members or channels < 2:
-            continue
-        root = names[group.items[0].dep.target.module]
-        groups.append(_RawGroup(ChannelGroup(members[0], members, channels), root, members,
-                                tuple(sorted(inputs, key=order.__getitem__)),
-                                tuple((name, maps[name]) for name in members)))
-    return sorted(groups, key=lambda raw: order[raw.group.name])
-
-
 def _prunes_cleanly(
     model: nn.Module, example_inputs: ExampleInputs, groups: Sequence[_RawGroup],
     shapes: list[tuple[int, ...]],
@@ -203,10 +72,10 @@ def _prunes_cleanly(
     """Why removing one channel of each of ``groups`` (on a copy) breaks the forward, else None."""
     trial = copy.deepcopy(model)
     try:
-        with _eval_mode(trial):
+        with eval_mode(trial):
             _remove(trial, example_inputs, {raw.group.name: [0] for raw in groups}, groups)
             with torch.no_grad():
-                got = _output_shapes(_call(trial, example_inputs))
+                got = output_shapes(call_model(trial, example_inputs))
     except Exception as exc:  # any failure of the surgery or the forward means: not prunable
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None if got == shapes else f"the outputs change shape from {shapes} to {got}"
@@ -214,10 +83,10 @@ def _prunes_cleanly(
 
 def _checked_groups(model: nn.Module, example_inputs: ExampleInputs) -> list[_RawGroup]:
     """The groups whose channels can really be removed, one channel of each at a time proven."""
-    with _eval_mode(model):
+    with eval_mode(model):
         raw = _raw_groups(model, example_inputs)
         with torch.no_grad():
-            shapes = _output_shapes(_call(model, example_inputs))
+            shapes = output_shapes(call_model(model, example_inputs))
         if not raw or _prunes_cleanly(model, example_inputs, raw, shapes) is None:
             return raw
         kept: list[_RawGroup] = []
@@ -321,47 +190,18 @@ def prune_channels(
     removed = _check_sparsities(sparsities, checked)
     chosen = [checked[name] for name in checked if removed.get(name)]
     indices = {raw.group.name: _removal(model, raw, removed[raw.group.name]) for raw in chosen}
-    with _eval_mode(model):
+    with eval_mode(model):
         with torch.no_grad():
-            shapes = _output_shapes(_call(model, example_inputs))
+            shapes = output_shapes(call_model(model, example_inputs))
         _remove(model, example_inputs, indices, chosen)
         with torch.no_grad():
-            got = _output_shapes(_call(model, example_inputs))
+            got = output_shapes(call_model(model, example_inputs))
     if got != shapes:  # every group was proven one channel at a time; this would be a bug
         raise RuntimeError(f"channel pruning at {dict(sparsities)} changed the outputs' shapes "
                            f"from {shapes} to {got}")
     _logger.info("removed %s channels of %d groups: %d parameters left", sum(removed.values()),
                  len(chosen), sum(p.numel() for p in model.parameters()))
     return model
-
-
-def count_flops(model: nn.Module, example_inputs: ExampleInputs) -> dict[str, int]:
-    """Multiply-accumulates per sample of every Conv/Linear layer, counted on the real module.
-
-    Conv: ``output elements * in_channels / groups * kernel size``; Linear: ``out_features *
-    in_features * positions`` (tokens). Divided by the batch size of ``example_inputs``. Layers the
-    forward does not call are left out.
-    """
-    flops: dict[str, int] = {}
-    handles: list[RemovableHandle] = []
-    for name, module in prunable_layers(model).items():
-        def hook(mod: nn.Module, _inp: Any, out: torch.Tensor, name: str = name) -> None:
-            batch = out.shape[0] if out.dim() > 1 else 1
-            if isinstance(mod, nn.Linear):
-                macs = out.numel() * mod.in_features
-            else:
-                conv: Any = mod
-                macs = out.numel() * (conv.in_channels // conv.groups) * math.prod(conv.kernel_size)
-            flops[name] = flops.get(name, 0) + macs // batch
-
-        handles.append(module.register_forward_hook(hook))
-    try:
-        with _eval_mode(model), torch.no_grad():
-            _call(model, example_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return flops
 
 
 def channel_layers(
@@ -381,7 +221,7 @@ def channel_layers(
     missing = [name for name in layers if name not in flops]
     if missing:
         raise ValueError(f"layers {missing} were not called by the forward pass")
-    with _eval_mode(model):
+    with eval_mode(model):
         raw = {r.group.name: r for r in _raw_groups(model, example_inputs)}
     chosen = list(groups) if groups is not None else channel_groups(model, example_inputs)
     out_group: dict[str, str] = {}
@@ -402,3 +242,88 @@ def channel_layers(
             source = None
         result.append(ChannelLayer(name, int(flops[name]), source, out_group.get(name)))
     return result
+
+
+class ChannelStrategy:
+    """``Pruner``'s channel strategy: the channels go for real, once, in the constructor.
+
+    The optimizer is built after pruning, by the factory, on the smaller parameters.
+
+    Attributes:
+        groups: every channel group of the dense model, searched or not.
+        pruned_layers: every prunable layer of the pruned model (the layers measured).
+    """
+
+    method = CHANNEL
+
+    def __init__(self, setup: StrategySetup) -> None:
+        if setup.optimizer is not None:
+            raise ValueError("optimizer: with prune_method channel the optimizer must be built "
+                             "after pruning (it would hold the old, larger parameters); pass "
+                             "optimizer_factory=lambda model: torch.optim.SGD(model.parameters()"
+                             ", ...) and train with pruner.optimizer")
+        if setup.example_inputs is None:
+            raise ValueError("example_inputs is required for prune_method channel: what the model "
+                             "is called with (e.g. one batch of inputs), to trace its channel groups")
+        model, inputs, self.targets = setup.model, setup.example_inputs, dict(setup.targets)
+        groups = {group.name: group for group in channel_groups(model, inputs)}
+        for name, sparsity in self.targets.items():
+            if name not in groups:
+                raise ValueError(f"'{sparsity_key(name)}': {name!r} is not a channel group of "
+                                 f"{type(model).__name__}; groups: {listing(groups)}")
+            channels_removed(sparsity, groups[name].channels, key=sparsity_key(name))
+        self.groups = [groups[name] for name in groups]
+        self._dense_flops = sum(count_flops(model, inputs).values())
+        self._dense_weights = {name: layer_weight(m).numel()
+                               for name, m in prunable_layers(model).items()}
+        dense = list(model.parameters())  # kept alive until checked, so ids are not reused
+        self.model = prune_channels(model, self.targets, inputs)
+        self._flops = sum(count_flops(self.model, inputs).values())
+        self.pruned_layers = prunable_layers(self.model)
+        assert setup.make_optimizer is not None  # Pruner checked: one of the two
+        self.optimizer = setup.make_optimizer(self.model)
+        kept = {id(p) for p in self.model.parameters()}
+        stale = {id(p) for p in dense} - kept
+        if any(id(p) in stale for group in self.optimizer.param_groups for p in group["params"]):
+            raise ValueError("optimizer_factory returned an optimizer that holds parameters of the "
+                             "model before pruning: build it from the model it is given")
+        _logger.info("channel: %d groups pruned, %.4f of the FLOPs and %.4f of the weights removed",
+                     sum(1 for s in self.targets.values() if s > 0), self.flops_removed(),
+                     self.sparsity())
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    @property
+    def pruned(self) -> bool:
+        return True
+
+    def on_epoch_start(self, epoch: int) -> bool:
+        return False
+
+    def layer_sparsity(self) -> dict[str, float]:
+        return {name: 1.0 - layer_weight(m).numel() / self._dense_weights[name]
+                for name, m in self.pruned_layers.items()}
+
+    def sparsity(self) -> float:
+        left = sum(layer_weight(m).numel() for m in self.pruned_layers.values())
+        return 1.0 - left / sum(self._dense_weights.values())
+
+    def group_sparsity(self) -> dict[str, float]:
+        return {group.name: (group.channels - layer_weight(self.pruned_layers[group.name]).shape[0])
+                / group.channels for group in self.groups if group.name in self.targets}
+
+    def flops_removed(self) -> float:
+        return 1.0 - self._flops / self._dense_flops
+
+    def final_extras(self) -> dict[str, Any]:
+        return {"flops_removed": self.flops_removed()}
+
+    def config_list(self) -> list[dict[str, Any]]:
+        from nni_prune_tuners.export import channel_config_list
+
+        return channel_config_list(self.targets, {group.name: group.layers for group in self.groups})
+
+    def remove(self) -> None:
+        """Nothing to remove: the channels are gone, nothing is masked."""

@@ -29,7 +29,7 @@ from nni_prune_tuners.latency import (
 )
 from nni_prune_tuners.profile import parse_profile
 from nni_prune_tuners.trial.channel import prune_channels
-from nni_prune_tuners.trial.masking import prunable_layers
+from nni_prune_tuners.trial.layers import prunable_layers
 
 _logger = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 Importance, schedule and mask application are separate pieces (as in Torch-Pruning):
 :func:`level_mask` is the one small pure ``compute_mask``; :func:`agp_sparsity` is a plain function
-of the epoch; :class:`WeightMasker` applies masks in place and keeps them applied.
+of the epoch; :class:`WeightMasker` applies masks in place and keeps them applied. :class:`LevelStrategy` and
+:class:`AgpStrategy` put them together as ``Pruner``'s mask strategies.
 """
 
 from __future__ import annotations
@@ -11,30 +12,19 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from nni_prune_tuners.params import AGP, LEVEL, sparsity_key
+from nni_prune_tuners.trial.layers import layer_weight, listing, prunable_layers
+
+if TYPE_CHECKING:
+    from nni_prune_tuners.trial.pruner import StrategySetup
+
 _logger = logging.getLogger(__name__)
-
-#: Module types whose ``weight`` can be pruned (biases are never pruned).
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-
-
-def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Return the prunable modules of ``model`` by ``named_modules()`` name, in model order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
-
-
-def layer_weight(module: nn.Module) -> torch.Tensor:
-    """The ``weight`` tensor of a prunable module (typed, so callers need no casts)."""
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor):
-        raise ValueError(f"{type(module).__name__} has no weight tensor to prune")
-    return weight
-
 
 def _check_sparsity(sparsity: float, name: str = "sparsity") -> float:
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
@@ -235,3 +225,147 @@ class WeightMasker:
         """Measured parameter-weighted sparsity of the weights of ``names`` (default: all)."""
         chosen = self.layers if names is None else names
         return measured_sparsity(layer_weight(self.layers[n]).detach() for n in chosen)
+
+
+class MaskStrategy:
+    """``Pruner``'s mask strategy: the targeted layers keep their shapes, pruned weights stay zero.
+
+    A subclass says how far each layer goes at an epoch (:meth:`_next_sparsity`) and which
+    weights go (:meth:`_mask`); the masker applies the masks and keeps them applied.
+
+    Attributes:
+        targeted: the layers the parameters name, in model order (the layers measured).
+    """
+
+    method = ""
+
+    def __init__(self, setup: StrategySetup) -> None:
+        layers = prunable_layers(setup.model)
+        for name in setup.targets:
+            if name not in layers:
+                raise ValueError(
+                    f"unknown layer {name!r} in '{sparsity_key(name)}': the model has no "
+                    f"Conv1d/2d/3d or Linear module of that name; prunable: {listing(layers)}"
+                )
+        self._check(setup)
+        optimizer = setup.optimizer
+        if optimizer is None:
+            assert setup.make_optimizer is not None  # Pruner checked: one of the two
+            optimizer = setup.make_optimizer(setup.model)
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        missing = [n for n in setup.targets if id(layer_weight(layers[n])) not in held]
+        if missing:
+            raise ValueError(
+                f"optimizer does not hold the weights of layers {listing(missing)}: build it from "
+                f"this model's parameters (model.parameters())"
+            )
+        self.model = setup.model
+        self.optimizer = optimizer
+        self.targets = dict(setup.targets)
+        self.targeted = {name: layers[name] for name in layers if name in self.targets}
+        self.groups: list[Any] = []
+        self._current: dict[str, float] = {}
+        self._removed = False
+        self._masker = WeightMasker(self.targeted)
+        self._masker.attach(optimizer)
+
+    def _check(self, setup: StrategySetup) -> None:
+        """Options of the variant, checked before anything changes."""
+
+    def _next_sparsity(self, name: str, final: float, epoch: int) -> float | None:
+        """The sparsity ``name`` reaches at ``epoch``, or None to leave its mask as it is."""
+        raise NotImplementedError
+
+    def _mask(self, name: str, sparsity: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        return dict(self._masker.masks)
+
+    @property
+    def pruned(self) -> bool:
+        return all(self._current.get(n) == s for n, s in self.targets.items())
+
+    def on_epoch_start(self, epoch: int) -> bool:
+        """Update the masks before ``epoch``; whether any changed."""
+        if self._removed:
+            raise RuntimeError("on_epoch_start after remove(): the pruner no longer masks")
+        changed = False
+        for name, final in self.targets.items():
+            step = self._next_sparsity(name, final, epoch)
+            if step is None:
+                continue
+            self._masker.apply(name, self._mask(name, step))
+            self._current[name] = step
+            changed = True
+        return changed
+
+    def _zeros(self) -> dict[str, tuple[int, int]]:
+        """``{layer: (zeros, weights)}``, counted on the device with one transfer."""
+        weights = [layer_weight(m).detach() for m in self.targeted.values()]
+        zeros = [(w == 0).sum() for w in weights]
+        counts = torch.stack([z.to(zeros[0].device) for z in zeros]).tolist()
+        return {name: (c, w.numel()) for name, c, w in zip(self.targeted, counts, weights, strict=True)}
+
+    def layer_sparsity(self) -> dict[str, float]:
+        return {name: zeros / size for name, (zeros, size) in self._zeros().items()}
+
+    def sparsity(self) -> float:
+        counts = self._zeros().values()
+        return sum(z for z, _ in counts) / sum(n for _, n in counts)
+
+    def group_sparsity(self) -> dict[str, float]:
+        raise RuntimeError(f"group_sparsity() is for prune_method channel, not {self.method}")
+
+    def flops_removed(self) -> float:
+        raise RuntimeError(f"flops_removed() is for prune_method channel, not {self.method}: "
+                           f"masks keep every tensor, and its FLOPs, dense")
+
+    def final_extras(self) -> dict[str, Any]:
+        return {}
+
+    def config_list(self) -> list[dict[str, Any]]:
+        return [{"op_names": [name], "target_names": ["weight"], "sparse_ratio": self.targets[name]}
+                for name in self.targeted]
+
+    def remove(self) -> None:
+        if self._removed:
+            return
+        with torch.no_grad():
+            for name, mask in self._masker.masks.items():
+                layer_weight(self.targeted[name]).mul_(mask)
+        self._masker.remove()
+        self._removed = True
+
+
+class LevelStrategy(MaskStrategy):
+    """Level: each layer's exact final mask at the first epoch, by magnitude."""
+
+    method = LEVEL
+
+    def _next_sparsity(self, name: str, final: float, epoch: int) -> float | None:
+        return None if name in self._current else final
+
+    def _mask(self, name: str, sparsity: float) -> torch.Tensor:
+        return level_mask(layer_weight(self.targeted[name]), sparsity)
+
+
+class AgpStrategy(MaskStrategy):
+    """AGP: the absolute sparsity of the cubic schedule at each epoch; a mask never shrinks."""
+
+    method = AGP
+
+    def _check(self, setup: StrategySetup) -> None:
+        self.schedule = setup.schedule
+        if setup.epochs <= self.schedule.end_epoch:
+            raise ValueError(f"epochs must exceed the AGP end_epoch ({self.schedule.end_epoch}) "
+                             f"so the masks reach their final sparsity, got epochs={setup.epochs}")
+
+    def _next_sparsity(self, name: str, final: float, epoch: int) -> float | None:
+        step = agp_sparsity(epoch, final, self.schedule)
+        return None if name in self._current and step <= self._current[name] else step
+
+    def _mask(self, name: str, sparsity: float) -> torch.Tensor:
+        weight = layer_weight(self.targeted[name])
+        return agp_mask(weight, sparsity, self._masker.masks.get(name))

@@ -34,12 +34,15 @@ import torch
 from torch import nn
 
 from nni_prune_tuners.dispatcher import quiet_probe
+from nni_prune_tuners.params import METHOD_KEY, SPARSITY_SUFFIX
 from nni_prune_tuners.profile import ModelProfile, load_profile
 from nni_prune_tuners.sparsity import same_allocation
+from nni_prune_tuners.trial._json import write_json
 from nni_prune_tuners.trial.batchnorm import recalibrate_batchnorm
-from nni_prune_tuners.trial.masking import layer_weight, level_mask, prunable_layers
-from nni_prune_tuners.trial.profile import _load_weights, _score, load_factory, load_object, write_json
-from nni_prune_tuners.trial.pruner import METHOD_KEY, SPARSITY_SUFFIX
+from nni_prune_tuners.trial.inputs import load_factory, load_object
+from nni_prune_tuners.trial.layers import layer_weight, prunable_layers
+from nni_prune_tuners.trial.masking import level_mask
+from nni_prune_tuners.trial.profile import _load_weights, _score
 from nni_prune_tuners.tuner import PruneTPETuner
 
 _logger = logging.getLogger(__name__)

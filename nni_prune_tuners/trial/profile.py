@@ -17,9 +17,7 @@ user's module (imported from the working directory or the installed packages).
 from __future__ import annotations
 
 import argparse
-import importlib
 import itertools
-import json
 import logging
 import math
 import os
@@ -31,22 +29,20 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from nni_prune_tuners.latency import MIN_ALLOCATIONS
+from nni_prune_tuners.params import CHANNEL, MASK_METHODS, METHODS, SPARSITY_SUFFIX
 from nni_prune_tuners.sparsity import lamp_scores
+from nni_prune_tuners.trial._json import write_json
 from nni_prune_tuners.trial.channel import ChannelGroup, channel_groups, channel_layers
+from nni_prune_tuners.trial.inputs import example_input, load_factory, load_object, parse_shape
 from nni_prune_tuners.trial.latency import measure_latency
-from nni_prune_tuners.trial.masking import layer_weight, level_mask, prunable_layers
-from nni_prune_tuners.trial.pruner import METHODS, SPARSITY_SUFFIX
+from nni_prune_tuners.trial.layers import layer_flops, layer_weight, prunable_layers
+from nni_prune_tuners.trial.masking import level_mask
 
 _logger = logging.getLogger(__name__)
 
 PROFILE_FORMAT = 1
-#: The structured method (Contract 10): its branch has one key per channel group, not per layer.
-CHANNEL = "channel"
-#: The branches a search space may have.
-SPACE_METHODS = (*METHODS, CHANNEL)
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 101)
 #: Layer sparsities of a sensitivity curve (0.0, the dense model, is always the first point).
 SENSITIVITY_SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -56,64 +52,9 @@ SENSITIVITY_SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95
 DefaultWeights = Callable[[str, Callable[[], nn.Module]], Mapping[str, torch.Tensor] | None]
 
 
-def load_object(spec: str, *, what: str = "model") -> Callable[..., Any]:
-    """Import ``module:attr`` (e.g. ``mypkg.models:make``) and return the callable it names."""
-    kind = "factory" if what == "model" else "function"
-    module_name, sep, attr = str(spec).partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"{what} must look like 'package.module:{kind}', got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import {module_name!r} from {what} {spec!r}: {exc}") from exc
-    obj = getattr(module, attr, None)
-    if not callable(obj):
-        raise ValueError(f"{attr!r} in {module_name!r} is not a callable {kind} ({what} {spec!r})")
-    return obj
-
-
-def load_factory(spec: str) -> Callable[[], nn.Module]:
-    """Import ``module:factory`` (e.g. ``trials.models:digits_cnn``) and return the factory."""
-    return load_object(spec, what="model")
-
-
 def quantiles(values: np.ndarray) -> list[float]:
     """``np.quantile`` of ``values`` at 0, 0.01, ..., 1 as 101 plain floats."""
     return [float(q) for q in np.quantile(np.asarray(values, dtype=np.float64), QUANTILE_LEVELS)]
-
-
-def layer_flops(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
-    """MACs of each prunable weight for one input sample, from a forward pass on zeros.
-
-    Convolutions: weight parameters times output spatial size; Linear: parameters times the
-    positions it is applied at (1 for a plain ``(batch, features)`` input).
-    """
-    layers = prunable_layers(model)
-    flops: dict[str, int] = {}
-    handles: list[RemovableHandle] = []
-    for name, module in layers.items():
-        def hook(mod: nn.Module, _inp: Any, out: torch.Tensor, name: str = name) -> None:
-            positions = out.shape[2:] if not isinstance(mod, nn.Linear) else out.shape[1:-1]
-            flops[name] = layer_weight(mod).numel() * math.prod(positions)
-
-        handles.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            param = next(model.parameters(), None)
-            device = param.device if param is not None else torch.device("cpu")
-            model(torch.zeros(1, *input_shape, device=device))
-    except RuntimeError as exc:
-        raise ValueError(f"forward pass on input shape {tuple(input_shape)} failed: {exc}") from exc
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    missing = [name for name in layers if name not in flops]
-    if missing:
-        raise ValueError(f"layers {missing} were not called by the forward pass")
-    return flops
 
 
 def _check_grid(sparsities: Sequence[float]) -> tuple[float, ...]:
@@ -180,12 +121,6 @@ def sensitivity_curves(
     return curves
 
 
-def _example_input(model: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    return torch.zeros(1, *input_shape, device=device)
-
-
 def profile_model(
     model: nn.Module, *, name: str, input_shape: Sequence[int] | None = None,
     channel: bool = False,
@@ -213,7 +148,7 @@ def profile_model(
     groups: list[ChannelGroup] = []
     scaled: dict[str, tuple[str | None, str | None]] = {}
     if channel and shape is not None:
-        example = _example_input(model, tuple(int(d) for d in shape))
+        example = example_input(model, tuple(int(d) for d in shape))
         groups = channel_groups(model, example)
         scaled = {layer.name: (layer.in_group, layer.out_group)
                   for layer in channel_layers(model, example, groups=groups)}
@@ -268,8 +203,8 @@ def search_space(
     """
     if not layer_names:
         raise ValueError("layer_names must name at least one layer")
-    if not methods or len(set(methods)) != len(methods) or set(methods) - set(SPACE_METHODS):
-        raise ValueError(f"methods must be distinct names from {list(SPACE_METHODS)}, "
+    if not methods or len(set(methods)) != len(methods) or set(methods) - set(METHODS):
+        raise ValueError(f"methods must be distinct names from {list(METHODS)}, "
                          f"got {methods!r}")
     if not (0.0 <= low < high < 1.0):
         raise ValueError(f"need 0 <= low < high < 1, got low={low!r}, high={high!r}")
@@ -292,39 +227,11 @@ def search_space(
     return {"prune_method": {"_type": "choice", "_value": options}}
 
 
-def to_json(obj: Any, indent: int = 0) -> str:
-    """Indented JSON that keeps lists of numbers (shapes, bounds, quantiles) on one line."""
-    pad, inner = " " * indent, " " * (indent + 2)
-    if isinstance(obj, dict) and obj:
-        items = [f"{inner}{json.dumps(k)}: {to_json(v, indent + 2)}" for k, v in obj.items()]
-        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
-    if isinstance(obj, list) and any(isinstance(v, dict | list) for v in obj):
-        items = [f"{inner}{to_json(v, indent + 2)}" for v in obj]
-        return "[\n" + ",\n".join(items) + f"\n{pad}]"
-    return json.dumps(obj)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` with :func:`to_json`, creating the parent folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_json(obj) + "\n")
-
-
 def _parse_floats(text: str, option: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise ValueError(f"{option} must be a comma list of numbers, got {text!r}") from None
-
-
-def _parse_shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
-    except ValueError:
-        shape = ()
-    if not shape or min(shape) < 1:
-        raise ValueError(f"--input-shape must look like 1,8,8 (positive ints), got {text!r}")
-    return shape
 
 
 def build_parser(prog: str = "python -m nni_prune_tuners.trial.profile") -> argparse.ArgumentParser:
@@ -339,7 +246,7 @@ def build_parser(prog: str = "python -m nni_prune_tuners.trial.profile") -> argp
                         "(default: the model's or factory's input_shape attribute; none: no FLOPs)")
     parser.add_argument("--state-dict", type=Path, help="weights to load into the model")
     parser.add_argument("--search-space", type=Path, help="NNI search space JSON to write")
-    parser.add_argument("--methods", default=",".join(METHODS),
+    parser.add_argument("--methods", default=",".join(MASK_METHODS),
                         help="comma list of agp, level, channel (channel: whole output channels "
                         "removed, needs an input shape; adds the channel groups to the profile)")
     parser.add_argument("--low", type=float, default=0.05, help="lowest layer sparsity")
@@ -385,9 +292,8 @@ def run(
     return 0
 
 
-def _run(
-    args: argparse.Namespace, default_weights: DefaultWeights | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def _check_args(args: argparse.Namespace) -> None:
+    """The options that contradict each other, before anything is imported or built."""
     if args.out is None and args.search_space is None:
         raise ValueError("nothing to do: give --out and/or --search-space")
     if args.sensitivity and (args.eval_fn is None or args.out is None):
@@ -401,8 +307,14 @@ def _run(
         raise ValueError(f"--latency-batch must be >= 1 and --latency-allocations >= "
                          f"{MIN_ALLOCATIONS}, got {args.latency_batch} and "
                          f"{args.latency_allocations}")
+
+
+def _run(
+    args: argparse.Namespace, default_weights: DefaultWeights | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    _check_args(args)
     grid = _check_grid(_parse_floats(args.sensitivity_sparsities, "--sensitivity-sparsities"))
-    input_shape = _parse_shape(args.input_shape) if args.input_shape is not None else None
+    input_shape = parse_shape(args.input_shape) if args.input_shape is not None else None
     factory = load_factory(args.model)
     evaluate = load_object(args.eval_fn, what="eval") if args.sensitivity else None
     try:
@@ -410,8 +322,8 @@ def _run(
     except RuntimeError as exc:
         raise ValueError(f"--device {args.device!r}: {exc}") from None
     methods = [m for m in args.methods.split(",") if m]
-    if not methods or set(methods) - set(SPACE_METHODS):
-        raise ValueError(f"--methods must be a comma list of {list(SPACE_METHODS)}, "
+    if not methods or set(methods) - set(METHODS):
+        raise ValueError(f"--methods must be a comma list of {list(METHODS)}, "
                          f"got {args.methods!r}")
     model = factory()
     if not isinstance(model, nn.Module):
@@ -430,7 +342,7 @@ def _run(
         unknown = [name for name in chosen if name not in layers]
         if unknown:
             raise ValueError(f"--layers names unknown layers {unknown}; prunable: {layers}")
-        groups = (channel_groups(model.to(device), _example_input(model, input_shape))
+        groups = (channel_groups(model.to(device), example_input(model, input_shape))
                   if channel and input_shape is not None else [])
         space = search_space(chosen, methods=methods, low=args.low, high=args.high, groups=groups)
     profile: dict[str, Any] = {}

@@ -385,6 +385,15 @@ def run(args: argparse.Namespace, out: Path, manager: NniManager) -> int:
         stopped = manager.stop()
     print(f"    {stopped}")
 
+    _export_and_report(out, experiment_id, trials, dense, config)
+    return 0
+
+
+def _export_and_report(out: Path, experiment_id: str, trials: list[TrialRecord],
+                       dense: float, config: dict[str, Any]) -> None:
+    """Steps 4 and 5: the best trials, their export, a re-run of the best, the report."""
+    max_trials = int(config["maxTrialNumber"])
+    target = config["tuner"]["classArgs"].get("target_sparsity")
     table = best_table(trials, dense)
     print("4/5 best trials\n" + table)
     best = export_best(experiment_id, out / "best.json",
@@ -415,7 +424,6 @@ def run(args: argparse.Namespace, out: Path, manager: NniManager) -> int:
         f"`python -m nni_prune_tuners export --experiment {experiment_id} --out best.json`.\n"
     )
     print(f"report: {out / 'report.md'}")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,6 +49,10 @@ def positional():
     return (tokens()["input_ids"], 2.0)
 
 
+def longer():
+    return torch.zeros(1, 8, dtype=torch.long)
+
+
 def floats():
     return torch.zeros(2, 6)
 
@@ -169,3 +173,25 @@ def test_bad_example_inputs_are_one_line_before_any_work(
     err = capsys.readouterr().err
     assert status == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and not (user / "p.json").exists()
+
+
+@pytest.mark.parametrize(("spec", "status", "message"), [
+    ("lmmod:floats", 2, "presearch: error: the model refuses the inputs of --example-inputs"),
+    ("lmmod:longer", 2, "FLOPs on the example inputs but 4608 in the profile"),
+    ("lmmod:tokens", 0, ""),
+])
+def test_presearch_checks_example_inputs_and_flops_first(
+    user: Path, spec: str, status: int, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nni_prune_tuners.trial import presearch
+
+    profile, space = user / "p.json", user / "s.json"
+    assert tp.main(["--model", "lmmod:make", "--example-inputs", "lmmod:tokens", "--out",
+                    str(profile), "--search-space", str(space), "--methods", "level"]) == 0
+    (user / "evalmod.py").write_text("def score(model):\n    return 1.0\n")
+    argv = ["--model", "lmmod:make", "--profile", str(profile), "--search-space", str(space),
+            "--target", "0.5", "--weight-by", "flops", "--eval", "evalmod:score",
+            "--example-inputs", spec, "--evaluations", "2", "--out", str(user / "o.json")]
+    assert presearch.main(argv) == status
+    assert message in capsys.readouterr().err
+    assert (user / "o.json").exists() == (status == 0)

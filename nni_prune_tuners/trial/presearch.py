@@ -172,10 +172,11 @@ def _check_flops(
     profile's: the proxy's budget is the experiment's."""
     flops = count_flops(model, inputs)
     for name in layers:
-        if flops.get(name) != profile.layers[name].flops:
+        stored = profile.layers[name].flops
+        if stored is None or flops.get(name) != stored:
             raise ValueError(f"layer {name!r} has {flops.get(name)} FLOPs on the example inputs "
-                             f"but {profile.layers[name].flops} in the profile: profile the model "
-                             f"with the same inputs")
+                             f"but {'none' if stored is None else f'{stored:g}'} in the profile: "
+                             f"profile the model with the same inputs")
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -61,11 +61,11 @@ def test_quantiles_are_101_increasing_values_from_min_to_max() -> None:
 
 def test_layer_flops_for_conv_and_linear_shapes() -> None:
     model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Flatten(), nn.Linear(3 * 8, 4))
-    assert pm.layer_flops(model, (2, 10)) == {"0": 2 * 3 * 3 * 8, "2": 3 * 8 * 4}
+    assert pm.layer_flops(model, torch.zeros(1, 2, 10)) == {"0": 2 * 3 * 3 * 8, "2": 3 * 8 * 4}
     seq = nn.Sequential(nn.Linear(6, 2))  # applied at 5 positions of a (batch, 5, 6) input
-    assert pm.layer_flops(seq, (5, 6)) == {"0": 12 * 5}
+    assert pm.layer_flops(seq, torch.zeros(1, 5, 6)) == {"0": 12 * 5}
     vol = nn.Sequential(nn.Conv3d(1, 2, 1))
-    assert pm.layer_flops(vol, (1, 2, 3, 4)) == {"0": 2 * 24}
+    assert pm.layer_flops(vol, torch.zeros(1, 1, 2, 3, 4)) == {"0": 2 * 24}
 
 
 def test_digits_profile_via_cli(tmp_path: Path) -> None:

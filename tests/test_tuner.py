@@ -291,12 +291,13 @@ def test_optuna_study_direction_follows_optimize_mode(profile_path: Path) -> Non
     assert tuner.study.direction == optuna.study.StudyDirection.MINIMIZE
 
 
-def test_package_imports_without_torch() -> None:
+def test_package_imports_without_torch_nor_transformers() -> None:
     code = (
         "import sys, nni_prune_tuners, nni_prune_tuners.tuner, nni_prune_tuners.assessor, "
         "nni_prune_tuners.registration, nni_prune_tuners.__main__, nni_prune_tuners.export, "
         "nni_prune_tuners.config_check; "
-        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m); "
+        "assert 'transformers' not in sys.modules, 'transformers imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

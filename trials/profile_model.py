@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nni_prune_tuners.trial._json import to_json
 from nni_prune_tuners.trial.inputs import load_factory
 from nni_prune_tuners.trial.layers import layer_flops
 from nni_prune_tuners.trial.profile import (
@@ -34,6 +33,7 @@ from nni_prune_tuners.trial.profile import (
     run,
     search_space,
     sensitivity_curves,
+    to_json,
 )
 from trials.data import DigitsSplit, load_split
 from trials.prune_trial import RECIPES, accuracy, data_variant, dense_state_dict

@@ -10,6 +10,10 @@ Installed with the ``trial`` extra (``pip install nni-prune-tuners[trial]``). Th
 ``next_parameters()`` is ``nni.get_next_parameter()`` inside NNI; run by hand, it reads the
 configuration from ``NNI_PRUNE_PARAMS``.
 
+The prunable layers (:func:`prunable_layers`) are the weights a user calls layers: Conv1d/2d/3d,
+Linear, HuggingFace's ``Conv1D`` and ``nn.MultiheadAttention``'s projections (``<mha>.in_proj``);
+example inputs are one tensor, a tuple of positional inputs or a dict of keyword inputs.
+
 ``python -m nni_prune_tuners.trial.profile`` writes the model profile the tuner reads;
 ``nni-prune-tuners presearch`` (``nni_prune_tuners.trial.presearch``) adds the best few
 allocations of a one-shot proxy search to it, which PruneTPE proposes first.

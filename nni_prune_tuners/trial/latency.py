@@ -29,51 +29,55 @@ from nni_prune_tuners.latency import (
 )
 from nni_prune_tuners.profile import parse_profile
 from nni_prune_tuners.trial.channel import prune_channels
+from nni_prune_tuners.trial.inputs import ExampleInputs, batch_size, call_model, example_input
 from nni_prune_tuners.trial.layers import prunable_layers
 
 _logger = logging.getLogger(__name__)
 
-def layer_outputs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+def layer_outputs(model: nn.Module, example: ExampleInputs) -> dict[str, int]:
     """Elements of each prunable layer's output per sample, from one forward of ``example``."""
     counts: dict[str, int] = {}
+    batch = batch_size(example)
     handles: list[RemovableHandle] = []
     for name, module in prunable_layers(model).items():
         def hook(_module: nn.Module, _inp: Any, out: torch.Tensor, name: str = name) -> None:
-            counts.setdefault(name, out.numel() // example.shape[0])
+            counts.setdefault(name, out.numel() // batch)
         handles.append(module.register_forward_hook(hook))
     try:
         with torch.inference_mode():
-            model(example)
+            call_model(model, example)
     finally:
         for handle in handles:
             handle.remove()
     return counts
 
 
-def forwards(model: nn.Module, x: torch.Tensor, count: int) -> Callable[[], object]:
+def forwards(model: nn.Module, x: ExampleInputs, count: int) -> Callable[[], object]:
     """A call that runs ``count`` forwards of ``x`` in inference mode (synchronised on CUDA):
     one timed sample."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+
     def run() -> None:
         with torch.inference_mode():
             for _ in range(count):
-                model(x)
-        if x.is_cuda:
-            torch.cuda.synchronize(x.device)
+                call_model(model, x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     return run
 
 
 def _time_allocations(
-    model: nn.Module, profile: dict[str, Any], *, device: torch.device, input_shape: Sequence[int],
-    batch: int, allocations: int, repeats: int, seed: int, sample_seconds: float,
+    model: nn.Module, profile: dict[str, Any], *, example: ExampleInputs, x: ExampleInputs,
+    allocations: int, repeats: int, seed: int, sample_seconds: float,
 ) -> tuple[list[float], list[float], list[float], list[float]]:
     """The kept FLOPs and output fractions, latency ratios and dense seconds of the random
-    allocations (``model`` in eval mode; the layers' ``outputs`` are written into ``profile``)."""
-    example = torch.zeros((1, *input_shape), device=device)
+    allocations timed on ``x`` (``model`` in eval mode; the layers' ``outputs``, counted on
+    ``example``, are written into ``profile``)."""
     outputs = layer_outputs(model, example)
     for entry in profile["layers"]:
         entry["outputs"] = int(outputs[entry["name"]])
     parsed = parse_profile(profile)
-    x = torch.randn((batch, *input_shape), generator=torch.Generator().manual_seed(seed)).to(device)
     forwards(model, x, 2)()  # warm the allocator before calibrating
     start = time.perf_counter()
     forwards(model, x, 3)()
@@ -97,7 +101,8 @@ def _time_allocations(
 
 
 def measure_latency(
-    model: nn.Module, profile: dict[str, Any], *, input_shape: Sequence[int], batch: int = 64,
+    model: nn.Module, profile: dict[str, Any], *, input_shape: Sequence[int] | None = None,
+    example_inputs: ExampleInputs | None = None, shaped: bool = True, batch: int = 64,
     allocations: int = 20, repeats: int = 10, seed: int = 0, sample_seconds: float = 0.05,
 ) -> dict[str, Any]:
     """Time ``allocations`` random channel allocations of ``model`` against it and store the
@@ -108,7 +113,9 @@ def measure_latency(
     is timed in ``repeats`` samples interleaved with the dense model, each about
     ``sample_seconds`` of dense forwards at ``batch``, on the model's device, and its ratio is
     that of the fastest samples (:func:`nni_prune_tuners.latency.fastest_ratio`). Returns the
-    ``latency`` field written.
+    ``latency`` field written. The inputs are ``input_shape`` (random floats at ``batch``) or
+    ``example_inputs``: with ``shaped`` (they are zeros of one sample's shape) random floats of
+    their shape at ``batch``, else timed as given, at their own batch.
 
     Raises:
         ValueError: for a profile without channel groups, or options out of range.
@@ -121,12 +128,13 @@ def measure_latency(
         raise ValueError("--latency needs --methods channel: it times channel pruning")
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
+    example, x, batch = _timed_inputs(model, input_shape, example_inputs, shaped, batch, seed)
     was_training = model.training
     model.eval()
     try:
         flops_kept, outputs_kept, ratios, dense = _time_allocations(
-            model, profile, device=device, input_shape=input_shape, batch=batch,
-            allocations=allocations, repeats=repeats, seed=seed, sample_seconds=sample_seconds)
+            model, profile, example=example, x=x, allocations=allocations, repeats=repeats,
+            seed=seed, sample_seconds=sample_seconds)
     finally:
         model.train(was_training)
     fixed, per_flops, per_outputs, error = fit_latency(flops_kept, outputs_kept, ratios)
@@ -140,3 +148,21 @@ def measure_latency(
                  field["threads"], device)
     profile["latency"] = field
     return field
+
+
+def _timed_inputs(
+    model: nn.Module, input_shape: Sequence[int] | None, example_inputs: ExampleInputs | None,
+    shaped: bool, batch: int, seed: int,
+) -> tuple[ExampleInputs, ExampleInputs, int]:
+    """The inputs counted (one sample), those timed, and the batch timed."""
+    if (input_shape is None) == (example_inputs is None):
+        raise ValueError("latency: give input_shape or example_inputs, exactly one")
+    if example_inputs is not None and not shaped:
+        return example_inputs, example_inputs, batch_size(example_inputs)
+    if example_inputs is not None:
+        assert isinstance(example_inputs, torch.Tensor)  # zeros of one sample's shape
+        input_shape = tuple(example_inputs.shape[1:])
+    assert input_shape is not None
+    example = example_input(model, input_shape)
+    x = torch.randn((batch, *input_shape), generator=torch.Generator().manual_seed(seed))
+    return example, x.to(example.device), batch

@@ -245,7 +245,8 @@ class MaskStrategy:
             if name not in layers:
                 raise ValueError(
                     f"unknown layer {name!r} in '{sparsity_key(name)}': the model has no "
-                    f"Conv1d/2d/3d or Linear module of that name; prunable: {listing(layers)}"
+                    f"Conv1d/2d/3d, Linear, HF Conv1D or attention projection of that name; "
+                    f"prunable: {listing(layers)}"
                 )
         self._check(setup)
         optimizer = setup.optimizer

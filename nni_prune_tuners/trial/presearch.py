@@ -25,8 +25,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,133 +33,56 @@ import torch
 from torch import nn
 
 from nni_prune_tuners.dispatcher import quiet_probe
-from nni_prune_tuners.params import METHOD_KEY, SPARSITY_SUFFIX
+from nni_prune_tuners.params import SPARSITY_SUFFIX
 from nni_prune_tuners.profile import ModelProfile, load_profile
-from nni_prune_tuners.sparsity import same_allocation
 from nni_prune_tuners.trial._json import write_json
 from nni_prune_tuners.trial.batchnorm import recalibrate_batchnorm
-from nni_prune_tuners.trial.inputs import load_factory, load_object
-from nni_prune_tuners.trial.layers import layer_weight, prunable_layers
-from nni_prune_tuners.trial.masking import level_mask
-from nni_prune_tuners.trial.profile import _load_weights, _score
+from nni_prune_tuners.trial.inputs import (
+    ExampleInputs,
+    add_input_options,
+    load_factory,
+    load_object,
+    resolve_inputs,
+)
+from nni_prune_tuners.trial.layers import count_flops, layer_weight, prunable_layers
+from nni_prune_tuners.trial.profile import _load_weights
+from nni_prune_tuners.trial.proxy_search import (
+    DEFAULT_EVALUATIONS,
+    DEFAULT_FINALISTS,
+    DEFAULT_MIN_DISTANCE,
+    Scored,
+    Setup,
+    has_batchnorm,
+    level_space,
+    one_line,
+    proxy_field,
+    search,
+    select_finalists,
+)
+from nni_prune_tuners.trial.sensitivity import checked_score
 from nni_prune_tuners.tuner import PruneTPETuner
 
 _logger = logging.getLogger(__name__)
 
-#: Evaluations by default: the warm starts plus about 55 proposals of the allocation model, the
-#: budget of the allocation benchmarks (60 suggestions).
-DEFAULT_EVALUATIONS = 60
-#: Finalists kept by default, and how far apart (largest per-layer difference) they must be.
-DEFAULT_FINALISTS = 3
-DEFAULT_MIN_DISTANCE = 0.05
 #: Exit status after Ctrl-C, as a shell reports SIGINT.
 EXIT_INTERRUPTED = 130
 
-
-def level_space(space: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-    """The Level branch's layer sparsities of an NNI space, as a flat space, and where they were.
-
-    The proxy prunes with Level masks, so it searches the ``level`` option of a ``prune_method``
-    choice (the seed's shape); a space without that choice is searched through its top-level
-    ``*_sparsity`` keys. Other hyperparameters (a learning rate) play no part in a one-shot score
-    and are left out.
-
-    Raises:
-        ValueError: the space is not an object, its ``prune_method`` has no ``level`` option, or
-            no layer sparsity is left.
-    """
-    if not isinstance(space, Mapping):
-        raise ValueError(f"the search space must be a JSON object, got {type(space).__name__}")
-    flat = {key: spec for key, spec in space.items()
-            if isinstance(key, str) and key.endswith(SPARSITY_SUFFIX)}
-    where = "the top level"
-    choice = space.get(METHOD_KEY)
-    if isinstance(choice, Mapping) and choice.get("_type") == "choice":
-        options = choice.get("_value")
-        level = [o for o in options if isinstance(o, Mapping) and o.get("_name") == "level"] \
-            if isinstance(options, list) else []
-        if not level:
-            raise ValueError(f"the search space's {METHOD_KEY!r} choice has no 'level' option: "
-                             f"presearch scores Level masks")
-        flat.update({key: spec for key, spec in level[0].items()
-                     if isinstance(key, str) and key.endswith(SPARSITY_SUFFIX)})
-        where = f"{METHOD_KEY}=level"
-    if not flat:
-        raise ValueError(f"the search space has no layer sparsity (*{SPARSITY_SUFFIX} key) in "
-                         f"{where}")
-    return flat, where
-
-
-def select_finalists(
-    evaluations: Sequence[tuple[Mapping[str, float], float]],
-    *,
-    count: int = DEFAULT_FINALISTS,
-    min_distance: float = DEFAULT_MIN_DISTANCE,
-) -> list[dict[str, float]]:
-    """A few good and different allocations: the best first, then greedily the next best one
-    whose largest per-layer difference from every one chosen exceeds ``min_distance``.
-
-    Diversity matters because the proxy ranks allocations only roughly like fine-tuned accuracy:
-    several near-copies of the proxy's best would spend the experiment's first trials on one
-    guess. Ties keep the order of ``evaluations``. Fewer than ``count`` come back when fewer are
-    that far apart.
-
-    Raises:
-        ValueError: ``count`` < 1 or ``min_distance`` < 0.
-    """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"count must be an integer >= 1, got {count!r}")
-    if not (isinstance(min_distance, int | float) and min_distance >= 0):
-        raise ValueError(f"min_distance must be a number >= 0, got {min_distance!r}")
-    order = sorted(range(len(evaluations)), key=lambda i: -evaluations[i][1])
-    chosen: list[dict[str, float]] = []
-    for index in order:
-        candidate = dict(evaluations[index][0])
-        if all(_distance(candidate, other) > min_distance for other in chosen):
-            chosen.append(candidate)
-            if len(chosen) == count:
-                break
-    return chosen
-
-
-def _distance(a: Mapping[str, float], b: Mapping[str, float]) -> float:
-    """Largest per-layer difference; a layer only one of them names counts as fully different."""
-    if a.keys() != b.keys():
-        return math.inf
-    return max(abs(a[layer] - b[layer]) for layer in a)
-
-
-@dataclass(frozen=True)
-class Scored:
-    """One evaluation: the exact allocation, its proxy score, and which warm start it was."""
-
-    sparsities: Mapping[str, float]
-    score: float
-    warm_start: str | None = None
-
-
-@dataclass
-class Setup:
-    """Everything checked before the first evaluation."""
-
-    model: nn.Module
-    evaluate: Callable[[nn.Module], float]
-    calibrate: Callable[[], Iterable[torch.Tensor]] | None
-    tuner: PruneTPETuner
-    profile: ModelProfile
-    profile_data: dict[str, Any]
-    branch: str
-    target: float
-    weight_by: str
-    evaluations: int
-    finalists: int
-    seed: int
-    metric: str
-    dense_score: float
-
-
-def _has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+__all__ = [
+    "DEFAULT_EVALUATIONS",
+    "DEFAULT_FINALISTS",
+    "DEFAULT_MIN_DISTANCE",
+    "EXIT_INTERRUPTED",
+    "Scored",
+    "Setup",
+    "build_parser",
+    "level_space",
+    "main",
+    "prepare",
+    "proxy_field",
+    "run",
+    "search",
+    "select_finalists",
+]
 
 
 def _read_json(path: Path, option: str) -> Any:
@@ -200,10 +122,33 @@ def prepare(args: argparse.Namespace) -> Setup:
         tuner.update_search_space(space)
     except ValueError as error:
         raise ValueError(f"--search-space {str(args.search_space)!r} ({branch}): {error}") from None
-    factory = load_factory(args.model)
     evaluate = load_object(args.eval_fn, what="eval")
     calibrate = (load_object(args.calibrate, what="calibrate")
                  if args.calibrate is not None else None)
+    model = _load_model(args)
+    layers = [key[: -len(SPARSITY_SUFFIX)] for key in space]
+    _check_layers(model, profile, layers)
+    if args.weight_by == "flops" or args.example_inputs or args.input_shape:
+        inputs = resolve_inputs(args, model, load_factory(args.model), _device(model))
+        if inputs is not None and args.weight_by == "flops":
+            _check_flops(model, profile, layers, inputs)
+    model.eval()
+    dense_score = checked_score(evaluate, model, "the dense model")
+    if calibrate is not None and has_batchnorm(model):
+        _check_calibration(model, calibrate, args.calibrate)
+    else:
+        calibrate = None
+    return Setup(
+        model=model, evaluate=evaluate, calibrate=calibrate, tuner=tuner, profile=profile,
+        profile_data=profile_data, branch=branch, target=float(target), weight_by=args.weight_by,
+        evaluations=args.evaluations, finalists=args.finalists, seed=args.seed,
+        metric=args.eval_fn, dense_score=dense_score,
+    )
+
+
+def _load_model(args: argparse.Namespace) -> nn.Module:
+    """The model ``--model`` builds, its ``--state-dict`` loaded, on ``--device``."""
+    factory = load_factory(args.model)
     try:
         device = torch.device(args.device)
     except RuntimeError as error:
@@ -217,20 +162,26 @@ def prepare(args: argparse.Namespace) -> Setup:
             model.load_state_dict(state)
         except RuntimeError as error:
             raise ValueError(f"the weights do not fit {args.model}: {error}") from None
-    _check_layers(model, profile, [key[: -len(SPARSITY_SUFFIX)] for key in space])
-    model.to(device)
-    model.eval()
-    dense_score = _score(evaluate, model, "the dense model")
-    if calibrate is not None and _has_batchnorm(model):
-        _check_calibration(model, calibrate, args.calibrate)
-    else:
-        calibrate = None
-    return Setup(
-        model=model, evaluate=evaluate, calibrate=calibrate, tuner=tuner, profile=profile,
-        profile_data=profile_data, branch=branch, target=float(target), weight_by=args.weight_by,
-        evaluations=args.evaluations, finalists=args.finalists, seed=args.seed,
-        metric=args.eval_fn, dense_score=dense_score,
-    )
+    return model.to(device)
+
+
+def _check_flops(
+    model: nn.Module, profile: ModelProfile, layers: Sequence[str], inputs: ExampleInputs
+) -> None:
+    """With ``--weight-by flops``, the searched layers' FLOPs on the example inputs are the
+    profile's: the proxy's budget is the experiment's."""
+    flops = count_flops(model, inputs)
+    for name in layers:
+        stored = profile.layers[name].flops
+        if stored is None or flops.get(name) != stored:
+            raise ValueError(f"layer {name!r} has {flops.get(name)} FLOPs on the example inputs "
+                             f"but {'none' if stored is None else f'{stored:g}'} in the profile: "
+                             f"profile the model with the same inputs")
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 def _check_layers(model: nn.Module, profile: ModelProfile, layers: Sequence[str]) -> None:
@@ -265,78 +216,9 @@ def _check_calibration(
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"the batches of calibrate {spec!r} do not run through the model "
                          f"(input tensors on its device, not (input, target) pairs): "
-                         f"{_one_line(error)}") from None
+                         f"{one_line(error)}") from None
     finally:
         model.load_state_dict(saved)
-
-
-def _one_line(error: BaseException) -> str:
-    """The message on one line: PyTorch's load and shape errors span several."""
-    return " | ".join(line.strip() for line in str(error).splitlines() if line.strip())
-
-
-def search(setup: Setup) -> Iterator[Scored]:
-    """Ask the tuner, prune, recalibrate, score, tell; one :class:`Scored` per evaluation.
-
-    Every evaluation starts from the dense weights and BatchNorm statistics, which are back in
-    the model when the generator ends, however it ends (Ctrl-C included). A non-finite score
-    (a broken pruned model) is logged and told to the tuner as a failed trial.
-    """
-    model, tuner = setup.model, setup.tuner
-    dense = copy.deepcopy(model.state_dict())
-    layers = prunable_layers(model)
-    warm_starts = tuner.warm_starts
-    try:
-        for index in range(setup.evaluations):
-            params = tuner.generate_parameters(index)
-            sparsities = {key[: -len(SPARSITY_SUFFIX)]: float(value)
-                          for key, value in params.items()}
-            model.load_state_dict(dense)
-            with torch.no_grad():
-                for name, value in sparsities.items():
-                    weight = layer_weight(layers[name])
-                    weight.mul_(level_mask(weight, value))
-            if setup.calibrate is not None:
-                recalibrate_batchnorm(model, setup.calibrate())
-            try:
-                score = _score(setup.evaluate, model, "the pruned model")
-            except ValueError as error:
-                _logger.warning("evaluation %d/%d: %s; told to the tuner as failed",
-                                index + 1, setup.evaluations, error)
-                tuner.trial_end(index, success=False)
-                continue
-            tuner.receive_trial_result(index, params, score)
-            yield Scored(sparsities, score, _warm_start_name(sparsities, warm_starts))
-    finally:
-        model.load_state_dict(dense)
-
-
-def _warm_start_name(sparsities: Mapping[str, float], warm_starts: Sequence[Any]) -> str | None:
-    for warm_start in warm_starts:
-        if same_allocation(warm_start.sparsities, sparsities, tolerance=1e-9):
-            return str(warm_start.heuristic)
-    return None
-
-
-def proxy_field(
-    setup: Setup, evaluated: Sequence[Scored], *, seconds: float, interrupted: bool = False
-) -> dict[str, Any]:
-    """The profile's ``proxy`` field (Contract 9) for the evaluations done."""
-    return {
-        "target": setup.target,
-        "weight_by": setup.weight_by,
-        "method": "level",
-        "metric": setup.metric,
-        "calibrated": setup.calibrate is not None,
-        "seconds": round(seconds, 3),
-        "evaluations": [{"sparsities": dict(e.sparsities), "score": e.score} for e in evaluated],
-        "finalists": select_finalists([(e.sparsities, e.score) for e in evaluated],
-                                      count=setup.finalists),
-        "dense_score": setup.dense_score,
-        "branch": setup.branch,
-        "seed": setup.seed,
-        "interrupted": interrupted,
-    }
 
 
 def build_parser(prog: str = "python -m nni_prune_tuners.trial.presearch") -> argparse.ArgumentParser:
@@ -357,6 +239,7 @@ def build_parser(prog: str = "python -m nni_prune_tuners.trial.presearch") -> ar
                         help="the experiment's target_sparsity, in (0, 1)")
     parser.add_argument("--weight-by", choices=("params", "flops"), default="params",
                         help="the experiment's weight_by (default: params)")
+    add_input_options(parser, need="checking the profile's FLOPs with --weight-by flops")
     parser.add_argument("--eval", dest="eval_fn", required=True, metavar="MODULE:FN",
                         help="fn(model) -> float, higher is better (e.g. validation accuracy; "
                         "called in eval mode under torch.no_grad, data on the model's device)")
@@ -393,7 +276,7 @@ def run(args: argparse.Namespace, *, command: str = "presearch") -> int:
         with quiet_probe():
             setup = prepare(args)
     except ValueError as error:
-        _say(f"{command}: error: {_one_line(error)}")
+        _say(f"{command}: error: {one_line(error)}")
         return 2
     except KeyboardInterrupt:
         _say(f"{command}: interrupted before the first evaluation; nothing written")
@@ -419,7 +302,7 @@ def run(args: argparse.Namespace, *, command: str = "presearch") -> int:
     status = EXIT_INTERRUPTED if interrupted else 1 if failure is not None else 0
     why = ("interrupted" if interrupted else
            f"error: the search failed after {len(evaluated)} evaluations: "
-           f"{type(failure).__name__}: {_one_line(failure)}" if failure is not None else "")
+           f"{type(failure).__name__}: {one_line(failure)}" if failure is not None else "")
     if not evaluated:
         _say(f"{command}: {why or 'error: no evaluation gave a finite score'}; nothing written")
         return status or 1
@@ -450,7 +333,7 @@ def _report_setup(setup: Setup, args: argparse.Namespace) -> None:
     """What the search runs on, once every input is known to be good."""
     if args.state_dict is None:
         _logger.warning("searching on the weights %s returns (no --state-dict)", args.model)
-    if setup.calibrate is None and _has_batchnorm(setup.model):
+    if setup.calibrate is None and has_batchnorm(setup.model):
         _logger.warning("the model has BatchNorm but no --calibrate: one-shot scores of pruned "
                         "BatchNorm networks stay near chance; give a few training batches")
     elif args.calibrate is not None and setup.calibrate is None:

@@ -17,9 +17,7 @@ user's module (imported from the working directory or the installed packages).
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -33,19 +31,30 @@ from torch import nn
 from nni_prune_tuners.latency import MIN_ALLOCATIONS
 from nni_prune_tuners.params import CHANNEL, MASK_METHODS, METHODS, SPARSITY_SUFFIX
 from nni_prune_tuners.sparsity import lamp_scores
+from nni_prune_tuners.trial._json import to_json as to_json  # the profile's JSON layout
 from nni_prune_tuners.trial._json import write_json
 from nni_prune_tuners.trial.channel import ChannelGroup, channel_groups, channel_layers
-from nni_prune_tuners.trial.inputs import example_input, load_factory, load_object, parse_shape
+from nni_prune_tuners.trial.inputs import (
+    ExampleInputs,
+    add_input_options,
+    example_input,
+    load_factory,
+    load_object,
+    resolve_inputs,
+)
 from nni_prune_tuners.trial.latency import measure_latency
-from nni_prune_tuners.trial.layers import layer_flops, layer_weight, prunable_layers
-from nni_prune_tuners.trial.masking import level_mask
+from nni_prune_tuners.trial.layers import layer_flops, out_in_weight, prunable_layers
+from nni_prune_tuners.trial.sensitivity import (
+    SENSITIVITY_SPARSITIES,
+    add_sensitivity,
+    check_grid,
+    sensitivity_curves,
+)
 
 _logger = logging.getLogger(__name__)
 
 PROFILE_FORMAT = 1
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 101)
-#: Layer sparsities of a sensitivity curve (0.0, the dense model, is always the first point).
-SENSITIVITY_SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 
 #: ``weights(spec, factory)`` returns the state dict to profile when ``--state-dict`` is not given
 #: (None: profile the weights the factory returns); the checkout's wrapper supplies trained ones.
@@ -57,104 +66,43 @@ def quantiles(values: np.ndarray) -> list[float]:
     return [float(q) for q in np.quantile(np.asarray(values, dtype=np.float64), QUANTILE_LEVELS)]
 
 
-def _check_grid(sparsities: Sequence[float]) -> tuple[float, ...]:
-    grid = tuple(float(s) for s in sparsities)
-    if not grid or any(not (math.isfinite(s) and 0.0 <= s < 1.0) for s in grid):
-        raise ValueError(f"sensitivity sparsities must be numbers in [0, 1), got {list(sparsities)}")
-    if any(b <= a for a, b in itertools.pairwise(grid)):
-        raise ValueError(f"sensitivity sparsities must increase, got {list(sparsities)}")
-    return grid if grid[0] == 0.0 else (0.0, *grid)
-
-
-def _score(evaluate: Callable[[nn.Module], float], model: nn.Module, where: str) -> float:
-    with torch.no_grad():
-        value = evaluate(model)
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"the eval function returned {value!r} for {where}; expected a finite float")
-    return float(value)
-
-
-def sensitivity_curves(
-    model: nn.Module,
-    evaluate: Callable[[nn.Module], float],
-    *,
-    sparsities: Sequence[float] = SENSITIVITY_SPARSITIES,
-    layers: Sequence[str] | None = None,
-) -> dict[str, dict[str, list[float]]]:
-    """One-shot sensitivity of each layer: ``evaluate(model)`` with that layer alone Level-pruned.
-
-    For each layer and each sparsity of the grid (0.0, the dense model, is always first) the
-    layer's weight is masked with :func:`level_mask` of its dense values, the model is scored
-    without fine-tuning (``evaluate`` runs under ``torch.no_grad``), and the weight is restored,
-    so every point starts from the same dense model (NNI 2's ``SensitivityAnalysis``). Returns
-    ``{layer: {"sparsities": [...], "accuracy": [...]}}`` in model order.
-    """
-    grid = _check_grid(sparsities)
-    prunable = prunable_layers(model)
-    chosen = list(prunable) if layers is None else list(layers)
-    unknown = [name for name in chosen if name not in prunable]
-    if unknown:
-        raise ValueError(f"unknown layers {unknown} for the sensitivity analysis")
-    was_training = model.training
-    dense = _score(evaluate, model, "the dense model")
-    curves: dict[str, dict[str, list[float]]] = {}
-    try:
-        for name in chosen:
-            weight = layer_weight(prunable[name])
-            saved = weight.detach().clone()
-            accuracy = [dense]
-            try:
-                for sparsity in grid[1:]:
-                    with torch.no_grad():
-                        weight.copy_(saved * level_mask(saved, sparsity))
-                    accuracy.append(_score(evaluate, model, f"layer {name!r} at {sparsity}"))
-            finally:
-                with torch.no_grad():
-                    weight.copy_(saved)
-            curves[name] = {"sparsities": list(grid), "accuracy": accuracy}
-            _logger.info("sensitivity of %s: %s", name,
-                         " ".join(f"{s:g}:{a:.4f}" for s, a in zip(grid, accuracy, strict=True)))
-    finally:
-        model.train(was_training)
-    return curves
-
-
 def profile_model(
     model: nn.Module, *, name: str, input_shape: Sequence[int] | None = None,
-    channel: bool = False,
+    example_inputs: ExampleInputs | None = None, channel: bool = False,
 ) -> dict[str, Any]:
     """The Contract 4 profile of ``model``'s prunable layers, in ``named_modules()`` order.
 
-    FLOPs need a forward pass, hence an input shape (``input_shape``, else the model's
-    ``input_shape`` attribute); without one the profile has params and quantiles only, enough for
-    every allocation but ``weight_by: flops``. With ``channel`` (which needs the input shape) the
-    profile also has Contract 10's ``channel_groups`` and each layer's ``in_group`` and
-    ``out_group``, from which the torch-free tuner predicts the FLOPs a ``channel`` allocation
-    leaves: ``sum(flops * keep(in_group) * keep(out_group))``.
+    FLOPs need a forward pass, hence example inputs (``example_inputs``, else zeros of
+    ``input_shape`` or of the model's ``input_shape`` attribute); without them the profile has
+    params and quantiles only, enough for every allocation but ``weight_by: flops``. With
+    ``channel`` (which needs inputs) the profile also has Contract 10's ``channel_groups`` and
+    each layer's ``in_group`` and ``out_group``, from which the torch-free tuner predicts the FLOPs
+    a ``channel`` allocation leaves: ``sum(flops * keep(in_group) * keep(out_group))``. A weight
+    stored [in, out] (HF ``Conv1D``) is listed with its shape as [out, in].
     """
     layers = prunable_layers(model)
     if not layers:
-        raise ValueError(f"model {name!r} has no prunable (Conv1d/2d/3d, Linear) layers")
+        raise ValueError(f"model {name!r} has no prunable (Conv1d/2d/3d, Linear, Conv1D, "
+                         f"attention projection) layers")
     shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
-    if shape is None and channel:
-        raise ValueError(f"the channel method needs an input shape for {name!r}: give "
-                         f"--input-shape, e.g. 3,32,32")
-    if shape is None:
-        _logger.info("FLOPs skipped for %s: no input shape (give --input-shape, e.g. 3,32,32, "
-                     "for weight_by: flops)", name)
-    flops = layer_flops(model, tuple(int(d) for d in shape)) if shape is not None else {}
+    example = example_inputs if example_inputs is not None else (
+        example_input(model, tuple(int(d) for d in shape)) if shape is not None else None)
+    if example is None and channel:
+        raise ValueError(f"the channel method needs an input shape or example inputs for "
+                         f"{name!r}: give --input-shape, e.g. 3,32,32, or --example-inputs MOD:FN")
+    if example is None:
+        _logger.info("FLOPs skipped for %s: no example inputs (give --input-shape, e.g. 3,32,32, "
+                     "or --example-inputs MOD:FN for weight_by: flops)", name)
+    flops = layer_flops(model, example) if example is not None else {}
     groups: list[ChannelGroup] = []
     scaled: dict[str, tuple[str | None, str | None]] = {}
-    if channel and shape is not None:
-        example = example_input(model, tuple(int(d) for d in shape))
+    if channel and example is not None:
         groups = channel_groups(model, example)
         scaled = {layer.name: (layer.in_group, layer.out_group)
                   for layer in channel_layers(model, example, groups=groups)}
     entries: list[dict[str, Any]] = []
     for layer_name, module in layers.items():
-        weight = layer_weight(module).detach().cpu().double().numpy()
+        weight = out_in_weight(module).detach().cpu().double().numpy()
         entry: dict[str, Any] = {
             "name": layer_name,
             "type": type(module).__name__,
@@ -178,13 +126,6 @@ def profile_model(
         profile["channel_groups"] = [
             {"name": g.name, "layers": list(g.layers), "channels": g.channels} for g in groups]
     return profile
-
-
-def add_sensitivity(profile: dict[str, Any], curves: Mapping[str, Mapping[str, list[float]]]) -> None:
-    """Store ``curves`` as the optional per-layer ``sensitivity`` field (format stays 1)."""
-    for entry in profile["layers"]:
-        if entry["name"] in curves:
-            entry["sensitivity"] = dict(curves[entry["name"]])
 
 
 def search_space(
@@ -242,8 +183,7 @@ def build_parser(prog: str = "python -m nni_prune_tuners.trial.profile") -> argp
     )
     parser.add_argument("--model", required=True, help="module:factory returning an nn.Module")
     parser.add_argument("--out", type=Path, help="profile JSON to write")
-    parser.add_argument("--input-shape", help="one sample's shape, e.g. 1,8,8, for FLOPs "
-                        "(default: the model's or factory's input_shape attribute; none: no FLOPs)")
+    add_input_options(parser, need="FLOPs, channel groups and latency")
     parser.add_argument("--state-dict", type=Path, help="weights to load into the model")
     parser.add_argument("--search-space", type=Path, help="NNI search space JSON to write")
     parser.add_argument("--methods", default=",".join(MASK_METHODS),
@@ -303,6 +243,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.latency and (args.out is None or CHANNEL not in args.methods.split(",")):
         raise ValueError("--latency needs --out and --methods ...,channel: it times channel "
                          "pruning")
+    if args.input_shape is not None and args.example_inputs is not None:
+        raise ValueError("give --input-shape or --example-inputs, not both")
     if args.latency_batch < 1 or args.latency_allocations < MIN_ALLOCATIONS:
         raise ValueError(f"--latency-batch must be >= 1 and --latency-allocations >= "
                          f"{MIN_ALLOCATIONS}, got {args.latency_batch} and "
@@ -313,8 +255,7 @@ def _run(
     args: argparse.Namespace, default_weights: DefaultWeights | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     _check_args(args)
-    grid = _check_grid(_parse_floats(args.sensitivity_sparsities, "--sensitivity-sparsities"))
-    input_shape = parse_shape(args.input_shape) if args.input_shape is not None else None
+    grid = check_grid(_parse_floats(args.sensitivity_sparsities, "--sensitivity-sparsities"))
     factory = load_factory(args.model)
     evaluate = load_object(args.eval_fn, what="eval") if args.sensitivity else None
     try:
@@ -328,13 +269,13 @@ def _run(
     model = factory()
     if not isinstance(model, nn.Module):
         raise ValueError(f"{args.model} returned {type(model).__name__}, not an nn.Module")
-    if input_shape is None:
-        shape_attr = getattr(model, "input_shape", getattr(factory, "input_shape", None))
-        input_shape = tuple(int(d) for d in shape_attr) if shape_attr is not None else None
+    model.to(device)
     channel = CHANNEL in methods
-    if channel and input_shape is None:
+    inputs = resolve_inputs(args, model, factory, device)
+    if channel and inputs is None:
         raise ValueError("--methods channel needs --input-shape (one sample's shape, e.g. "
-                         "3,32,32): the channel groups come from a forward pass")
+                         "3,32,32) or --example-inputs MOD:FN: the channel groups come from a "
+                         "forward pass")
     layers = list(prunable_layers(model))
     space: dict[str, Any] = {}
     if args.search_space is not None:
@@ -342,30 +283,38 @@ def _run(
         unknown = [name for name in chosen if name not in layers]
         if unknown:
             raise ValueError(f"--layers names unknown layers {unknown}; prunable: {layers}")
-        groups = (channel_groups(model.to(device), example_input(model, input_shape))
-                  if channel and input_shape is not None else [])
+        groups = channel_groups(model, inputs) if channel and inputs is not None else []
         space = search_space(chosen, methods=methods, low=args.low, high=args.high, groups=groups)
     profile: dict[str, Any] = {}
     if args.out is not None:
-        state = _load_weights(args, factory, default_weights)
-        if state is not None:
-            try:
-                model.load_state_dict(state)
-            except RuntimeError as exc:
-                raise ValueError(f"the weights do not fit {args.model}: {exc}") from None
-        else:
-            _logger.warning("profiling the weights %s returns (no --state-dict)", args.model)
+        _load_into(model, args, factory, default_weights)
         model.to(device)
-        name = args.model.partition(":")[2]
-        profile = profile_model(model, name=name, input_shape=input_shape, channel=channel)
+        profile = profile_model(model, name=args.model.partition(":")[2], example_inputs=inputs,
+                                channel=channel)
         if evaluate is not None:
             add_sensitivity(profile, sensitivity_curves(model, evaluate, sparsities=grid))
             profile["sensitivity_eval"] = args.eval_fn
         if args.latency:
-            assert input_shape is not None  # the channel method needs it, checked above
-            measure_latency(model, profile, input_shape=input_shape, batch=args.latency_batch,
+            assert inputs is not None  # the channel method needs them, checked above
+            measure_latency(model, profile, example_inputs=inputs,
+                            shaped=args.example_inputs is None, batch=args.latency_batch,
                             allocations=args.latency_allocations)
     return profile, space
+
+
+def _load_into(
+    model: nn.Module, args: argparse.Namespace, factory: Callable[[], nn.Module],
+    default_weights: DefaultWeights | None,
+) -> None:
+    """Load ``--state-dict`` (or the default weights) into ``model``."""
+    state = _load_weights(args, factory, default_weights)
+    if state is None:
+        _logger.warning("profiling the weights %s returns (no --state-dict)", args.model)
+        return
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"the weights do not fit {args.model}: {exc}") from None
 
 
 def _load_weights(

@@ -126,8 +126,10 @@ class Pruner:
             nested ``_name``).
         agp: AGP schedule; default the seed's cubic ramp from epoch 0 to
             ``min(3, epochs - 1)``, so that the masks are final before the last epoch.
-        example_inputs: ``channel`` only, required: what ``model`` is called with (one batch of
-            inputs on its device) for the dependency analysis and the FLOPs count.
+        example_inputs: what ``model`` is called with, on its device: one tensor, a tuple of
+            positional inputs or a dict of keyword inputs (token ids for a language model), the
+            object ``--example-inputs`` returns. ``channel`` requires it (the dependency
+            analysis and the FLOPs count); Level and AGP accept it and do not need it.
 
     Raises:
         ValueError: naming the bad input (layer, group, sparsity, method, optimizer, epochs,

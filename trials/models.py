@@ -187,28 +187,29 @@ def mobilenet_digits() -> MobileNetDigits:
 class Attention(nn.Module):
     """Multi-head self-attention with explicit ``q``, ``k``, ``v`` and ``out`` linears.
 
-    ``nn.MultiheadAttention`` keeps its input projections in one fused parameter, which is no
-    prunable module; separate ``nn.Linear`` layers make each projection a layer of its own.
+    Separate ``nn.Linear`` layers make each projection a layer of its own. The forward reshapes by
+    ``heads`` and ``head_dim``, not by the input's width, so the ``channel`` method can remove whole
+    heads (``heads`` is then updated) while the residual stream keeps its width.
     """
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads, got heads={heads!r}")
-        self.heads = heads
+        self.heads, self.head_dim = heads, dim // heads  # what the forward reshapes by
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, dim = x.shape
+        batch, tokens, _ = x.shape
 
         def split(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(batch, tokens, self.heads, dim // self.heads).transpose(1, 2)
+            return t.reshape(batch, tokens, self.heads, self.head_dim).transpose(1, 2)
 
         y = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)))
-        return self.out(y.transpose(1, 2).reshape(batch, tokens, dim))
+        return self.out(y.transpose(1, 2).reshape(batch, tokens, self.heads * self.head_dim))
 
 
 class Mlp(nn.Module):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,11 +115,16 @@ class _RawGroup:
 
 
 def _all_groups(
-    graph: Any, ignored: list[nn.Module], names: Mapping[nn.Module, str], dense: list[DenseGroup]
+    graph: Any, ignored: list[nn.Module], names: Mapping[nn.Module, str], dense: list[DenseGroup],
+    skip: Collection[str],
 ) -> Iterator[Any]:
-    """Torch-Pruning's ``get_all_groups``, but a root whose analysis raises is left dense."""
+    """Torch-Pruning's ``get_all_groups``, but a root whose analysis raises is left dense.
+
+    Roots named in ``skip`` (attention projections, whose heads are groups of their own) are not
+    analysed: with grouped-query attention Torch-Pruning's analysis of them does not end.
+    """
     ignored = ignored + list(graph.IGNORED_LAYERS_IN_TRACING)
-    visited: set[nn.Module] = set()
+    visited: set[nn.Module] = {module for module in names if names[module] in skip}
     for module in list(graph.module2node):
         pruner = graph.get_pruner_of_module(module)
         if (module in ignored or not isinstance(module, PRUNABLE_TYPES) or module in visited
@@ -140,7 +145,8 @@ def _all_groups(
 
 
 def _raw_groups(
-    model: nn.Module, example_inputs: ExampleInputs, dense: list[DenseGroup] | None = None
+    model: nn.Module, example_inputs: ExampleInputs, dense: list[DenseGroup] | None = None,
+    skip: Collection[str] = (),
 ) -> list[_RawGroup]:
     """Torch-Pruning's groups of ``model`` (classifier excluded), not yet checked by a forward.
 
@@ -162,7 +168,7 @@ def _raw_groups(
         dense.append(DenseGroup(type(model).__name__, str(exc).splitlines()[0]))
         return []
     groups = []
-    for group in _all_groups(graph, ignored, names, dense):
+    for group in _all_groups(graph, ignored, names, dense, skip):
         raw = _named(graph, group, names, order)
         if raw is not None:
             groups.append(raw)

@@ -31,7 +31,7 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
     ``need_weights`` and ``batch_first``.
     """
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
         attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
@@ -43,7 +43,8 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
             key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
         elif not self.batch_first:
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-        batch, queries, keys, width = query.shape[0], query.shape[1], key.shape[1], self.num_heads * self.head_dim
+        batch, queries, keys = query.shape[0], query.shape[1], key.shape[1]
+        width = self.num_heads * self.head_dim
         biases = (self.in_proj_bias.split(width) if self.in_proj_bias is not None else (None,) * 3)
 
         def heads(x: torch.Tensor, index: int) -> torch.Tensor:

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from nni_prune_tuners.trial._depgraph import ChannelGroup, DenseGroup, _dependency_graph, _raw_groups, _RawGroup
+from nni_prune_tuners.trial._depgraph import (
+    ChannelGroup,
+    DenseGroup,
+    _dependency_graph,
+    _raw_groups,
+    _RawGroup,
+)
 from nni_prune_tuners.trial.heads import (
     MHA_IN_PROJ_SUFFIX,
     Attention,
@@ -78,14 +84,16 @@ def _candidates(model: nn.Module, example_inputs: ExampleInputs, dense: list[Den
         _logger.info("the heads of %s stay dense: %s", name, reason)
         dense.append(DenseGroup(name, reason))
     head_layers = {slot.layer for attention in attentions for slot in attention.slots}
-    raw = [r for r in _raw_groups(model, example_inputs, dense) if not head_layers & set(r.outputs)]
+    raw = [r for r in _raw_groups(model, example_inputs, dense, head_layers)
+           if not head_layers & set(r.outputs)]
     order = {name: index for index, (name, _) in enumerate(model.named_modules())}
 
     def position(candidate: Candidate) -> int:
         return order.get(candidate.group.name, order.get(
             candidate.group.name.removesuffix(MHA_IN_PROJ_SUFFIX), len(order)))
 
-    return sorted([*raw, *(_head_group(a) for a in attentions)], key=position)
+    heads = [_head_group(a) for a in attentions if a.kv_heads > 1]  # one unit: nothing to choose
+    return sorted([*raw, *heads], key=position)
 
 
 def analyse(model: nn.Module, example_inputs: ExampleInputs) -> Analysis:
@@ -144,7 +152,7 @@ def remove(
             handler = graph.get_pruner_of_module(root).prune_out_channels
             graph.get_pruning_group(root, handler, idxs=indices[group.group.name]).prune()
     heads = [g for g in groups if isinstance(g, _HeadGroup) and indices.get(g.group.name)]
-    for group in heads:
-        remove_units(model, group.attention, indices[group.group.name])
+    for head in heads:
+        remove_units(model, head.attention, indices[head.group.name])
     if heads:
         update_configs(model, find_attention(model)[0])

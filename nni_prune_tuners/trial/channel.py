@@ -37,7 +37,7 @@ from torch import nn
 from nni_prune_tuners.params import CHANNEL, sparsity_key
 from nni_prune_tuners.profile import channels_removed
 from nni_prune_tuners.trial._depgraph import ChannelGroup, DenseGroup, _raw_groups
-from nni_prune_tuners.trial._surgery import Candidate, _HeadGroup, analyse, remove, removal
+from nni_prune_tuners.trial._surgery import Candidate, _HeadGroup, analyse, removal, remove
 from nni_prune_tuners.trial.heads import ATTENTION_TERM_SUFFIX, attention_flops, find_attention
 from nni_prune_tuners.trial.inputs import ExampleInputs, call_model, eval_mode, output_shapes
 from nni_prune_tuners.trial.layers import (
@@ -173,10 +173,11 @@ def _scaling_groups(
     model: nn.Module, example_inputs: ExampleInputs, chosen: Sequence[ChannelGroup]
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Per layer (or attention term), the group of its inputs and of its outputs."""
-    with eval_mode(model):
-        raw = {r.group.name: r for r in _raw_groups(model, example_inputs)}
     heads = {c.group.name: c for c in analyse(model, example_inputs).groups
              if isinstance(c, _HeadGroup)}
+    skip = {slot.layer for head in heads.values() for slot in head.attention.slots}
+    with eval_mode(model):
+        raw = {r.group.name: r for r in _raw_groups(model, example_inputs, skip=skip)}
     out_group: dict[str, str] = {}
     in_group: dict[str, str] = {}
     for group in chosen:

@@ -27,6 +27,7 @@ from torch.utils.hooks import RemovableHandle
 
 from nni_prune_tuners.trial._mha import HeadPrunedMultiheadAttention
 from nni_prune_tuners.trial.inputs import ExampleInputs, call_model, eval_mode
+from nni_prune_tuners.trial.layers import layer_weight
 
 _logger = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ def _separate(name: str, names: Sequence[str], out: str, heads: int, kv_heads: i
 
 def _hf_bert(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> Attention | None:
     """BERT-style: ``query``/``key``/``value``, the heads read by the parent's ``output.dense``."""
-    heads, size = getattr(module, "num_attention_heads", None), getattr(module, "attention_head_size", None)
+    heads = getattr(module, "num_attention_heads", None)
+    size = getattr(module, "attention_head_size", None)
     if not isinstance(heads, int) or not isinstance(size, int) or "." not in name:
         return None
     out = f"{name.rsplit('.', 1)[0]}.output.dense"
@@ -107,7 +109,8 @@ def _hf_bert(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> Att
 
 def _qkvo(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> Attention | None:
     """``q_proj``/``k_proj``/``v_proj``/``o_proj`` with ``head_dim`` (LLaMA, Qwen, Mistral, HF ViT)."""
-    size, q, k = getattr(module, "head_dim", None), getattr(module, "q_proj", None), getattr(module, "k_proj", None)
+    size = getattr(module, "head_dim", None)
+    q, k = getattr(module, "q_proj", None), getattr(module, "k_proj", None)
     if not isinstance(size, int) or not isinstance(q, nn.Linear) or not isinstance(k, nn.Linear):
         return None
     heads, kv_heads = q.out_features // size, k.out_features // size
@@ -127,10 +130,10 @@ def _zoo(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> Attenti
 
 def _gpt2(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> Attention | None:
     """GPT-2: a packed ``c_attn`` Conv1D (weight ``[in, 3 * width]``) and ``c_proj`` reading the heads."""
-    heads, size, c_attn = (getattr(module, "num_heads", None), getattr(module, "head_dim", None),
-                           getattr(module, "c_attn", None))
-    if (not isinstance(heads, int) or not isinstance(size, int) or getattr(module, "is_cross_attention", False)
-            or type(c_attn).__name__ != "Conv1D" or type(getattr(module, "c_proj", None)).__name__ != "Conv1D"):
+    heads, size = getattr(module, "num_heads", None), getattr(module, "head_dim", None)
+    conv1d = [type(getattr(module, attr, None)).__name__ == "Conv1D" for attr in ("c_attn", "c_proj")]
+    if (not isinstance(heads, int) or not isinstance(size, int) or not all(conv1d)
+            or getattr(module, "is_cross_attention", False)):
         return None
     width, layer = heads * size, _child(name, "c_attn")
     slots = tuple(_Slot(layer, "weight", "bias", 1, i * width, size) for i in range(3))
@@ -154,7 +157,7 @@ _LAYOUTS: tuple[Callable[[str, nn.Module, dict[str, nn.Module]], Attention | Non
 
 
 def find_attention(model: nn.Module) -> tuple[list[Attention], list[tuple[str, str]]]:
-    """The attention modules of ``model`` whose heads can be removed, and ``(name, why not)``."""
+    """The attention modules of ``model`` of a known layout, and ``(name, why not)`` of others."""
     modules = dict(model.named_modules())
     found, refused = [], []
     for name, module in modules.items():
@@ -165,8 +168,7 @@ def find_attention(model: nn.Module) -> tuple[list[Attention], list[tuple[str, s
                 refused.append((name, f"{type(module).__name__}: {exc}"))
                 break
             if attention is not None:
-                if attention.heads > 1:
-                    found.append(attention)
+                found.append(attention)
                 break
     return found, refused
 
@@ -193,13 +195,19 @@ def _slice(module: nn.Module, param: str, axis: int, index: list[int]) -> None:
     setattr(module, param, nn.Parameter(picked, requires_grad=old.requires_grad))
 
 
+def _assign(module: nn.Module, values: dict[str, Any]) -> None:
+    """Set plain attributes (``nn.Module``'s typing reads every attribute as a tensor or module)."""
+    for attr, value in values.items():
+        setattr(module, attr, value)
+
+
 def _sync_features(module: nn.Module) -> None:
     """The size attributes of a Linear or HF Conv1D after its weight changed shape."""
-    weight = module.weight
+    weight = layer_weight(module)
     if isinstance(module, nn.Linear):
-        module.out_features, module.in_features = weight.shape
+        module.out_features, module.in_features = int(weight.shape[0]), int(weight.shape[1])
     elif hasattr(module, "nf"):
-        module.nf = weight.shape[1]
+        _assign(module, {"nf": int(weight.shape[1])})
 
 
 def remove_units(model: nn.Module, attention: Attention, removed: Sequence[int]) -> None:
@@ -228,14 +236,14 @@ def _set_heads(module: nn.Module, attention: Attention, kept_units: int) -> None
     heads, kv_heads = kept_units * attention.group_size, kept_units
     if attention.packed_mha:
         module.__class__ = HeadPrunedMultiheadAttention
-        module._qkv_same_embed_dim = False  # no fused fast path: it assumes embed_dim / num_heads
+        _assign(module, {"_qkv_same_embed_dim": False})  # no fused fast path: embed_dim / num_heads
     for attrs, value in ((_HEAD_ATTRS, heads), (_KV_ATTRS, kv_heads),
                          (_WIDTH_ATTRS, heads * attention.head_dim)):
         for attr in attrs:
             if isinstance(getattr(module, attr, None), int):
                 setattr(module, attr, value)
     if attention.kv_heads != attention.heads and not hasattr(module, "num_key_value_heads"):
-        module.num_heads, module.num_key_value_heads = heads, kv_heads
+        _assign(module, {"num_heads": heads, "num_key_value_heads": kv_heads})
 
 
 def update_configs(model: nn.Module, attentions: Sequence[Attention]) -> None:

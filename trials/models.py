@@ -2,7 +2,8 @@
 
 ``digits_cnn`` (the default, 8x8 digits) plus a zoo of small architectures on the hard 16x16
 digits variant (:func:`trials.data.hard_digits_split`): ``resnet_digits``, ``mobilenet_digits``,
-``vit_digits`` and ``mlp_digits``. Every model class has ``input_shape`` (one sample's shape, which
+``vit_digits`` and ``mlp_digits``; and ``text_stdlib``, a character-level Transformer on
+:func:`trials.data.stdlib_text_split`. Every model class has ``input_shape`` (one sample's shape, which
 ``profile_model`` uses for FLOPs) and ``data_variant`` (the :data:`trials.data.DATA_VARIANTS` key it
 trains on). Each zoo model trains dense on two CPU cores in about a minute.
 """
@@ -15,6 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from trials.data import TEXT_MODULES, TEXT_VOCAB, TEXT_WINDOW
 
 _logger = logging.getLogger(__name__)
 
@@ -308,6 +311,37 @@ def mlp_digits() -> MlpDigits:
     return MlpDigits()
 
 
+class TextTransformer(nn.Module):
+    """A character-level Transformer classifier: which standard-library module a line is from.
+
+    Inputs are ``(N, 48)`` character codes as floats (what :func:`trials.data.stdlib_text_split`
+    gives, and zeros for ``--input-shape 48``), cast to token ids. Prunable layers:
+    ``blocks.N.attn.{q,k,v,out}``, ``blocks.N.mlp.{fc1,fc2}`` and ``head``; the ``channel``
+    method removes heads, MLP hidden units and residual channels.
+    """
+
+    input_shape: tuple[int, ...] = (TEXT_WINDOW,)
+    data_variant = "stdlib_text"
+
+    def __init__(self, *, dim: int = 48, depth: int = 2, heads: int = 4, mlp_ratio: int = 2) -> None:
+        super().__init__()
+        _check_positive(dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio)
+        self.embed = nn.Embedding(TEXT_VOCAB, dim)
+        self.pos_embed = nn.Parameter(torch.randn(1, TEXT_WINDOW, dim) * 0.02)
+        self.blocks = nn.Sequential(*(TransformerBlock(dim, heads, mlp_ratio) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, len(TEXT_MODULES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x.long().clamp(0, TEXT_VOCAB - 1)) + self.pos_embed
+        return self.head(self.norm(self.blocks(tokens)).mean(dim=1))
+
+
+def text_stdlib() -> TextTransformer:
+    """Character-level Transformer zoo model (14 prunable linears) on the stdlib text task."""
+    return TextTransformer()
+
+
 #: The zoo by factory name (``digits_cnn`` included), for the CLIs, benchmarks and tests.
 ZOO = {
     "digits_cnn": digits_cnn,
@@ -315,4 +349,5 @@ ZOO = {
     "mobilenet_digits": mobilenet_digits,
     "vit_digits": vit_digits,
     "mlp_digits": mlp_digits,
+    "text_stdlib": text_stdlib,
 }

@@ -15,10 +15,9 @@ from nni_prune_tuners.trial import (
     ChannelGroup,
     channel_groups,
     channel_layers,
-    count_flops,
     prune_channels,
 )
-from nni_prune_tuners.trial.channel import ChannelLayer, _raw_groups
+from nni_prune_tuners.trial.channel import ChannelLayer, _raw_groups, channel_analysis, model_flops
 from trials import models
 
 ZOO = ["resnet_digits", "mobilenet_digits", "vit_digits", "mlp_digits"]
@@ -93,21 +92,24 @@ def test_mobilenet_depthwise_convs_join_their_producer() -> None:
     assert (layers["fc"].in_group, layers["fc"].out_group) == ("blocks.4.pointwise", None)
 
 
-def test_vit_ties_qkv_but_keeps_what_its_forward_cannot_shrink_dense() -> None:
+def test_vit_heads_are_groups_and_what_its_forward_cannot_shrink_stays_dense() -> None:
     model = _model("vit_digits")
     x = _inputs(model)
     raw = {r.group.name: r.group.layers for r in _raw_groups(model, x)}
-    # the dependency analysis ties each block's q, k, v (joined by the attention product) and
-    # the residual stream (patch_embed, every attn.out and mlp.fc2)
-    assert raw["blocks.0.attn.q"] == ("blocks.0.attn.q", "blocks.0.attn.k", "blocks.0.attn.v")
+    # the dependency analysis ties the residual stream (patch_embed, every attn.out and mlp.fc2)
     assert raw["patch_embed"] == ("patch_embed", "blocks.0.attn.out", "blocks.0.mlp.fc2",
                                   "blocks.1.attn.out", "blocks.1.mlp.fc2", "blocks.2.attn.out",
                                   "blocks.2.mlp.fc2")
-    # ... but the zoo's Attention reshapes by its input's width, so only the MLPs' hidden
-    # features can really be removed
-    groups = channel_groups(model, x)
-    assert groups == [ChannelGroup(f"blocks.{i}.mlp.fc1", (f"blocks.{i}.mlp.fc1",), 128)
-                      for i in range(3)]
+    # (the cls token and position embedding shrink with it); each block's heads (4 of 16
+    # channels) are a group of their own, and the MLPs' hidden features are channel groups
+    analysis = channel_analysis(model, x)
+    assert analysis.groups[0] == ChannelGroup("patch_embed", raw["patch_embed"], 64)
+    assert analysis.groups[1:] == [
+        group for i in range(3) for group in (
+            ChannelGroup(f"blocks.{i}.attn.q", tuple(f"blocks.{i}.attn.{p}" for p in "qkv"), 4,
+                         kind="heads"),
+            ChannelGroup(f"blocks.{i}.mlp.fc1", (f"blocks.{i}.mlp.fc1",), 128))]
+    assert analysis.dense == []
 
 
 class _SingleHeadAttention(nn.Module):
@@ -145,11 +147,11 @@ def test_pruned_flops_match_the_formula(name: str) -> None:
     x = _inputs(dense)
     groups = channel_groups(dense, x)
     layers = channel_layers(dense, x, groups=groups)
-    assert {layer.name: layer.flops for layer in layers} == count_flops(dense, x)
+    assert {layer.name: layer.flops for layer in layers} == model_flops(dense, x)
     for seed in range(3):
         sparsities = _random_sparsities(groups, seed)
         pruned = prune_channels(copy.deepcopy(dense), sparsities, x)
-        real = sum(count_flops(pruned, x).values())
+        real = sum(model_flops(pruned, x).values())
         predicted = _predicted(layers, groups, sparsities, rounded=True)
         assert abs(predicted / real - 1.0) < 0.01, (seed, predicted, real)
 
@@ -161,15 +163,18 @@ def test_pruned_model_is_smaller_and_keeps_the_output_shape(name: str) -> None:
     dense_out = model(x)
     dense_params = sum(p.numel() for p in model.parameters())
     groups = channel_groups(model, x)
+    rows = {name: module.weight.shape[0] for name, module in model.named_modules()
+            if hasattr(module, "weight")}
     result = prune_channels(model, {g.name: 0.5 for g in groups}, x)
     assert result is model
     assert model(x).shape == dense_out.shape
     assert model(_inputs(model, batch=5)).shape == (5, *dense_out.shape[1:])
-    assert sum(p.numel() for p in model.parameters()) < 0.8 * dense_params  # ViT: MLPs only
-    for group in groups:  # every layer of a group lost the same round(0.5 * n) channels
+    assert sum(p.numel() for p in model.parameters()) < 0.8 * dense_params
+    for group in groups:  # every layer of a group lost the same round(0.5 * n) channels (heads)
         for layer in group.layers:
             weight = dict(model.named_modules())[layer].weight
-            assert weight.shape[0] == group.channels - round(0.5 * group.channels)
+            per_unit = rows[layer] // group.channels
+            assert weight.shape[0] == (group.channels - round(0.5 * group.channels)) * per_unit
 
 
 def test_the_lowest_l1_channels_summed_over_the_group_go() -> None:

@@ -1,5 +1,6 @@
 """The digits data (scikit-learn ``load_digits``, no download): the original 8x8 split and a harder
-16x16 variant, both with fixed stratified splits.
+16x16 variant, both with fixed stratified splits; and a text task on the standard library's own
+source files (:func:`stdlib_text_split`, no download either).
 
 The original digits are too easy to tell pruning allocations apart (about 98% dense accuracy on 360
 validation images, so accuracy moves in steps of 0.28 points). :func:`hard_digits_split` upsamples
@@ -13,6 +14,9 @@ well under a second.
 from __future__ import annotations
 
 import functools
+import importlib
+import inspect
+import itertools
 import logging
 import math
 from collections.abc import Callable
@@ -214,10 +218,50 @@ def hard_digits_split(options: HardDigitsOptions = HardDigitsOptions()) -> Digit
     return DigitsSplit(*(torch.from_numpy(a) for a in parts))
 
 
-#: Data variants by name: ``digits`` (8x8, the default) and ``digits_hard`` (16x16, the zoo's).
+#: Modules of the standard library whose source the text task tells apart (one class each).
+TEXT_MODULES = ("argparse", "difflib", "inspect", "tarfile")
+#: Characters per example of the text task; codes above 126 read as 127.
+TEXT_WINDOW = 48
+TEXT_VOCAB = 128
+
+
+def _windows(text: str, rng: np.random.Generator, count: int) -> np.ndarray:
+    """``count`` seeded non-overlapping windows of ``text`` as character codes (float, exact)."""
+    codes = np.minimum(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32), TEXT_VOCAB - 1)
+    starts = rng.permutation(len(codes) // TEXT_WINDOW)[:count] * TEXT_WINDOW
+    return np.stack([codes[s:s + TEXT_WINDOW] for s in starts]).astype(np.float32)
+
+
+@functools.cache
+def stdlib_text_split() -> DigitsSplit:
+    """Which standard-library module a 48-character window of Python source comes from.
+
+    The source files ship with Python (no download). Each file is cut 60/20/20 by position into
+    train, val and test text, so no window of one split overlaps another; each class has as
+    many windows per split as the shortest file gives. Inputs are ``(N, 48)`` float character
+    codes, which the text model casts to token ids (so ``--input-shape 48`` profiles it). The
+    exact text follows the Python version: accuracies compare within one version only.
+    """
+    rng = np.random.default_rng(SPLIT_SEED)
+    sources = [inspect.getsource(importlib.import_module(name)) for name in TEXT_MODULES]
+    bounds = (0.0, 1.0 - VAL_FRACTION - TEST_FRACTION, 1.0 - TEST_FRACTION, 1.0)
+    parts = []
+    for lo, hi in itertools.pairwise(bounds):
+        texts = [src[int(lo * len(src)):int(hi * len(src))] for src in sources]
+        count = min(len(text) // TEXT_WINDOW for text in texts)
+        x = np.concatenate([_windows(text, rng, count) for text in texts])
+        y = np.repeat(np.arange(len(texts), dtype=np.int64), count)
+        parts.extend([x, y])
+    _logger.debug("stdlib text split: %d train, %d val, %d test", *(len(a) for a in parts[1::2]))
+    return DigitsSplit(*(torch.from_numpy(a) for a in parts))
+
+
+#: Data variants by name: ``digits`` (8x8, the default), ``digits_hard`` (16x16, the zoo's) and
+#: ``stdlib_text`` (the text model's).
 DATA_VARIANTS: dict[str, Callable[[], DigitsSplit]] = {
     "digits": digits_split,
     "digits_hard": hard_digits_split,
+    "stdlib_text": stdlib_text_split,
 }
 
 

@@ -2,7 +2,8 @@
 
 ``digits_cnn`` (the default, 8x8 digits) plus a zoo of small architectures on the hard 16x16
 digits variant (:func:`trials.data.hard_digits_split`): ``resnet_digits``, ``mobilenet_digits``,
-``vit_digits`` and ``mlp_digits``. Every model class has ``input_shape`` (one sample's shape, which
+``vit_digits`` and ``mlp_digits``; and ``text_stdlib``, a character-level Transformer on
+:func:`trials.data.stdlib_text_split`. Every model class has ``input_shape`` (one sample's shape, which
 ``profile_model`` uses for FLOPs) and ``data_variant`` (the :data:`trials.data.DATA_VARIANTS` key it
 trains on). Each zoo model trains dense on two CPU cores in about a minute.
 """
@@ -15,6 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from trials.data import TEXT_MODULES, TEXT_VOCAB, TEXT_WINDOW
 
 _logger = logging.getLogger(__name__)
 
@@ -187,28 +190,29 @@ def mobilenet_digits() -> MobileNetDigits:
 class Attention(nn.Module):
     """Multi-head self-attention with explicit ``q``, ``k``, ``v`` and ``out`` linears.
 
-    ``nn.MultiheadAttention`` keeps its input projections in one fused parameter, which is no
-    prunable module; separate ``nn.Linear`` layers make each projection a layer of its own.
+    Separate ``nn.Linear`` layers make each projection a layer of its own. The forward reshapes by
+    ``heads`` and ``head_dim``, not by the input's width, so the ``channel`` method can remove whole
+    heads (``heads`` is then updated) while the residual stream keeps its width.
     """
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads, got heads={heads!r}")
-        self.heads = heads
+        self.heads, self.head_dim = heads, dim // heads  # what the forward reshapes by
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, dim = x.shape
+        batch, tokens, _ = x.shape
 
         def split(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(batch, tokens, self.heads, dim // self.heads).transpose(1, 2)
+            return t.reshape(batch, tokens, self.heads, self.head_dim).transpose(1, 2)
 
         y = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)))
-        return self.out(y.transpose(1, 2).reshape(batch, tokens, dim))
+        return self.out(y.transpose(1, 2).reshape(batch, tokens, self.heads * self.head_dim))
 
 
 class Mlp(nn.Module):
@@ -307,6 +311,37 @@ def mlp_digits() -> MlpDigits:
     return MlpDigits()
 
 
+class TextTransformer(nn.Module):
+    """A character-level Transformer classifier: which standard-library module a line is from.
+
+    Inputs are ``(N, 48)`` character codes as floats (what :func:`trials.data.stdlib_text_split`
+    gives, and zeros for ``--input-shape 48``), cast to token ids. Prunable layers:
+    ``blocks.N.attn.{q,k,v,out}``, ``blocks.N.mlp.{fc1,fc2}`` and ``head``; the ``channel``
+    method removes heads, MLP hidden units and residual channels.
+    """
+
+    input_shape: tuple[int, ...] = (TEXT_WINDOW,)
+    data_variant = "stdlib_text"
+
+    def __init__(self, *, dim: int = 48, depth: int = 2, heads: int = 4, mlp_ratio: int = 2) -> None:
+        super().__init__()
+        _check_positive(dim=dim, depth=depth, heads=heads, mlp_ratio=mlp_ratio)
+        self.embed = nn.Embedding(TEXT_VOCAB, dim)
+        self.pos_embed = nn.Parameter(torch.randn(1, TEXT_WINDOW, dim) * 0.02)
+        self.blocks = nn.Sequential(*(TransformerBlock(dim, heads, mlp_ratio) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, len(TEXT_MODULES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x.long().clamp(0, TEXT_VOCAB - 1)) + self.pos_embed
+        return self.head(self.norm(self.blocks(tokens)).mean(dim=1))
+
+
+def text_stdlib() -> TextTransformer:
+    """Character-level Transformer zoo model (13 prunable linears) on the stdlib text task."""
+    return TextTransformer()
+
+
 #: The zoo by factory name (``digits_cnn`` included), for the CLIs, benchmarks and tests.
 ZOO = {
     "digits_cnn": digits_cnn,
@@ -314,4 +349,5 @@ ZOO = {
     "mobilenet_digits": mobilenet_digits,
     "vit_digits": vit_digits,
     "mlp_digits": mlp_digits,
+    "text_stdlib": text_stdlib,
 }

@@ -8,8 +8,9 @@ trials do not need it.
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,8 @@ from torch.utils.hooks import RemovableHandle
 from nni_prune_tuners.trial.inputs import ExampleInputs, call_model
 from nni_prune_tuners.trial.layers import PRUNABLE_TYPES, prunable_layers
 
+_logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ChannelGroup:
@@ -29,12 +32,29 @@ class ChannelGroup:
         name: the group's first layer in ``named_modules()`` order; the search-space key is
             ``<name>_sparsity``.
         layers: the names of the layers whose output channels the group sets, in model order.
-        channels: the number of output channels each of those layers has (and the group prunes).
+        channels: the number of units the group prunes: the output channels each of those
+            layers has, or for ``kind="heads"`` the key/value heads (each with its query heads).
+        kind: ``"channels"``, or ``"heads"`` for an attention module's heads removed whole.
     """
 
     name: str
     layers: tuple[str, ...]
     channels: int
+    kind: str = "channels"
+
+
+@dataclass(frozen=True)
+class DenseGroup:
+    """A group left dense because its analysis or surgery failed (the profile's ``dense_groups``).
+
+    Attributes:
+        name: the group's first layer (or root layer, or the attention module), or the model's
+            class name when the whole dependency analysis failed.
+        reason: why, in one line.
+    """
+
+    name: str
+    reason: str
 
 
 def _output_layers(model: nn.Module, example_inputs: ExampleInputs) -> list[nn.Module]:
@@ -94,35 +114,88 @@ class _RawGroup:
     index_maps: tuple[tuple[str, tuple[tuple[int, int], ...]], ...]
 
 
-def _raw_groups(model: nn.Module, example_inputs: ExampleInputs) -> list[_RawGroup]:
-    """Torch-Pruning's groups of ``model`` (classifier excluded), not yet checked by a forward."""
+def _all_groups(
+    graph: Any, ignored: list[nn.Module], names: Mapping[nn.Module, str], dense: list[DenseGroup],
+    skip: Collection[str],
+) -> Iterator[Any]:
+    """Torch-Pruning's ``get_all_groups``, but a root whose analysis raises is left dense.
+
+    Roots named in ``skip`` (attention projections, whose heads are groups of their own) are not
+    analysed: with grouped-query attention Torch-Pruning's analysis of them does not end.
+    """
+    ignored = ignored + list(graph.IGNORED_LAYERS_IN_TRACING)
+    visited: set[nn.Module] = {module for module in names if names[module] in skip}
+    for module in list(graph.module2node):
+        pruner = graph.get_pruner_of_module(module)
+        if (module in ignored or not isinstance(module, PRUNABLE_TYPES) or module in visited
+                or pruner is None or pruner.get_out_channels(module) is None):
+            continue
+        try:
+            group = graph.get_pruning_group(module, pruner.prune_out_channels,
+                                            list(range(pruner.get_out_channels(module))))
+        except Exception as exc:  # e.g. a ZeroDivisionError on a channel shuffle
+            reason = f"the dependency analysis failed: {type(exc).__name__}: {exc}".splitlines()[0]
+            _logger.info("channel group of %s stays dense: %s", names.get(module, "?"), reason)
+            dense.append(DenseGroup(names.get(module, type(module).__name__), reason))
+            continue
+        outputs = [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)]
+        visited.update(outputs)
+        if not any(member in ignored for member in outputs):
+            yield group
+
+
+def _raw_groups(
+    model: nn.Module, example_inputs: ExampleInputs, dense: list[DenseGroup] | None = None,
+    skip: Collection[str] = (),
+) -> list[_RawGroup]:
+    """Torch-Pruning's groups of ``model`` (classifier excluded), not yet checked by a forward.
+
+    Groups whose analysis fails are appended to ``dense``; when the whole graph cannot be built
+    although the model runs on ``example_inputs``, every group is, under the model's class name.
+    """
+    dense = [] if dense is None else dense
     names = {module: name for name, module in model.named_modules()}
     order = {name: index for index, name in enumerate(names.values())}
-    graph = _dependency_graph(model, example_inputs)
-    ignored = _output_layers(model, example_inputs)
+    try:
+        ignored = _output_layers(model, example_inputs)
+    except Exception as exc:  # the model's own error on these inputs
+        raise ValueError(f"{type(model).__name__} does not run on the example inputs: "
+                         f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    try:
+        graph = _dependency_graph(model, example_inputs)
+    except ValueError as exc:
+        _logger.info("every channel group of %s stays dense: %s", type(model).__name__, exc)
+        dense.append(DenseGroup(type(model).__name__, str(exc).splitlines()[0]))
+        return []
     groups = []
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE_TYPES):
-        outputs: set[str] = set()
-        inputs: set[str] = set()
-        maps: dict[str, tuple[tuple[int, int], ...]] = {}
-        for item in group.items:
-            module = item.dep.target.module
-            if not isinstance(module, PRUNABLE_TYPES) or module not in names:
-                continue
-            if graph.is_out_channel_pruning_fn(item.dep.handler):
-                outputs.add(names[module])
-                maps[names[module]] = tuple((int(getattr(i, "idx", i)), int(getattr(i, "root_idx", i)))
-                                            for i in item.idxs)
-            elif graph.is_in_channel_pruning_fn(item.dep.handler):
-                inputs.add(names[module])
-        members = tuple(sorted(outputs, key=order.__getitem__))
-        channels = len(group.items[0].idxs)
-        if not members or channels < 2:
-            continue
-        root = names[group.items[0].dep.target.module]
-        groups.append(_RawGroup(ChannelGroup(members[0], members, channels), root, members,
-                                tuple(sorted(inputs, key=order.__getitem__)),
-                                tuple((name, maps[name]) for name in members)))
+    for group in _all_groups(graph, ignored, names, dense, skip):
+        raw = _named(graph, group, names, order)
+        if raw is not None:
+            groups.append(raw)
     return sorted(groups, key=lambda raw: order[raw.group.name])
 
 
+def _named(graph: Any, group: Any, names: Mapping[nn.Module, str],
+           order: Mapping[str, int]) -> _RawGroup | None:
+    """A Torch-Pruning group as names; None when it sets no prunable layer or one channel."""
+    outputs: set[str] = set()
+    inputs: set[str] = set()
+    maps: dict[str, tuple[tuple[int, int], ...]] = {}
+    for item in group.items:
+        module = item.dep.target.module
+        if not isinstance(module, PRUNABLE_TYPES) or module not in names:
+            continue
+        if graph.is_out_channel_pruning_fn(item.dep.handler):
+            outputs.add(names[module])
+            maps[names[module]] = tuple((int(getattr(i, "idx", i)), int(getattr(i, "root_idx", i)))
+                                        for i in item.idxs)
+        elif graph.is_in_channel_pruning_fn(item.dep.handler):
+            inputs.add(names[module])
+    members = tuple(sorted(outputs, key=order.__getitem__))
+    channels = len(group.items[0].idxs)
+    if not members or channels < 2:
+        return None
+    root = names[group.items[0].dep.target.module]
+    return _RawGroup(ChannelGroup(members[0], members, channels), root, members,
+                     tuple(sorted(inputs, key=order.__getitem__)),
+                     tuple((name, maps[name]) for name in members))

@@ -9,8 +9,10 @@ are tied (residual additions, depthwise convolutions, the q/k/v projections an a
 joins) and does the surgery; NNI 3.0's ``ModelSpeedup`` cannot trace any model on torch 2.13
 (docs/channel.md). A group Torch-Pruning proposes is kept only if removing one of its channels
 leaves a model that still runs forward to outputs of the original shape: that drops the final
-classifier, and groups a forward pass cannot shrink (e.g. an attention block that reshapes by the
-width of its *input*, as the zoo's ViT does, keeps q/k/v and its residual stream dense).
+classifier, and groups a forward pass cannot shrink. Attention heads are groups of their own,
+removed whole (:mod:`nni_prune_tuners.trial.heads`, grouped-query aware); a group that the
+analysis or the surgery cannot handle stays dense, named in a log line and in
+:func:`channel_analysis`'s ``dense`` (the profile's ``dense_groups``), and the model does not fail.
 
 Usage (the pruned model is ``model`` changed in place)::
 
@@ -24,7 +26,6 @@ An optimizer built before pruning holds the old, larger parameters: rebuild it f
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,9 @@ from torch import nn
 
 from nni_prune_tuners.params import CHANNEL, sparsity_key
 from nni_prune_tuners.profile import channels_removed
-from nni_prune_tuners.trial._depgraph import ChannelGroup, _dependency_graph, _raw_groups, _RawGroup
+from nni_prune_tuners.trial._depgraph import ChannelGroup, DenseGroup, _raw_groups
+from nni_prune_tuners.trial._surgery import Candidate, _HeadGroup, analyse, removal, remove
+from nni_prune_tuners.trial.heads import ATTENTION_TERM_SUFFIX, attention_flops, find_attention
 from nni_prune_tuners.trial.inputs import ExampleInputs, call_model, eval_mode, output_shapes
 from nni_prune_tuners.trial.layers import (
     count_flops,
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class ChannelLayer:
     """A prunable layer's dense FLOPs and the groups that scale them (the profile's fields).
@@ -57,6 +61,8 @@ class ChannelLayer:
     and 1 for None. ``in_group`` is the group that sets the layer's input channels *per output
     channel* (``in_channels / groups`` of a convolution): a depthwise convolution's inputs are its
     outputs' own channels, so its ``in_group`` is None and its FLOPs scale with ``out_group`` once.
+    An attention module's products (QK^T and AV, no weights) are a term ``<module>#attention``
+    whose ``out_group`` is its head group.
     """
 
     name: str
@@ -65,93 +71,43 @@ class ChannelLayer:
     out_group: str | None
 
 
-def _prunes_cleanly(
-    model: nn.Module, example_inputs: ExampleInputs, groups: Sequence[_RawGroup],
-    shapes: list[tuple[int, ...]],
-) -> str | None:
-    """Why removing one channel of each of ``groups`` (on a copy) breaks the forward, else None."""
-    trial = copy.deepcopy(model)
-    try:
-        with eval_mode(trial):
-            _remove(trial, example_inputs, {raw.group.name: [0] for raw in groups}, groups)
-            with torch.no_grad():
-                got = output_shapes(call_model(trial, example_inputs))
-    except Exception as exc:  # any failure of the surgery or the forward means: not prunable
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return None if got == shapes else f"the outputs change shape from {shapes} to {got}"
+@dataclass(frozen=True)
+class ChannelAnalysis:
+    """The prunable groups (:func:`channel_groups`) and those left dense, with why."""
+
+    groups: list[ChannelGroup]
+    dense: list[DenseGroup]
 
 
-def _checked_groups(model: nn.Module, example_inputs: ExampleInputs) -> list[_RawGroup]:
-    """The groups whose channels can really be removed, one channel of each at a time proven."""
-    with eval_mode(model):
-        raw = _raw_groups(model, example_inputs)
-        with torch.no_grad():
-            shapes = output_shapes(call_model(model, example_inputs))
-        if not raw or _prunes_cleanly(model, example_inputs, raw, shapes) is None:
-            return raw
-        kept: list[_RawGroup] = []
-        for candidate in raw:  # greedy: a group joins if the groups kept so far still prune
-            reason = _prunes_cleanly(model, example_inputs, [*kept, candidate], shapes)
-            if reason is None:
-                kept.append(candidate)
-            else:
-                _logger.info("channel group %s (%s) is not prunable, it stays dense: %s",
-                             candidate.group.name, ", ".join(candidate.group.layers), reason)
-        return kept
+def channel_analysis(model: nn.Module, example_inputs: ExampleInputs) -> ChannelAnalysis:
+    """:func:`channel_groups` and the groups left dense (the profile's ``dense_groups``).
+
+    Raises:
+        ValueError: when ``model`` does not run on ``example_inputs``.
+    """
+    analysis = analyse(model, example_inputs)
+    return ChannelAnalysis([c.group for c in analysis.groups], analysis.dense)
 
 
 def channel_groups(model: nn.Module, example_inputs: ExampleInputs) -> list[ChannelGroup]:
-    """The channel groups of ``model`` in ``named_modules()`` order of their first layer.
+    """The channel and head groups of ``model`` in ``named_modules()`` order of their first layer.
 
     Layers whose output channels are tied (residual additions, depthwise and grouped
-    convolutions, projections joined by an attention product) form one group; the final
+    convolutions) form one group; an attention module's heads form one group of
+    ``kind="heads"`` whose units are its key/value heads, each with its query heads. The final
     classifier (whose outputs are the model's outputs) and groups whose removal breaks the
-    forward pass are left out. ``example_inputs`` is what ``model`` is called with (a tensor, a
-    tuple of positional inputs or a dict of keyword inputs); the model is traced in eval mode and
-    is not changed.
+    forward pass are left out (see :func:`channel_analysis`). ``example_inputs`` is what
+    ``model`` is called with (a tensor, a tuple of positional inputs or a dict of keyword
+    inputs); the model is traced in eval mode and is not changed.
 
     Raises:
-        ValueError: when the dependency analysis fails on ``example_inputs``.
+        ValueError: when ``model`` does not run on ``example_inputs``.
     """
-    return [raw.group for raw in _checked_groups(model, example_inputs)]
-
-
-def _importance(module: nn.Module) -> torch.Tensor:
-    """L1 norm of each output channel's weights (Li et al., ICLR 2017)."""
-    weight = layer_weight(module).detach()
-    return weight.abs().reshape(weight.shape[0], -1).sum(dim=1).double().cpu()
-
-
-def _removal(model: nn.Module, raw: _RawGroup, removed: int) -> list[int]:
-    """The ``removed`` channels of lowest L1 norm summed over the group's layers."""
-    layers = prunable_layers(model)
-    score = torch.zeros(raw.group.channels, dtype=torch.float64)
-    for name, pairs in raw.index_maps:
-        norms = _importance(layers[name])
-        for idx, root_idx in pairs:
-            score[root_idx] += norms[idx]
-    order = torch.sort(score, stable=True).indices  # ties: lower index removed first
-    return sorted(int(i) for i in order[:removed])
-
-
-def _remove(
-    model: nn.Module, example_inputs: ExampleInputs, indices: Mapping[str, list[int]],
-    groups: Sequence[_RawGroup],
-) -> None:
-    """Remove ``indices[group]`` output channels of each group (in place)."""
-    graph = _dependency_graph(model, example_inputs)
-    layers = prunable_layers(model)
-    for raw in groups:
-        idxs = indices.get(raw.group.name)
-        if not idxs:
-            continue
-        root = layers[raw.root]
-        handler = graph.get_pruner_of_module(root).prune_out_channels
-        graph.get_pruning_group(root, handler, idxs=idxs).prune()
+    return channel_analysis(model, example_inputs).groups
 
 
 def _check_sparsities(
-    sparsities: Mapping[str, Any], groups: Mapping[str, _RawGroup]
+    sparsities: Mapping[str, Any], groups: Mapping[str, Candidate]
 ) -> dict[str, int]:
     if not isinstance(sparsities, Mapping):
         raise ValueError(f"sparsities must be a mapping of group name: ratio, got {sparsities!r}")
@@ -168,13 +124,15 @@ def _check_sparsities(
 def prune_channels(
     model: nn.Module, sparsities: Mapping[str, float], example_inputs: ExampleInputs
 ) -> nn.Module:
-    """Remove ``round(s * channels)`` output channels of each group ``{name: s}``, for real.
+    """Remove ``round(s * channels)`` output channels (or heads) of each group ``{name: s}``.
 
-    Channels are ranked by L1 norm of their weights summed over the group's layers; at least one
-    channel of every group is kept. Every tensor that reads a removed channel (BatchNorm, the next
-    layers' inputs, a residual branch) shrinks with it, so the result runs forward on the
-    original inputs to outputs of the original shape, with fewer parameters and FLOPs. Groups not
-    named stay dense. The model is changed in place and returned.
+    Channels are ranked by L1 norm of their weights summed over the group's layers (heads by
+    their q/k/v rows); at least one unit of every group is kept. Every tensor that reads a
+    removed channel (BatchNorm, the next layers' inputs, a residual branch, an attention's
+    output projection) shrinks with it, and the attributes an attention module reshapes by
+    (and its HF config, where one count fits all its layers) are updated, so the result runs
+    forward on the original inputs to outputs of the original shape. Groups not named stay
+    dense. The model is changed in place and returned.
 
     The pruned shapes live in the modules, not in a state dict: save the whole module
     (``torch.save(model, path)``, loaded with ``torch.load(path, weights_only=False)``), or prune
@@ -186,56 +144,78 @@ def prune_channels(
             that is not a group of :func:`channel_groups`, a ratio outside [0, 1), or one that
             would remove every channel of its group.
     """
-    checked = {raw.group.name: raw for raw in _checked_groups(model, example_inputs)}
+    checked = {c.group.name: c for c in analyse(model, example_inputs).groups}
     removed = _check_sparsities(sparsities, checked)
     chosen = [checked[name] for name in checked if removed.get(name)]
-    indices = {raw.group.name: _removal(model, raw, removed[raw.group.name]) for raw in chosen}
+    indices = {c.group.name: removal(model, c, removed[c.group.name]) for c in chosen}
     with eval_mode(model):
         with torch.no_grad():
             shapes = output_shapes(call_model(model, example_inputs))
-        _remove(model, example_inputs, indices, chosen)
+        remove(model, example_inputs, indices, chosen)
         with torch.no_grad():
             got = output_shapes(call_model(model, example_inputs))
-    if got != shapes:  # every group was proven one channel at a time; this would be a bug
+    if got != shapes:  # every group was proven one unit at a time; this would be a bug
         raise RuntimeError(f"channel pruning at {dict(sparsities)} changed the outputs' shapes "
                            f"from {shapes} to {got}")
-    _logger.info("removed %s channels of %d groups: %d parameters left", sum(removed.values()),
-                 len(chosen), sum(p.numel() for p in model.parameters()))
+    _logger.info("removed %s channels or heads of %d groups: %d parameters left",
+                 sum(removed.values()), len(chosen), sum(p.numel() for p in model.parameters()))
     return model
+
+
+def model_flops(model: nn.Module, example_inputs: ExampleInputs) -> dict[str, int]:
+    """:func:`count_flops` of the prunable layers plus each attention's products (per sample)."""
+    flops = count_flops(model, example_inputs)
+    flops.update(attention_flops(model, example_inputs, find_attention(model)[0]))
+    return flops
+
+
+def _scaling_groups(
+    model: nn.Module, example_inputs: ExampleInputs, chosen: Sequence[ChannelGroup]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Per layer (or attention term), the group of its inputs and of its outputs."""
+    heads = {c.group.name: c for c in analyse(model, example_inputs).groups
+             if isinstance(c, _HeadGroup)}
+    skip = {slot.layer for head in heads.values() for slot in head.attention.slots}
+    with eval_mode(model):
+        raw = {r.group.name: r for r in _raw_groups(model, example_inputs, skip=skip)}
+    out_group: dict[str, str] = {}
+    in_group: dict[str, str] = {}
+    for group in chosen:
+        if group.name in heads and heads[group.name].group == group:
+            attention = heads[group.name].attention
+            out_group.update({name: group.name for name in group.layers})
+            out_group[attention.module + ATTENTION_TERM_SUFFIX] = group.name
+            in_group[attention.out] = group.name
+            continue
+        if group.name not in raw or raw[group.name].group != group:
+            raise ValueError(f"groups names {group!r}, which is not a channel group of "
+                             f"{type(model).__name__}")
+        out_group.update({name: group.name for name in raw[group.name].outputs})
+        in_group.update({name: group.name for name in raw[group.name].inputs})
+    return in_group, out_group
 
 
 def channel_layers(
     model: nn.Module, example_inputs: ExampleInputs, *, groups: Sequence[ChannelGroup] | None = None
 ) -> list[ChannelLayer]:
-    """Per prunable layer, its dense FLOPs and the groups that scale them (profile fields).
+    """Per prunable layer and attention term, its dense FLOPs and the groups that scale them.
 
     ``groups`` (default: :func:`channel_groups`) must come from the same model. The prediction
-    ``sum(flops * keep(in_group) * keep(out_group))`` equals :func:`count_flops` of the model
-    :func:`prune_channels` returns, with the kept fraction of whole channels as ``keep``.
+    ``sum(flops * keep(in_group) * keep(out_group))`` equals :func:`model_flops` of the model
+    :func:`prune_channels` returns, with the kept fraction of whole channels (heads) as ``keep``.
 
     Raises:
         ValueError: for a group not of this model, or a layer the forward pass does not call.
     """
-    flops = count_flops(model, example_inputs)
+    flops = model_flops(model, example_inputs)
     layers = prunable_layers(model)
     missing = [name for name in layers if name not in flops]
     if missing:
         raise ValueError(f"layers {missing} were not called by the forward pass")
-    with eval_mode(model):
-        raw = {r.group.name: r for r in _raw_groups(model, example_inputs)}
     chosen = list(groups) if groups is not None else channel_groups(model, example_inputs)
-    out_group: dict[str, str] = {}
-    in_group: dict[str, str] = {}
-    for group in chosen:
-        if group.name not in raw or raw[group.name].group != group:
-            raise ValueError(f"groups names {group!r}, which is not a channel group of "
-                             f"{type(model).__name__}")
-        for name in raw[group.name].outputs:
-            out_group[name] = group.name
-        for name in raw[group.name].inputs:
-            in_group[name] = group.name
+    in_group, out_group = _scaling_groups(model, example_inputs, chosen)
     result = []
-    for name in layers:
+    for name in [*layers, *(n for n in flops if n.endswith(ATTENTION_TERM_SUFFIX))]:
         source = in_group.get(name)
         if source is not None and source == out_group.get(name):
             # depthwise: its inputs are its outputs' own channels; in_channels / groups stays 1
@@ -273,12 +253,12 @@ class ChannelStrategy:
                                  f"{type(model).__name__}; groups: {listing(groups)}")
             channels_removed(sparsity, groups[name].channels, key=sparsity_key(name))
         self.groups = [groups[name] for name in groups]
-        self._dense_flops = sum(count_flops(model, inputs).values())
+        self._dense_flops = sum(model_flops(model, inputs).values())
         self._dense_weights = {name: layer_weight(m).numel()
                                for name, m in prunable_layers(model).items()}
         dense = list(model.parameters())  # kept alive until checked, so ids are not reused
         self.model = prune_channels(model, self.targets, inputs)
-        self._flops = sum(count_flops(self.model, inputs).values())
+        self._flops = sum(model_flops(self.model, inputs).values())
         self.pruned_layers = prunable_layers(self.model)
         assert setup.make_optimizer is not None  # Pruner checked: one of the two
         self.optimizer = setup.make_optimizer(self.model)
@@ -311,7 +291,10 @@ class ChannelStrategy:
         return 1.0 - left / sum(self._dense_weights.values())
 
     def group_sparsity(self) -> dict[str, float]:
-        return {group.name: (group.channels - layer_weight(self.pruned_layers[group.name]).shape[0])
+        """Measured on the pruned layers; heads as the fraction of units the surgery removed."""
+        return {group.name: (channels_removed(self.targets[group.name], group.channels)
+                             if group.kind == "heads" else group.channels
+                             - layer_weight(self.pruned_layers[group.name]).shape[0])
                 / group.channels for group in self.groups if group.name in self.targets}
 
     def flops_removed(self) -> float:

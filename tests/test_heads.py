@@ -196,13 +196,13 @@ def test_multihead_attention_heads_are_removed_and_the_module_still_runs(name: s
     model, x = _mha_model(name)
     analysis = channel_analysis(model, x)
     heads = _heads(analysis.groups)
-    assert len(heads) == 2 and all(n.endswith(".in_proj_weight") for n in heads)
+    assert len(heads) == 2 and all(n.endswith(".in_proj") for n in heads)
     assert set(heads.values()) == {4}
     assert any(g.kind == "channels" for g in analysis.groups)  # the MLP hidden units
     with torch.no_grad():
         dense_out = model(x)
     first = next(iter(heads))
-    attention = model.get_submodule(first.removesuffix(".in_proj_weight"))
+    attention = model.get_submodule(first.removesuffix(".in_proj"))
     dense_attention = copy.deepcopy(attention)
     tokens = torch.randn(2, 7, 32)
     dense_macs = _macs(dense_attention, (tokens, tokens, tokens))

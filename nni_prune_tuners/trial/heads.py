@@ -27,12 +27,13 @@ from torch.utils.hooks import RemovableHandle
 
 from nni_prune_tuners.trial._mha import HeadPrunedMultiheadAttention
 from nni_prune_tuners.trial.inputs import ExampleInputs, call_model, eval_mode
-from nni_prune_tuners.trial.layers import layer_weight
+from nni_prune_tuners.trial.layers import IN_PROJ, layer_weight
 
 _logger = logging.getLogger(__name__)
 
-#: The name of ``nn.MultiheadAttention``'s packed q/k/v projection as a layer: ``<mha>.in_proj_weight``.
-MHA_IN_PROJ_SUFFIX = ".in_proj_weight"
+#: The name of ``nn.MultiheadAttention``'s packed q/k/v projection as a layer: ``<mha>.in_proj``
+#: (:data:`~nni_prune_tuners.trial.layers.IN_PROJ`, the name Level and AGP use too).
+MHA_IN_PROJ_SUFFIX = "." + IN_PROJ
 #: A FLOPs term of the attention products (QK^T and AV) is named ``<attention module>#attention``.
 ATTENTION_TERM_SUFFIX = "#attention"
 
@@ -69,7 +70,7 @@ class Attention:
 
     @property
     def layers(self) -> tuple[str, ...]:
-        """The layer names whose outputs the group sets (``<mha>.in_proj_weight`` for MHA)."""
+        """The layer names whose outputs the group sets (``<mha>.in_proj`` for MHA)."""
         if self.packed_mha:
             return (self.module + MHA_IN_PROJ_SUFFIX,)
         return tuple(dict.fromkeys(slot.layer for slot in self.slots))

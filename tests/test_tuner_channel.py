@@ -120,7 +120,7 @@ def test_the_channel_branch_says_what_its_target_means(
     with caplog.at_level(logging.INFO, logger="nni_prune_tuners"):
         tuner.update_search_space(_space(raw, ["level", "channel"]))
     lines = [r.getMessage() for r in caplog.records if "prune_method=channel" in r.getMessage()]
-    assert any("fraction of FLOPs removed" in line and "half a channel per group" in line
+    assert any("fraction of FLOPs removed" in line and "half a step between widths per group" in line
                for line in lines)
     assert any("do not apply to channel groups" in line and "lamp" in line for line in lines)
 

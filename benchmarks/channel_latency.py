@@ -16,12 +16,16 @@ Weights are the models' seeded initialisation: latency does not depend on their 
 time spent inside ATen operators (their self CPU time summed) and inside the convolutions alone:
 what of the wall-clock ratio the kernels account for. ``--picks`` adds, beside the uniform
 ratios, the allocation each run of ``benchmarks.channel_tuners`` picked (its best validation
-trial): the model a user would deploy.
+trial): the model a user would deploy. ``--multiples 1,8`` adds, per target, PruneTPE's uniform
+allocation with ``channel_multiple: 8`` (widths in multiples of 8, at the same FLOPs within the
+budget's landing bound). ``--onnx`` also exports every variant to ONNX
+(:mod:`nni_prune_tuners.trial.onnx`) and times it under ONNX Runtime (one thread), interleaved
+like torch's, dense against pruned: a second table puts torch and ONNX Runtime side by side.
 
     python -m benchmarks.channel_latency [--repeats 5] [--models resnet_digits,mobilenet_digits]
                                          [--targets 0.5,0.7] [--batches 1,64]
                                          [--picks results/bench/channel_tuners.json,...]
-                                         [--operators]
+                                         [--operators] [--onnx] [--multiples 1,8]
 
 Writes ``results/bench/channel_latency.json`` and ``.md`` and prints the markdown table.
 """
@@ -36,14 +40,16 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
-from nni_prune_tuners.flops import flops_terms, uniform_ratio
+from nni_prune_tuners.flops import ChannelBudget, flops_terms, uniform_ratio
 from nni_prune_tuners.latency import interleaved_medians
 from nni_prune_tuners.profile import ModelProfile
+from nni_prune_tuners.widths import allowed_widths
 
 _logger = logging.getLogger(__name__)
 RESULTS = Path("results") / "bench"
@@ -64,18 +70,17 @@ def uniform_sparsities(profile: ModelProfile, target: float) -> dict[str, float]
     return {group: float(ratio) for group, ratio in zip(groups, ratios, strict=True)}
 
 
-def rounded_widths(profile: ModelProfile, sparsities: Mapping[str, float],
-                   multiple: int) -> dict[str, float]:
-    """``sparsities`` with each group's kept channels rounded to the nearest multiple of
-    ``multiple`` (at least one multiple; a group that would keep all its channels stays dense):
-    whether kernels blocked for such widths run them faster is what the rows measure."""
-    out = {}
-    for group, ratio in sparsities.items():
-        channels = profile.channel_groups[group].channels
-        kept = channels - round(ratio * channels)
-        kept = min(channels, max(multiple, multiple * round(kept / multiple)))
-        out[group] = (channels - kept) / channels
-    return out
+def multiple_sparsities(profile: ModelProfile, target: float, multiple: int) -> dict[str, float]:
+    """PruneTPE's ``uniform`` allocation with ``channel_multiple: multiple``: every group keeps
+    a multiple of it (or its full width), at the FLOPs target within the budget's landing bound
+    (:class:`nni_prune_tuners.flops.ChannelBudget`): the widths kernels like, at the same FLOPs."""
+    groups = list(profile.channel_groups)
+    terms = flops_terms(profile, groups)
+    low, high = np.zeros(len(groups)), (terms.channels - 1) / terms.channels
+    allowed = tuple(allowed_widths(int(n), multiple, 0.0, float(h))
+                    for n, h in zip(terms.channels, high, strict=True))
+    ratios = ChannelBudget(terms, low, high, target, allowed).uniform()
+    return {group: float(ratio) for group, ratio in zip(groups, ratios, strict=True)}
 
 
 def tuner_picks(runs: Sequence[Mapping[str, Any]], model: str,
@@ -152,15 +157,78 @@ def _commit() -> str:
         return "unknown"
 
 
+def _call_forwards(model: Any, x: Any, count: int) -> object:
+    from nni_prune_tuners.trial.latency import forwards
+
+    return forwards(model, x, count)()
+
+
+def calls_per_sample(run: Callable[[int], object], sample_seconds: float) -> int:
+    """How many calls make a sample of about ``sample_seconds``: ``run(n)`` makes ``n`` calls
+    (three first, to warm the allocator)."""
+    run(3)
+    start = time.perf_counter()
+    run(5)
+    per_call = (time.perf_counter() - start) / 5
+    return max(1, round(sample_seconds / max(per_call, 1e-7)))
+
+
+def onnx_sessions(variants: Mapping[str, Any], example: Any, folder: Path) -> dict[str, Any]:
+    """Each variant written as ONNX into ``folder`` (checked against torch) and opened in an ONNX
+    Runtime session, one thread."""
+    from nni_prune_tuners.trial.onnx import export_onnx, onnx_session
+
+    return {key: onnx_session(export_onnx(model, example, folder / f"{index}.onnx"))
+            for index, (key, model) in enumerate(variants.items())}
+
+
+def onnx_ratios(sessions: Mapping[str, Any], x: Any, *, repeats: int,
+                sample_seconds: float) -> dict[str, dict[str, float]]:
+    """The variants under ONNX Runtime, interleaved like torch's: per pruned variant its median
+    ms, the dense one's, their ratio and the range of per-repeat ratios."""
+    if not sessions:
+        return {}
+    from nni_prune_tuners.trial.onnx import onnx_feed, onnx_forwards
+
+    feeds = {key: onnx_feed(session, x) for key, session in sessions.items()}
+    count = calls_per_sample(lambda n: onnx_forwards(sessions["dense"], feeds["dense"], n)(),
+                             sample_seconds)
+    medians, samples = interleaved_medians(
+        {key: onnx_forwards(session, feeds[key], count) for key, session in sessions.items()},
+        repeats=repeats)
+    out = {}
+    for key in sessions:
+        per_repeat = [sample[key] / sample["dense"] for sample in samples]
+        out[key] = {"ort_dense_ms": 1000 * medians["dense"] / count,
+                    "ort_pruned_ms": 1000 * medians[key] / count,
+                    "ort_ratio": medians[key] / medians["dense"],
+                    "ort_ratio_min": min(per_repeat), "ort_ratio_max": max(per_repeat)}
+    return out
+
+
+def onnx_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """torch and ONNX Runtime side by side, for the rows timed with ``--onnx``."""
+    lines = ["| model | FLOPs removed | widths | batch | torch dense / pruned ms | torch ratio | "
+             "ORT dense / pruned ms | ORT ratio (per-repeat range) |",
+             "|---|---|---|---:|---|---:|---|---|"]
+    lines += [f"| {row['model']} | {row['flops_removed']:.1%} | {row['widths']} | {row['batch']} | "
+              f"{row['dense_ms']:.3f} / {row['pruned_ms']:.3f} | {row['latency_ratio']:.2f} | "
+              f"{row['ort_dense_ms']:.3f} / {row['ort_pruned_ms']:.3f} | **{row['ort_ratio']:.2f}** "
+              f"({row['ort_ratio_min']:.2f}-{row['ort_ratio_max']:.2f}) |"
+              for row in rows if "ort_ratio" in row]
+    return "\n".join(lines)
+
+
 def bench_model(
     name: str, *, targets: Sequence[float], batches: Sequence[int], repeats: int,
     sample_seconds: float, multiples: Sequence[int] = (1,),
     picks: Mapping[float, Sequence[tuple[str, Mapping[str, float]]]] | None = None,
-    operators: bool = False,
+    operators: bool = False, onnx: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of one zoo model: its pruned variants against the dense one, batch by batch;
     ``picks``: further allocations per target, each with the label of its rows; ``operators``:
-    each row also gets its operator-time and convolution-time ratios."""
+    each row also gets its operator-time and convolution-time ratios; ``onnx`` (a folder for
+    the files): each row also gets the same variants timed under ONNX Runtime."""
     import copy
 
     import torch
@@ -183,7 +251,7 @@ def bench_model(
         uniform = uniform_sparsities(profile, target)
         allocations: list[tuple[str, Mapping[str, float], float | None]] = [
             (_widths(multiple),
-             uniform if multiple == 1 else rounded_widths(profile, uniform, multiple),
+             uniform if multiple == 1 else multiple_sparsities(profile, target, multiple),
              next(iter(uniform.values())))
             for multiple in multiples]
         allocations += [(label, sparsities, None)
@@ -201,19 +269,17 @@ def bench_model(
                 "params_pruned": sum(p.numel() for p in pruned.parameters()),
             }
     params_dense = sum(p.numel() for p in dense.parameters())
+    sessions = onnx_sessions(variants, example, onnx) if onnx is not None else {}
     rows = []
     for batch in batches:
         x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(batch))
 
-        forwards(dense, x, 3)()  # warm the allocator before calibrating
-        start = time.perf_counter()
-        forwards(dense, x, 5)()
-        per_call = (time.perf_counter() - start) / 5
-        count = max(1, round(sample_seconds / max(per_call, 1e-7)))
+        count = calls_per_sample(partial(_call_forwards, dense, x), sample_seconds)
         medians, samples = interleaved_medians(
             {key: forwards(model, x, count) for key, model in variants.items()}, repeats=repeats)
         ops = ({key: operator_times(forwards(model, x, count)) for key, model in variants.items()}
                if operators else {})
+        ort = onnx_ratios(sessions, x, repeats=repeats, sample_seconds=sample_seconds)
         for key, fact in facts.items():
             per_repeat = [sample[key] / sample["dense"] for sample in samples]
             rows.append({
@@ -228,6 +294,7 @@ def bench_model(
                 **({"operator_ratio": sum(ops[key].values()) / sum(ops["dense"].values()),
                     "convolution_ratio": _convolution_ratio(ops[key], ops["dense"])}
                    if ops else {}),
+                **ort.get(key, {}),
             })
         _logger.info("%s batch %d: %d calls a sample, dense %.3f ms", name, batch, count,
                      1000 * medians["dense"] / count)
@@ -252,6 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma list of channel_tuners.json files whose runs' picks to time")
     parser.add_argument("--operators", action="store_true",
                         help="also the operator-time ratios, by torch.profiler")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also every variant exported to ONNX and timed under ONNX Runtime "
+                             "(the onnx extra)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -286,10 +356,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 name, targets=targets, batches=batches, repeats=args.repeats,
                 sample_seconds=args.sample_seconds, multiples=multiples,
                 picks={t: tuner_picks(runs, name, t) for t in targets},
-                operators=args.operators)]
+                operators=args.operators, onnx=args.out / "onnx" if args.onnx else None)]
     table = markdown(rows)
     if args.operators:
         table += "\n\n" + operator_markdown(rows)
+    if args.onnx:
+        table += "\n\n" + onnx_markdown(rows)
     print(table)
     meta = {"date": datetime.date.today().isoformat(), "commit": _commit(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -298,11 +370,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "channel_latency.json").write_text(json.dumps({**meta, "rows": rows}, indent=2)
                                                    + "\n")
+    from benchmarks.tuners import command_line
+
     (args.out / "channel_latency.md").write_text(
-        f"{table}\n\n`python -m benchmarks.channel_latency --repeats {args.repeats} --multiples "
-        f"{args.multiples}{' --picks ' + args.picks if args.picks else ''}"
-        f"{' --operators' if args.operators else ''}`, "
-        f"{meta['date']}, commit {meta['commit']}, torch {meta['torch']}, 1 thread.\n")
+        f"{table}\n\n`{command_line('benchmarks.channel_latency', argv)}`, {meta['date']}, commit "
+        f"{meta['commit']}, torch {meta['torch']}, 1 thread.\n")
     return 0
 
 

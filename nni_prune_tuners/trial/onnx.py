@@ -42,6 +42,8 @@ _logger = logging.getLogger(__name__)
 
 #: The most an output of the ONNX file may differ from torch's on the example inputs.
 TOLERANCE = 1e-4
+#: Weights beyond protobuf's 2 GB limit go to a ``.data`` file beside the model; below it, one file.
+_ONE_FILE_BYTES = 2**31 - 2**26
 
 
 def _positional(example_inputs: ExampleInputs) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -92,8 +94,8 @@ def max_difference(model: nn.Module, path: Path | str, example_inputs: ExampleIn
 
 def export_onnx(model: nn.Module, example_inputs: ExampleInputs, path: Path | str, *,
                 tolerance: float | None = TOLERANCE) -> Path:
-    """Write ``model`` (in eval mode) as ONNX at ``path``, the batch dimension dynamic, and check
-    it under ONNX Runtime against torch on ``example_inputs``.
+    """Write ``model`` (in eval mode) as ONNX at ``path``, the batch dimension dynamic, one file
+    below 2 GB of weights, and check it under ONNX Runtime against torch on ``example_inputs``.
 
     Raises:
         ValueError: if an output differs from torch's by more than ``tolerance`` (None: no check);
@@ -107,9 +109,11 @@ def export_onnx(model: nn.Module, example_inputs: ExampleInputs, path: Path | st
               for value in (*args, *kwargs.values())]
     dynamic: Any = (dict(zip(kwargs, shapes[len(args):], strict=True)) if kwargs
                     else tuple(shapes))
+    size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     with eval_mode(model):
         torch.onnx.export(model, args, str(out), kwargs=kwargs or None, dynamo=True,
-                          dynamic_shapes=dynamic, verbose=False)
+                          dynamic_shapes=dynamic, external_data=size >= _ONE_FILE_BYTES,
+                          verbose=False)
     if tolerance is not None:
         difference = max_difference(model, out, example_inputs)
         if not difference <= tolerance:

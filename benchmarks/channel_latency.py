@@ -26,6 +26,7 @@ like torch's, dense against pruned: a second table puts torch and ONNX Runtime s
                                          [--targets 0.5,0.7] [--batches 1,64]
                                          [--picks results/bench/channel_tuners.json,...]
                                          [--operators] [--onnx] [--multiples 1,8]
+                                         [--device cpu|cuda] [--dtype float32|bfloat16]
 
 Writes ``results/bench/channel_latency.json`` and ``.md`` and prints the markdown table.
 """
@@ -223,12 +224,14 @@ def bench_model(
     name: str, *, targets: Sequence[float], batches: Sequence[int], repeats: int,
     sample_seconds: float, multiples: Sequence[int] = (1,),
     picks: Mapping[float, Sequence[tuple[str, Mapping[str, float]]]] | None = None,
-    operators: bool = False, onnx: Path | None = None,
+    operators: bool = False, onnx: Path | None = None, device: str = "cpu",
+    dtype: str = "float32",
 ) -> list[dict[str, Any]]:
     """Rows of one zoo model: its pruned variants against the dense one, batch by batch;
     ``picks``: further allocations per target, each with the label of its rows; ``operators``:
     each row also gets its operator-time and convolution-time ratios; ``onnx`` (a folder for
-    the files): each row also gets the same variants timed under ONNX Runtime."""
+    the files): each row also gets the same variants timed under ONNX Runtime; ``device`` and
+    ``dtype`` (``float32``, ``bfloat16``): where and in what precision torch runs them."""
     import copy
 
     import torch
@@ -270,16 +273,19 @@ def bench_model(
             }
     params_dense = sum(p.numel() for p in dense.parameters())
     sessions = onnx_sessions(variants, example, onnx) if onnx is not None else {}
+    for model in variants.values():
+        model.to(device=device, dtype=getattr(torch, dtype))
     rows = []
     for batch in batches:
         x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(batch))
+        ort = onnx_ratios(sessions, x, repeats=repeats, sample_seconds=sample_seconds)
+        x = x.to(device=device, dtype=getattr(torch, dtype))
 
         count = calls_per_sample(partial(_call_forwards, dense, x), sample_seconds)
         medians, samples = interleaved_medians(
             {key: forwards(model, x, count) for key, model in variants.items()}, repeats=repeats)
         ops = ({key: operator_times(forwards(model, x, count)) for key, model in variants.items()}
                if operators else {})
-        ort = onnx_ratios(sessions, x, repeats=repeats, sample_seconds=sample_seconds)
         for key, fact in facts.items():
             per_repeat = [sample[key] / sample["dense"] for sample in samples]
             rows.append({
@@ -322,8 +328,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--onnx", action="store_true",
                         help="also every variant exported to ONNX and timed under ONNX Runtime "
                              "(the onnx extra)")
+    parser.add_argument("--device", default="cpu", help="where torch runs the variants: cpu, cuda")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.onnx and (args.device != "cpu" or args.dtype != "float32"):
+        parser.error("--onnx times ONNX Runtime's CPU provider in float32: leave --device and "
+                     "--dtype at cpu and float32")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from trials.models import ZOO
 
@@ -356,7 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 name, targets=targets, batches=batches, repeats=args.repeats,
                 sample_seconds=args.sample_seconds, multiples=multiples,
                 picks={t: tuner_picks(runs, name, t) for t in targets},
-                operators=args.operators, onnx=args.out / "onnx" if args.onnx else None)]
+                operators=args.operators, onnx=args.out / "onnx" if args.onnx else None,
+                device=args.device, dtype=args.dtype)]
     table = markdown(rows)
     if args.operators:
         table += "\n\n" + operator_markdown(rows)
@@ -365,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     meta = {"date": datetime.date.today().isoformat(), "commit": _commit(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "device": args.device, "dtype": args.dtype,
             "machine": platform.processor() or platform.machine(), "repeats": args.repeats,
             "sample_seconds": args.sample_seconds, "seconds": time.perf_counter() - started}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -374,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     (args.out / "channel_latency.md").write_text(
         f"{table}\n\n`{command_line('benchmarks.channel_latency', argv)}`, {meta['date']}, commit "
-        f"{meta['commit']}, torch {meta['torch']}, 1 thread.\n")
+        f"{meta['commit']}, torch {meta['torch']}, {args.device}, {args.dtype}, 1 CPU thread.\n")
     return 0
 
 

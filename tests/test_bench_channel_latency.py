@@ -134,3 +134,11 @@ def test_torch_and_onnx_runtime_are_timed_side_by_side(monkeypatch: pytest.Monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.onnx", "1.onnx"]
     table = onnx_markdown([row])
     assert table.count("\n") == 2 and "| two_conv |" in table
+
+
+def test_variants_run_in_bfloat16_where_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The precision of ``make bench-full``'s GPU rows (there on CUDA); bfloat16 runs on CPU too."""
+    monkeypatch.setitem(models.ZOO, "two_conv", TwoConvNet)
+    (row,) = bench_model("two_conv", targets=[0.5], batches=[2], repeats=1, sample_seconds=1e-4,
+                         dtype="bfloat16")
+    assert row["pruned_ms"] > 0 and row["dense_ms"] > 0 and "ort_ratio" not in row

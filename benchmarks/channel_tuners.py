@@ -42,6 +42,7 @@ from benchmarks.channel_latency import uniform_sparsities
 from benchmarks.driver import Evaluation, drive
 from benchmarks.zoo_tuners import pick_summary
 from nni_prune_tuners import search_space as ss
+from nni_prune_tuners.options import CHANNEL_MULTIPLE
 from nni_prune_tuners.profile import parse_profile
 from nni_prune_tuners.tuner import PruneTPETuner
 
@@ -214,8 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=60)
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per trial")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--channel-multiple", type=int, default=1,
-                        help="PruneTPE's channel_multiple: kept channels in multiples of it")
+    parser.add_argument("--channel-multiple", type=int, default=CHANNEL_MULTIPLE,
+                        help="PruneTPE's channel_multiple: kept channels in multiples of it "
+                             "(default PruneTPE's)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     from trials import models as zoo

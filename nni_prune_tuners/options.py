@@ -24,7 +24,7 @@ from nni_prune_tuners.sparsity import HEURISTICS
 
 ALLOCATIONS = ("model", "local", "tpe")
 #: The default ``channel_multiple`` (docs/channel.md, "Widths a kernel likes", has the timing).
-CHANNEL_MULTIPLE = 1
+CHANNEL_MULTIPLE = 8
 
 
 def unknown_key_message(owner: str, keys: Iterable[object], valid: Sequence[str]) -> str | None:

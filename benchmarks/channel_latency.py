@@ -1,34 +1,25 @@
-"""CPU latency of channel-pruned zoo models against the dense ones, in the same run (issue #27.4).
+"""Latency of channel-pruned zoo models against the dense ones, in the same run (issues #27, #41).
 
-For each model (default the zoo ResNet and MobileNet, at their ``input_shape``) and each target
-fraction of FLOPs removed (default 50% and 70%), the channels are removed for real with one common
-ratio for every group: the ratio that meets the target by the profile's FLOPs model
-(:func:`nni_prune_tuners.flops.uniform_ratio`); the FLOPs actually removed are then counted on
-the pruned module (whole channels round). Latency is one forward pass in eval mode under
-``torch.inference_mode``, one torch thread, at each batch size (default 1 and 64): a sample times
-as many forwards as take about ``--sample-seconds`` on the dense model (the same count for every
-variant), the dense and pruned variants are run interleaved (the order reversed every repeat) so
-that load drift on the machine hits all of them, and the median over ``--repeats`` samples after
-one warm-up is reported, with the ratio pruned/dense, the range of the per-repeat ratios, and
-the ratio of the fastest samples (``timeit``'s convention: the least disturbed by other load).
-Weights are the models' seeded initialisation: latency does not depend on their values.
-``--operators`` also times each variant under ``torch.profiler`` and reports the ratio of the
-time spent inside ATen operators (their self CPU time summed) and inside the convolutions alone:
-what of the wall-clock ratio the kernels account for. ``--picks`` adds, beside the uniform
-ratios, the allocation each run of ``benchmarks.channel_tuners`` picked (its best validation
-trial): the model a user would deploy. ``--multiples 1,8`` adds, per target, PruneTPE's uniform
-allocation with ``channel_multiple: 8`` (widths in multiples of 8, at the same FLOPs within the
-budget's landing bound). ``--onnx`` also exports every variant to ONNX
-(:mod:`nni_prune_tuners.trial.onnx`) and times it under ONNX Runtime (one thread), interleaved
-like torch's, dense against pruned: a second table puts torch and ONNX Runtime side by side.
+Per model (default the zoo ResNet and MobileNet) and target fraction of FLOPs removed, the
+channels are removed for real with one common ratio for every group
+(:func:`nni_prune_tuners.flops.uniform_ratio`), and, with ``--multiples 1,8``, with PruneTPE's
+uniform allocation at ``channel_multiple: 8`` (the same FLOPs within the landing bound); the
+FLOPs actually removed are counted on the pruned module. A sample times as many forwards
+(eval, ``torch.inference_mode``, one thread) as take about ``--sample-seconds`` on the dense
+model; the variants run interleaved (the order reversed every repeat) so that load drift hits
+all of them, and the median over ``--repeats`` samples after one warm-up is reported with the
+ratio pruned/dense, the range of per-repeat ratios and the ratio of the fastest samples.
+Weights are the seeded initialisation: latency does not depend on their values.
+``--operators`` adds the operator-time and convolution-time ratios (``torch.profiler``);
+``--picks`` the allocation each run of ``benchmarks.channel_tuners`` picked (the model a user
+would deploy); ``--onnx`` every variant exported to ONNX (:mod:`nni_prune_tuners.trial.onnx`)
+and timed under ONNX Runtime beside torch; ``--device cuda --dtype bfloat16`` runs torch there.
 
     python -m benchmarks.channel_latency [--repeats 5] [--models resnet_digits,mobilenet_digits]
-                                         [--targets 0.5,0.7] [--batches 1,64]
-                                         [--picks results/bench/channel_tuners.json,...]
-                                         [--operators] [--onnx] [--multiples 1,8]
-                                         [--device cpu|cuda] [--dtype float32|bfloat16]
+        [--targets 0.5,0.7] [--batches 1,64] [--multiples 1,8] [--picks a.json,...]
+        [--operators] [--onnx] [--device cpu|cuda] [--dtype float32|bfloat16]
 
-Writes ``results/bench/channel_latency.json`` and ``.md`` and prints the markdown table.
+Writes ``results/bench/channel_latency.json`` and ``.md`` and prints the markdown tables.
 """
 
 from __future__ import annotations
@@ -57,8 +48,6 @@ RESULTS = Path("results") / "bench"
 MODELS = ("resnet_digits", "mobilenet_digits")
 TARGETS = (0.5, 0.7)
 BATCHES = (1, 64)
-#: The issue's target: latency ratio at batch 64 on the ResNet at 50% FLOPs removed.
-TARGET_RATIO = 0.65
 
 
 def uniform_sparsities(profile: ModelProfile, target: float) -> dict[str, float]:
@@ -160,7 +149,6 @@ def _commit() -> str:
 
 def _call_forwards(model: Any, x: Any, count: int) -> object:
     from nni_prune_tuners.trial.latency import forwards
-
     return forwards(model, x, count)()
 
 
@@ -170,8 +158,7 @@ def calls_per_sample(run: Callable[[int], object], sample_seconds: float) -> int
     run(3)
     start = time.perf_counter()
     run(5)
-    per_call = (time.perf_counter() - start) / 5
-    return max(1, round(sample_seconds / max(per_call, 1e-7)))
+    return max(1, round(sample_seconds / max((time.perf_counter() - start) / 5, 1e-7)))
 
 
 def onnx_sessions(variants: Mapping[str, Any], example: Any, folder: Path) -> dict[str, Any]:
@@ -220,35 +207,21 @@ def onnx_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def bench_model(
-    name: str, *, targets: Sequence[float], batches: Sequence[int], repeats: int,
-    sample_seconds: float, multiples: Sequence[int] = (1,),
-    picks: Mapping[float, Sequence[tuple[str, Mapping[str, float]]]] | None = None,
-    operators: bool = False, onnx: Path | None = None, device: str = "cpu",
-    dtype: str = "float32",
-) -> list[dict[str, Any]]:
-    """Rows of one zoo model: its pruned variants against the dense one, batch by batch;
-    ``picks``: further allocations per target, each with the label of its rows; ``operators``:
-    each row also gets its operator-time and convolution-time ratios; ``onnx`` (a folder for
-    the files): each row also gets the same variants timed under ONNX Runtime; ``device`` and
-    ``dtype`` (``float32``, ``bfloat16``): where and in what precision torch runs them."""
+def pruned_variants(
+    name: str, dense: Any, example: Any, *, targets: Sequence[float], multiples: Sequence[int],
+    picks: Mapping[float, Sequence[tuple[str, Mapping[str, float]]]],
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The dense model and its pruned variants by key (``target/widths``), and each variant's
+    facts: the uniform allocation per multiple and the picks, per target."""
     import copy
-
-    import torch
 
     from nni_prune_tuners.profile import parse_profile
     from nni_prune_tuners.trial import count_flops, prune_channels
-    from nni_prune_tuners.trial.latency import forwards
     from nni_prune_tuners.trial.profile import profile_model
-    from trials.models import ZOO
 
-    torch.manual_seed(0)
-    dense = ZOO[name]().eval()
-    shape = tuple(int(d) for d in cast(Sequence[int], dense.input_shape))
-    example = torch.zeros((1, *shape))
     profile = parse_profile(profile_model(dense, name=name, channel=True))
     dense_flops = sum(count_flops(dense, example).values())
-    variants: dict[str, torch.nn.Module] = {"dense": dense}
+    variants: dict[str, Any] = {"dense": dense}
     facts: dict[str, dict[str, Any]] = {}
     for target in targets:
         uniform = uniform_sparsities(profile, target)
@@ -258,7 +231,7 @@ def bench_model(
              next(iter(uniform.values())))
             for multiple in multiples]
         allocations += [(label, sparsities, None)
-                        for label, sparsities in (picks or {}).get(target, ())]
+                        for label, sparsities in picks.get(target, ())]
         for widths, sparsities, ratio_uniform in allocations:
             pruned = prune_channels(copy.deepcopy(dense), dict(sparsities), example).eval()
             key = f"{target:g}/{widths}"
@@ -271,6 +244,32 @@ def bench_model(
                 "flops_removed": 1.0 - sum(count_flops(pruned, example).values()) / dense_flops,
                 "params_pruned": sum(p.numel() for p in pruned.parameters()),
             }
+    return variants, facts
+
+
+def bench_model(
+    name: str, *, targets: Sequence[float], batches: Sequence[int], repeats: int,
+    sample_seconds: float, multiples: Sequence[int] = (1,),
+    picks: Mapping[float, Sequence[tuple[str, Mapping[str, float]]]] | None = None,
+    operators: bool = False, onnx: Path | None = None, device: str = "cpu",
+    dtype: str = "float32",
+) -> list[dict[str, Any]]:
+    """Rows of one zoo model: its pruned variants against the dense one, batch by batch;
+    ``picks``: further allocations per target, each with the label of its rows; ``operators``:
+    each row also gets its operator-time and convolution-time ratios; ``onnx`` (a folder for
+    the files): each row also gets the same variants timed under ONNX Runtime; ``device`` and
+    ``dtype`` (``float32``, ``bfloat16``): where and in what precision torch runs them."""
+    import torch
+
+    from nni_prune_tuners.trial.latency import forwards
+    from trials.models import ZOO
+
+    torch.manual_seed(0)
+    dense = ZOO[name]().eval()
+    shape = tuple(int(d) for d in cast(Sequence[int], dense.input_shape))
+    example = torch.zeros((1, *shape))
+    variants, facts = pruned_variants(name, dense, example, targets=targets,
+                                      multiples=multiples, picks=picks or {})
     params_dense = sum(p.numel() for p in dense.parameters())
     sessions = onnx_sessions(variants, example, onnx) if onnx is not None else {}
     for model in variants.values():
@@ -309,7 +308,7 @@ def bench_model(
                                          order[f"{row['target']:g}/{row['widths']}"]))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed samples per variant")
     parser.add_argument("--models", default=",".join(MODELS), help="zoo models, comma-separated")
@@ -331,6 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="where torch runs the variants: cpu, cuda")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.onnx and (args.device != "cpu" or args.dtype != "float32"):
         parser.error("--onnx times ONNX Runtime's CPU provider in float32: leave --device and "

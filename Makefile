@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint docs bench bench-full register clean
+.PHONY: venv demo test test-fast lint docs bench bench-full bench-gpu register clean
 
 $(STAMP): requirements.lock setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -86,7 +86,23 @@ bench-full: bench
 	$(PY) -m benchmarks.channel_latency --multiples 1,8 --repeats 15 --picks $(FULL)/channel_tuners.json --operators \
 		--out $(FULL)
 	$(PY) -m benchmarks.latency_predictors --out $(FULL)
+	$(PY) -m benchmarks.channel_latency --multiples 1,4,8,16 --targets 0.5 --batches 16 --repeats 15 --onnx \
+		--picks $(FULL)/channel_tuners.json --out $(FULL)/onnx
+	$(MAKE) bench-gpu
 	$(PY) -m benchmarks.remote_overhead
+
+# CUDA (docs/channel.md, "On a GPU"): the channel latency table at batch 64 and 1 in fp32 and
+# bf16, and the masked fine-tuning step against the dense step; skipped without a GPU.
+GPU := $(FULL)/gpu
+bench-gpu: venv
+	@if ! $(PY) -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then \
+		echo "bench-gpu: no CUDA device, skipped" >&2; exit 0; fi; \
+	for dtype in float32 bfloat16; do \
+		$(PY) -m benchmarks.channel_latency --device cuda --dtype $$dtype --multiples 1,8 \
+			--targets 0.5,0.7 --batches 1,64 --repeats 15 --picks $(FULL)/channel_tuners.json \
+			--out $(GPU)/$$dtype || exit 1; \
+	done; \
+	$(PY) -m benchmarks.masking --device cuda --out $(GPU)/masking
 
 clean:
 	rm -rf $(VENV) results build *.egg-info

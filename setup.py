@@ -38,6 +38,10 @@ setup(
         # scikit-learn and filelock, pinned in requirements.lock. Torch-Pruning's DepGraph finds
         # the channel groups and does the surgery of the `channel` method (docs/channel.md).
         "trial": ["torch>=2.1", "torch-pruning==1.6.1"],
+        # nni_prune_tuners.trial.onnx: write a (pruned) model as ONNX with torch's exporter
+        # (torch.export-based: onnxscript, onnx-ir) and time it under ONNX Runtime; exact pins,
+        # those requirements.lock holds (docs/channel.md, "ONNX Runtime").
+        "onnx": ["onnx==1.23.2", "onnxruntime==1.32.0", "onnxscript==0.7.2", "onnx-ir==1.1.0"],
     },
     entry_points={"console_scripts": ["nni-prune-tuners=nni_prune_tuners.__main__:main"]},
 )

@@ -1,29 +1,25 @@
-"""CPU latency of channel-pruned zoo models against the dense ones, in the same run (issue #27.4).
+"""Latency of channel-pruned zoo models against the dense ones, in the same run (issues #27, #41).
 
-For each model (default the zoo ResNet and MobileNet, at their ``input_shape``) and each target
-fraction of FLOPs removed (default 50% and 70%), the channels are removed for real with one common
-ratio for every group: the ratio that meets the target by the profile's FLOPs model
-(:func:`nni_prune_tuners.flops.uniform_ratio`); the FLOPs actually removed are then counted on
-the pruned module (whole channels round). Latency is one forward pass in eval mode under
-``torch.inference_mode``, one torch thread, at each batch size (default 1 and 64): a sample times
-as many forwards as take about ``--sample-seconds`` on the dense model (the same count for every
-variant), the dense and pruned variants are run interleaved (the order reversed every repeat) so
-that load drift on the machine hits all of them, and the median over ``--repeats`` samples after
-one warm-up is reported, with the ratio pruned/dense, the range of the per-repeat ratios, and
-the ratio of the fastest samples (``timeit``'s convention: the least disturbed by other load).
-Weights are the models' seeded initialisation: latency does not depend on their values.
-``--operators`` also times each variant under ``torch.profiler`` and reports the ratio of the
-time spent inside ATen operators (their self CPU time summed) and inside the convolutions alone:
-what of the wall-clock ratio the kernels account for. ``--picks`` adds, beside the uniform
-ratios, the allocation each run of ``benchmarks.channel_tuners`` picked (its best validation
-trial): the model a user would deploy.
+Per model (default the zoo ResNet and MobileNet) and target fraction of FLOPs removed, the
+channels are removed for real with one common ratio for every group
+(:func:`nni_prune_tuners.flops.uniform_ratio`), and, with ``--multiples 1,8``, with PruneTPE's
+uniform allocation at ``channel_multiple: 8`` (the same FLOPs within the landing bound); the
+FLOPs actually removed are counted on the pruned module. A sample times as many forwards
+(eval, ``torch.inference_mode``, one thread) as take about ``--sample-seconds`` on the dense
+model; the variants run interleaved (the order reversed every repeat) so that load drift hits
+all of them, and the median over ``--repeats`` samples after one warm-up is reported with the
+ratio pruned/dense, the range of per-repeat ratios and the ratio of the fastest samples.
+Weights are the seeded initialisation: latency does not depend on their values.
+``--operators`` adds the operator-time and convolution-time ratios (``torch.profiler``);
+``--picks`` the allocation each run of ``benchmarks.channel_tuners`` picked (the model a user
+would deploy); ``--onnx`` every variant exported to ONNX (:mod:`nni_prune_tuners.trial.onnx`)
+and timed under ONNX Runtime beside torch; ``--device cuda --dtype bfloat16`` runs torch there.
 
     python -m benchmarks.channel_latency [--repeats 5] [--models resnet_digits,mobilenet_digits]
-                                         [--targets 0.5,0.7] [--batches 1,64]
-                                         [--picks results/bench/channel_tuners.json,...]
-                                         [--operators]
+        [--targets 0.5,0.7] [--batches 1,64] [--multiples 1,8] [--picks a.json,...]
+        [--operators] [--onnx] [--device cpu|cuda] [--dtype float32|bfloat16]
 
-Writes ``results/bench/channel_latency.json`` and ``.md`` and prints the markdown table.
+Writes ``results/bench/channel_latency.json`` and ``.md`` and prints the markdown tables.
 """
 
 from __future__ import annotations
@@ -36,22 +32,22 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
-from nni_prune_tuners.flops import flops_terms, uniform_ratio
+from nni_prune_tuners.flops import ChannelBudget, flops_terms, uniform_ratio
 from nni_prune_tuners.latency import interleaved_medians
 from nni_prune_tuners.profile import ModelProfile
+from nni_prune_tuners.widths import allowed_widths
 
 _logger = logging.getLogger(__name__)
 RESULTS = Path("results") / "bench"
 MODELS = ("resnet_digits", "mobilenet_digits")
 TARGETS = (0.5, 0.7)
 BATCHES = (1, 64)
-#: The issue's target: latency ratio at batch 64 on the ResNet at 50% FLOPs removed.
-TARGET_RATIO = 0.65
 
 
 def uniform_sparsities(profile: ModelProfile, target: float) -> dict[str, float]:
@@ -64,18 +60,17 @@ def uniform_sparsities(profile: ModelProfile, target: float) -> dict[str, float]
     return {group: float(ratio) for group, ratio in zip(groups, ratios, strict=True)}
 
 
-def rounded_widths(profile: ModelProfile, sparsities: Mapping[str, float],
-                   multiple: int) -> dict[str, float]:
-    """``sparsities`` with each group's kept channels rounded to the nearest multiple of
-    ``multiple`` (at least one multiple; a group that would keep all its channels stays dense):
-    whether kernels blocked for such widths run them faster is what the rows measure."""
-    out = {}
-    for group, ratio in sparsities.items():
-        channels = profile.channel_groups[group].channels
-        kept = channels - round(ratio * channels)
-        kept = min(channels, max(multiple, multiple * round(kept / multiple)))
-        out[group] = (channels - kept) / channels
-    return out
+def multiple_sparsities(profile: ModelProfile, target: float, multiple: int) -> dict[str, float]:
+    """PruneTPE's ``uniform`` allocation with ``channel_multiple: multiple``: every group keeps
+    a multiple of it (or its full width), at the FLOPs target within the budget's landing bound
+    (:class:`nni_prune_tuners.flops.ChannelBudget`): the widths kernels like, at the same FLOPs."""
+    groups = list(profile.channel_groups)
+    terms = flops_terms(profile, groups)
+    low, high = np.zeros(len(groups)), (terms.channels - 1) / terms.channels
+    allowed = tuple(allowed_widths(int(n), multiple, 0.0, float(h))
+                    for n, h in zip(terms.channels, high, strict=True))
+    ratios = ChannelBudget(terms, low, high, target, allowed).uniform()
+    return {group: float(ratio) for group, ratio in zip(groups, ratios, strict=True)}
 
 
 def tuner_picks(runs: Sequence[Mapping[str, Any]], model: str,
@@ -152,42 +147,91 @@ def _commit() -> str:
         return "unknown"
 
 
-def bench_model(
-    name: str, *, targets: Sequence[float], batches: Sequence[int], repeats: int,
-    sample_seconds: float, multiples: Sequence[int] = (1,),
-    picks: Mapping[float, Sequence[tuple[str, Mapping[str, float]]]] | None = None,
-    operators: bool = False,
-) -> list[dict[str, Any]]:
-    """Rows of one zoo model: its pruned variants against the dense one, batch by batch;
-    ``picks``: further allocations per target, each with the label of its rows; ``operators``:
-    each row also gets its operator-time and convolution-time ratios."""
-    import copy
+def _call_forwards(model: Any, x: Any, count: int) -> object:
+    from nni_prune_tuners.trial.latency import forwards
+    return forwards(model, x, count)()
 
-    import torch
+
+def calls_per_sample(run: Callable[[int], object], sample_seconds: float) -> int:
+    """How many calls make a sample of about ``sample_seconds``: ``run(n)`` makes ``n`` calls
+    (three first, to warm the allocator)."""
+    run(3)
+    start = time.perf_counter()
+    run(5)
+    return max(1, round(sample_seconds / max((time.perf_counter() - start) / 5, 1e-7)))
+
+
+def onnx_sessions(variants: Mapping[str, Any], example: Any, folder: Path) -> dict[str, Any]:
+    """Each variant written as ONNX into ``folder`` (checked against torch) and opened in an ONNX
+    Runtime session, one thread."""
+    from nni_prune_tuners.trial.onnx import export_onnx, onnx_session
+
+    return {key: onnx_session(export_onnx(model, example, folder / f"{index}.onnx"))
+            for index, (key, model) in enumerate(variants.items())}
+
+
+def onnx_ratios(sessions: Mapping[str, Any], x: Any, *, repeats: int,
+                sample_seconds: float) -> dict[str, dict[str, float]]:
+    """The variants under ONNX Runtime, interleaved like torch's: per pruned variant its median
+    ms, the dense one's, their ratio and the range of per-repeat ratios."""
+    if not sessions:
+        return {}
+    from nni_prune_tuners.trial.onnx import onnx_feed, onnx_forwards
+
+    feeds = {key: onnx_feed(session, x) for key, session in sessions.items()}
+    count = calls_per_sample(lambda n: onnx_forwards(sessions["dense"], feeds["dense"], n)(),
+                             sample_seconds)
+    medians, samples = interleaved_medians(
+        {key: onnx_forwards(session, feeds[key], count) for key, session in sessions.items()},
+        repeats=repeats)
+    out = {}
+    for key in sessions:
+        per_repeat = [sample[key] / sample["dense"] for sample in samples]
+        out[key] = {"ort_dense_ms": 1000 * medians["dense"] / count,
+                    "ort_pruned_ms": 1000 * medians[key] / count,
+                    "ort_ratio": medians[key] / medians["dense"],
+                    "ort_ratio_min": min(per_repeat), "ort_ratio_max": max(per_repeat)}
+    return out
+
+
+def onnx_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """torch and ONNX Runtime side by side, for the rows timed with ``--onnx``."""
+    lines = ["| model | FLOPs removed | widths | batch | torch dense / pruned ms | torch ratio | "
+             "ORT dense / pruned ms | ORT ratio (per-repeat range) |",
+             "|---|---|---|---:|---|---:|---|---|"]
+    lines += [f"| {row['model']} | {row['flops_removed']:.1%} | {row['widths']} | {row['batch']} | "
+              f"{row['dense_ms']:.3f} / {row['pruned_ms']:.3f} | {row['latency_ratio']:.2f} | "
+              f"{row['ort_dense_ms']:.3f} / {row['ort_pruned_ms']:.3f} | **{row['ort_ratio']:.2f}** "
+              f"({row['ort_ratio_min']:.2f}-{row['ort_ratio_max']:.2f}) |"
+              for row in rows if "ort_ratio" in row]
+    return "\n".join(lines)
+
+
+def pruned_variants(
+    name: str, dense: Any, example: Any, *, targets: Sequence[float], multiples: Sequence[int],
+    picks: Mapping[float, Sequence[tuple[str, Mapping[str, float]]]],
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The dense model and its pruned variants by key (``target/widths``), and each variant's
+    facts: the uniform allocation per multiple and the picks, per target."""
+    import copy
 
     from nni_prune_tuners.profile import parse_profile
     from nni_prune_tuners.trial import count_flops, prune_channels
-    from nni_prune_tuners.trial.latency import forwards
     from nni_prune_tuners.trial.profile import profile_model
-    from trials.models import ZOO
 
-    torch.manual_seed(0)
-    dense = ZOO[name]().eval()
-    shape = tuple(int(d) for d in cast(Sequence[int], dense.input_shape))
-    example = torch.zeros((1, *shape))
     profile = parse_profile(profile_model(dense, name=name, channel=True))
     dense_flops = sum(count_flops(dense, example).values())
-    variants: dict[str, torch.nn.Module] = {"dense": dense}
+    variants: dict[str, Any] = {"dense": dense}
     facts: dict[str, dict[str, Any]] = {}
     for target in targets:
         uniform = uniform_sparsities(profile, target)
         allocations: list[tuple[str, Mapping[str, float], float | None]] = [
             (_widths(multiple),
-             uniform if multiple == 1 else rounded_widths(profile, uniform, multiple),
+             uniform if multiple == 1 else multiple_sparsities(profile, target, multiple),
              next(iter(uniform.values())))
             for multiple in multiples]
         allocations += [(label, sparsities, None)
-                        for label, sparsities in (picks or {}).get(target, ())]
+                        for label, sparsities in picks.get(target, ())]
         for widths, sparsities, ratio_uniform in allocations:
             pruned = prune_channels(copy.deepcopy(dense), dict(sparsities), example).eval()
             key = f"{target:g}/{widths}"
@@ -200,16 +244,43 @@ def bench_model(
                 "flops_removed": 1.0 - sum(count_flops(pruned, example).values()) / dense_flops,
                 "params_pruned": sum(p.numel() for p in pruned.parameters()),
             }
+    return variants, facts
+
+
+def bench_model(
+    name: str, *, targets: Sequence[float], batches: Sequence[int], repeats: int,
+    sample_seconds: float, multiples: Sequence[int] = (1,),
+    picks: Mapping[float, Sequence[tuple[str, Mapping[str, float]]]] | None = None,
+    operators: bool = False, onnx: Path | None = None, device: str = "cpu",
+    dtype: str = "float32",
+) -> list[dict[str, Any]]:
+    """Rows of one zoo model: its pruned variants against the dense one, batch by batch;
+    ``picks``: further allocations per target, each with the label of its rows; ``operators``:
+    each row also gets its operator-time and convolution-time ratios; ``onnx`` (a folder for
+    the files): each row also gets the same variants timed under ONNX Runtime; ``device`` and
+    ``dtype`` (``float32``, ``bfloat16``): where and in what precision torch runs them."""
+    import torch
+
+    from nni_prune_tuners.trial.latency import forwards
+    from trials.models import ZOO
+
+    torch.manual_seed(0)
+    dense = ZOO[name]().eval()
+    shape = tuple(int(d) for d in cast(Sequence[int], dense.input_shape))
+    example = torch.zeros((1, *shape))
+    variants, facts = pruned_variants(name, dense, example, targets=targets,
+                                      multiples=multiples, picks=picks or {})
     params_dense = sum(p.numel() for p in dense.parameters())
+    sessions = onnx_sessions(variants, example, onnx) if onnx is not None else {}
+    for model in variants.values():
+        model.to(device=device, dtype=getattr(torch, dtype))
     rows = []
     for batch in batches:
         x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(batch))
+        ort = onnx_ratios(sessions, x, repeats=repeats, sample_seconds=sample_seconds)
+        x = x.to(device=device, dtype=getattr(torch, dtype))
 
-        forwards(dense, x, 3)()  # warm the allocator before calibrating
-        start = time.perf_counter()
-        forwards(dense, x, 5)()
-        per_call = (time.perf_counter() - start) / 5
-        count = max(1, round(sample_seconds / max(per_call, 1e-7)))
+        count = calls_per_sample(partial(_call_forwards, dense, x), sample_seconds)
         medians, samples = interleaved_medians(
             {key: forwards(model, x, count) for key, model in variants.items()}, repeats=repeats)
         ops = ({key: operator_times(forwards(model, x, count)) for key, model in variants.items()}
@@ -228,6 +299,7 @@ def bench_model(
                 **({"operator_ratio": sum(ops[key].values()) / sum(ops["dense"].values()),
                     "convolution_ratio": _convolution_ratio(ops[key], ops["dense"])}
                    if ops else {}),
+                **ort.get(key, {}),
             })
         _logger.info("%s batch %d: %d calls a sample, dense %.3f ms", name, batch, count,
                      1000 * medians["dense"] / count)
@@ -236,7 +308,7 @@ def bench_model(
                                          order[f"{row['target']:g}/{row['widths']}"]))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed samples per variant")
     parser.add_argument("--models", default=",".join(MODELS), help="zoo models, comma-separated")
@@ -252,8 +324,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma list of channel_tuners.json files whose runs' picks to time")
     parser.add_argument("--operators", action="store_true",
                         help="also the operator-time ratios, by torch.profiler")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also every variant exported to ONNX and timed under ONNX Runtime "
+                             "(the onnx extra)")
+    parser.add_argument("--device", default="cpu", help="where torch runs the variants: cpu, cuda")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
+    if args.onnx and (args.device != "cpu" or args.dtype != "float32"):
+        parser.error("--onnx times ONNX Runtime's CPU provider in float32: leave --device and "
+                     "--dtype at cpu and float32")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from trials.models import ZOO
 
@@ -286,23 +371,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                 name, targets=targets, batches=batches, repeats=args.repeats,
                 sample_seconds=args.sample_seconds, multiples=multiples,
                 picks={t: tuner_picks(runs, name, t) for t in targets},
-                operators=args.operators)]
+                operators=args.operators, onnx=args.out / "onnx" if args.onnx else None,
+                device=args.device, dtype=args.dtype)]
     table = markdown(rows)
     if args.operators:
         table += "\n\n" + operator_markdown(rows)
+    if args.onnx:
+        table += "\n\n" + onnx_markdown(rows)
     print(table)
     meta = {"date": datetime.date.today().isoformat(), "commit": _commit(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "device": args.device, "dtype": args.dtype,
             "machine": platform.processor() or platform.machine(), "repeats": args.repeats,
             "sample_seconds": args.sample_seconds, "seconds": time.perf_counter() - started}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "channel_latency.json").write_text(json.dumps({**meta, "rows": rows}, indent=2)
                                                    + "\n")
+    from benchmarks.tuners import command_line
+
     (args.out / "channel_latency.md").write_text(
-        f"{table}\n\n`python -m benchmarks.channel_latency --repeats {args.repeats} --multiples "
-        f"{args.multiples}{' --picks ' + args.picks if args.picks else ''}"
-        f"{' --operators' if args.operators else ''}`, "
-        f"{meta['date']}, commit {meta['commit']}, torch {meta['torch']}, 1 thread.\n")
+        f"{table}\n\n`{command_line('benchmarks.channel_latency', argv)}`, {meta['date']}, commit "
+        f"{meta['commit']}, torch {meta['torch']}, {args.device}, {args.dtype}, 1 CPU thread.\n")
     return 0
 
 

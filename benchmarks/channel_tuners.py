@@ -42,6 +42,7 @@ from benchmarks.channel_latency import uniform_sparsities
 from benchmarks.driver import Evaluation, drive
 from benchmarks.zoo_tuners import pick_summary
 from nni_prune_tuners import search_space as ss
+from nni_prune_tuners.options import CHANNEL_MULTIPLE
 from nni_prune_tuners.profile import parse_profile
 from nni_prune_tuners.tuner import PruneTPETuner
 
@@ -65,10 +66,12 @@ class ChannelJob:
     budget: int
     epochs: int
     tuner: str = "prunetpe"
+    channel_multiple: int = 1
 
     def cache_name(self) -> str:
+        multiple = "" if self.channel_multiple == 1 else f"-m{self.channel_multiple}"
         return (f"{self.objective}-{self.target:g}-seed{self.seed}-n{self.budget}"
-                f"-e{self.epochs}.json")
+                f"-e{self.epochs}{multiple}.json")
 
 
 def channel_setup(model: str, folder: Path) -> tuple[Path, dict[str, Any]]:
@@ -111,7 +114,7 @@ def run_channel_job(job: ChannelJob, folder: Path) -> dict[str, Any]:
     evaluate = partial(channel_evaluation, model=job.objective, seed=job.seed, epochs=job.epochs,
                        parameters=parameters)
     tuner = PruneTPETuner(optimize_mode="maximize", seed=job.seed, target_sparsity=job.target,
-                          profile=str(profile))
+                          profile=str(profile), channel_multiple=job.channel_multiple)
     run = drive(tuner, space, evaluate, budget=job.budget, concurrency=bench.CONCURRENCY)
     return {**asdict(job), "tuner_seconds": run.tuner_seconds,
             "trial_seconds": run.trial_seconds,
@@ -212,6 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=60)
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per trial")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--channel-multiple", type=int, default=CHANNEL_MULTIPLE,
+                        help="PruneTPE's channel_multiple: kept channels in multiples of it "
+                             "(default PruneTPE's)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     from trials import models as zoo
@@ -229,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     folder = args.out / "channel_tuners"
     started = time.perf_counter()
-    jobs = [ChannelJob(model, target, seed, args.budget, args.epochs)
+    jobs = [ChannelJob(model, target, seed, args.budget, args.epochs,
+                       channel_multiple=args.channel_multiple)
             for model in names for target in targets for seed in range(args.seeds)]
     runs = bench.run_jobs(jobs, workers=args.workers, run=partial(run_cached, folder=folder))
     wall = time.perf_counter() - started

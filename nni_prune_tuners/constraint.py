@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from nni_prune_tuners import flops, sparsity
+from nni_prune_tuners import flops, sparsity, widths
 from nni_prune_tuners import search_space as ss
 from nni_prune_tuners.allocation.model import Prior, sensitivity_prior
 from nni_prune_tuners.allocation.moves import perturb as perturbed
@@ -28,6 +29,8 @@ from nni_prune_tuners.profile import ModelProfile, channels_removed
 from nni_prune_tuners.proxy import Proxy
 
 _logger = logging.getLogger(__name__)
+
+IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -157,14 +160,35 @@ def _channel_branch(active: ss.ActiveSet, parameters: tuple[ss.Parameter, ...],
     lo = np.array([p.bounds[0] for p in parameters])
     hi = np.array([p.bounds[1] for p in parameters])
     flops.check_feasible(target, lo, hi, terms, where=f"branch {active.label!r}")
-    _describe_channel_branch(active.label, terms, options, profile, proxy)
-    return Branch(active.label, active.choices, parameters,
-                  flops.ChannelBudget(terms, lo, hi, target))
+    budget = flops.ChannelBudget(terms, lo, hi, target,
+                                 _allowed_widths(parameters, terms, options.channel_multiple))
+    if budget.widths is not None:
+        flops.check_feasible(target, budget.snapped(lo), budget.snapped(hi), terms,
+                             where=f"branch {active.label!r} with channel_multiple="
+                                   f"{options.channel_multiple}")
+    _describe_channel_branch(active.label, budget, options, profile, proxy)
+    return Branch(active.label, active.choices, parameters, budget)
 
 
-def _describe_channel_branch(label: str, terms: flops.ProductTerms, options: TunerOptions,
+def _allowed_widths(parameters: Sequence[ss.Parameter], terms: flops.ProductTerms,
+                    multiple: int) -> tuple[IntArray, ...] | None:
+    """Each group's allowed kept channels with ``channel_multiple > 1``; None: whole channels,
+    rounded by the trial (the continuous sparsities of ``channel_multiple: 1``)."""
+    if multiple == 1:
+        return None
+    found = []
+    for parameter, channels in zip(parameters, terms.channels, strict=True):
+        try:
+            found.append(widths.allowed_widths(int(channels), multiple, *parameter.bounds))
+        except ValueError as error:
+            raise ss.SearchSpaceError(f"search space key {parameter.name!r}: {error}") from None
+    return tuple(found)
+
+
+def _describe_channel_branch(label: str, budget: flops.ChannelBudget, options: TunerOptions,
                              profile: ModelProfile, proxy: Proxy | None) -> None:
     """Say what the target of a channel branch means and what does not apply to it."""
+    terms = budget.terms
     heuristics = flops.ChannelBudget.heuristics
     if profile.latency is not None and options.weight_by == "latency":
         measured = profile.latency
@@ -177,11 +201,12 @@ def _describe_channel_branch(label: str, terms: flops.ProductTerms, options: Tun
             measured.allocations, measured.mean_error)
     _logger.info(
         "branch %s: target_sparsity=%s is the fraction of %s removed over the profile's %d "
-        "prunable layers (sparsity_scope does not apply to channel groups); the trial "
-        "removes whole channels, so what it removes differs from the target by at most %.4f "
-        "(half a channel per group); warm starts: %s only",
+        "prunable layers (sparsity_scope does not apply to channel groups); widths are "
+        "multiples of channel_multiple=%d (or a group's full width), so what the trial removes "
+        "differs from the target by at most %.4f (half a step between widths per group); "
+        "warm starts: %s only",
         label, options.target_sparsity, terms.measure, len(profile.layers),
-        flops.rounding_bound(terms), ", ".join(heuristics))
+        options.channel_multiple, budget.bound, ", ".join(heuristics))
     skipped = [h for h in options.warm_start if h not in heuristics]
     if skipped:
         _logger.info("branch %s: warm starts %s do not apply to channel groups (they read "

@@ -214,10 +214,49 @@ def load_running(port: int) -> list[TrialRecord]:
     )
 
 
+def ranked_trials(trials: list[TrialRecord], *, maximize: bool = True) -> list[TrialRecord]:
+    """The succeeded trials with a finite final ``default`` metric, best first (ties keep their
+    order)."""
+    sign = 1.0 if maximize else -1.0
+    scored = [t for t in trials if t.status == "SUCCEEDED" and t.score is not None]
+    return sorted(scored, key=lambda t: -sign * (t.score or 0.0))
+
+
 def best_trial(trials: list[TrialRecord], *, maximize: bool = True) -> TrialRecord:
     """The succeeded trial with the best finite final ``default`` metric."""
-    sign = 1.0 if maximize else -1.0
-    scored = [(sign * t.score, t) for t in trials if t.status == "SUCCEEDED" and t.score is not None]
-    if not scored:
+    ranked = ranked_trials(trials, maximize=maximize)
+    if not ranked:
         raise ExportError("the experiment has no succeeded trial with a final metric")
-    return max(scored, key=lambda pair: pair[0])[1]
+    return ranked[0]
+
+
+def latency_ratio(trial: TrialRecord) -> float | None:
+    """The trial's measured latency against the dense model's (the final metric's
+    ``latency_ratio``, channel trials of the reference trial); None when it has none."""
+    value = trial.final.get("latency_ratio") if isinstance(trial.final, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def best_faster_trial(trials: list[TrialRecord], *, maximize: bool = True
+                      ) -> tuple[TrialRecord, list[TrialRecord]]:
+    """The best trial not measured at or above the dense model's latency, and the better-scoring
+    trials passed over for that: a pruned model that is not faster is nothing to deploy. Trials
+    that report no ``latency_ratio`` (Level, AGP, other trials) count as faster.
+
+    Raises:
+        ExportError: when no trial succeeded, or every one is at or above dense latency.
+    """
+    ranked = ranked_trials(trials, maximize=maximize)
+    if not ranked:
+        raise ExportError("the experiment has no succeeded trial with a final metric")
+    for index, trial in enumerate(ranked):
+        ratio = latency_ratio(trial)
+        if ratio is None or ratio < 1.0:
+            return trial, ranked[:index]
+    fastest = min(ranked, key=lambda t: latency_ratio(t) or 0.0)
+    raise ExportError(
+        f"every succeeded trial ran at or above the dense model's latency (latency_ratio >= 1; "
+        f"the fastest, trial {fastest.trial_id}, at {latency_ratio(fastest):.3f}): nothing "
+        f"faster to export; prune more (a higher target_sparsity) or use weight_by: latency")

@@ -24,9 +24,11 @@ from nni_prune_tuners.dispatcher import resolve_path
 from nni_prune_tuners.experiment_records import (
     ExportError,
     TrialRecord,
+    best_faster_trial,
     best_trial,
     early_stopped,
     find_experiment_dir,
+    latency_ratio,
     load_experiment,
     load_running,
     shown_status,
@@ -39,6 +41,7 @@ from nni_prune_tuners.warm_start import planned_warm_starts as plan_warm_starts
 __all__ = [
     "ExportError",
     "TrialRecord",
+    "best_faster_trial",
     "best_trial",
     "branch_label",
     "channel_config_list",
@@ -48,6 +51,7 @@ __all__ = [
     "early_stopped",
     "export_best",
     "find_experiment_dir",
+    "latency_ratio",
     "load_experiment",
     "load_running",
     "planned_warm_starts",
@@ -233,14 +237,31 @@ def _write(result: Mapping[str, Any], out: Path) -> None:
         raise ExportError(f"cannot write {str(out)!r}: {error.strerror or error}") from None
 
 
+def _say_slower(best: TrialRecord, slower: Sequence[TrialRecord]) -> None:
+    """One line when better-scoring trials were passed over for running no faster than dense."""
+    if slower:
+        _logger.warning(
+            "trials %s score better than trial %s but ran at or above the dense model's latency "
+            "(latency_ratio %s): not exported; trial %s is the best that is faster (%s)",
+            ", ".join(t.trial_id for t in slower), best.trial_id,
+            ", ".join(f"{latency_ratio(t):.3f}" for t in slower), best.trial_id,
+            "latency_ratio unmeasured" if latency_ratio(best) is None
+            else f"latency_ratio {latency_ratio(best):.3f}")
+
+
 def export_best(experiment_id: str, out: Path, *, experiment_dir: Path | None = None) -> dict[str, Any]:
     """Write the best trial of an experiment as JSON holding its NNI ``config_list``, and how
-    many trials ended in each status (the assessor's kills as ``EARLY_STOPPED``)."""
+    many trials ended in each status (the assessor's kills as ``EARLY_STOPPED``).
+
+    A trial that measured its pruned model at or above the dense model's latency
+    (``latency_ratio >= 1``) is never the best: the best faster one is, and the ones passed over
+    are listed under ``slower_than_dense``."""
     folder = experiment_dir or find_experiment_dir(experiment_id)
     config, trials = load_experiment(folder)
     tuner = config.get("tuner") or {}
     maximize = (tuner.get("classArgs") or {}).get("optimize_mode", "maximize") != "minimize"
-    best = best_trial(trials, maximize=maximize)
+    best, slower = best_faster_trial(trials, maximize=maximize)
+    _say_slower(best, slower)
     comparison = compare_with_warm_starts(best, trials, planned_warm_starts(config),
                                           maximize=maximize)
     manager_log = folder / "log" / "nnimanager.log"
@@ -259,6 +280,8 @@ def export_best(experiment_id: str, out: Path, *, experiment_dir: Path | None = 
         "trials": len(trials),
         "statuses": statuses,
         "warm_starts": comparison,
+        "slower_than_dense": [{"trial_id": t.trial_id, "metric": t.score,
+                               "latency_ratio": latency_ratio(t)} for t in slower],
     }
     _write(result, out)
     _logger.info("best of %d trials (%s): %s (%s) -> %s", len(trials),

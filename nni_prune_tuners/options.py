@@ -23,6 +23,8 @@ from nni_prune_tuners.profile import ModelProfile, load_profile
 from nni_prune_tuners.sparsity import HEURISTICS
 
 ALLOCATIONS = ("model", "local", "tpe")
+#: The default ``channel_multiple`` (docs/channel.md, "Widths a kernel likes", has the timing).
+CHANNEL_MULTIPLE = 8
 
 
 def unknown_key_message(owner: str, keys: Iterable[object], valid: Sequence[str]) -> str | None:
@@ -58,6 +60,8 @@ class TunerOptions:
     constant_liar: bool
     learn_from: str
     allocation: str
+    #: the kept channels of a channel group are a multiple of it (or the group's full width)
+    channel_multiple: int = 1
 
 
 _TUNER_SCHEMA = Schema(
@@ -88,6 +92,9 @@ _TUNER_SCHEMA = Schema(
                                    error="learn_from must be 'rescaled' or 'raw', got {!r}"),
         Optional("allocation"): Or(*ALLOCATIONS, error="allocation must be 'model', 'local' or "
                                    "'tpe', got {!r}"),
+        Optional("channel_multiple"): And(int, lambda x: not isinstance(x, bool) and x >= 1,
+                                          error="channel_multiple must be an integer >= 1, "
+                                          "got {!r}"),
     }
 )
 _TUNER_ARGS = tuple(str(key.schema) for key in _TUNER_SCHEMA.schema)
@@ -144,6 +151,7 @@ def _parse_tuner_options(class_args: Mapping[str, Any], base: Path | None) -> Tu
         constant_liar=args.get("constant_liar", True),
         learn_from=args.get("learn_from", "rescaled"),
         allocation=allocation,
+        channel_multiple=args.get("channel_multiple", CHANNEL_MULTIPLE),
     )
 
 

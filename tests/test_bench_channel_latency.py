@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,8 +13,9 @@ import torch
 from benchmarks.channel_latency import (
     bench_model,
     markdown,
+    multiple_sparsities,
+    onnx_markdown,
     operator_markdown,
-    rounded_widths,
     tuner_picks,
     uniform_sparsities,
 )
@@ -108,14 +110,35 @@ def test_operator_times_find_the_convolutions_of_both_variants(
         "\n") == 1
 
 
-def test_widths_round_to_the_nearest_multiple_keeping_one_and_never_growing() -> None:
+@pytest.mark.parametrize("name", ["resnet_digits", "mobilenet_digits"])
+def test_widths_in_multiples_meet_the_target_within_the_landing_bound(name: str) -> None:
     torch.manual_seed(0)
-    profile = parse_profile(profile_model(TwoConvNet(), name="net", channel=True))
-    channels = {name: group.channels for name, group in profile.channel_groups.items()}
-    kept = {name: n - round(0.3 * n) for name, n in channels.items()}
-    rounded = rounded_widths(profile, dict.fromkeys(channels, 0.3), 4)
-    for name, n in channels.items():
-        left = n - round(rounded[name] * n)
-        assert left % 4 == 0 or left == n
-        assert abs(left - kept[name]) <= 2 and 4 <= left <= n
-    assert rounded_widths(profile, dict.fromkeys(channels, 0.99), 64) == dict.fromkeys(channels, 0.0)
+    profile = parse_profile(profile_model(models.ZOO[name]().eval(), name=name, channel=True))
+    sparsities = multiple_sparsities(profile, 0.5, 8)
+    terms = flops_terms(profile, list(sparsities))
+    for group, ratio in sparsities.items():
+        n = profile.channel_groups[group].channels
+        kept = n - round(ratio * n)
+        assert kept % 8 == 0 or kept == n
+    assert abs(terms.removed(list(sparsities.values())) - 0.5) <= 0.125
+
+
+def test_torch_and_onnx_runtime_are_timed_side_by_side(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    monkeypatch.setitem(models.ZOO, "two_conv", TwoConvNet)
+    (row,) = bench_model("two_conv", targets=[0.5], batches=[2], repeats=1, sample_seconds=1e-3,
+                         onnx=tmp_path)
+    assert row["ort_dense_ms"] > 0 and row["ort_pruned_ms"] > 0 and row["ort_ratio"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.onnx", "1.onnx"]
+    table = onnx_markdown([row])
+    assert table.count("\n") == 2 and "| two_conv |" in table
+
+
+def test_variants_run_in_bfloat16_where_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The precision of ``make bench-full``'s GPU rows (there on CUDA); bfloat16 runs on CPU too."""
+    monkeypatch.setitem(models.ZOO, "two_conv", TwoConvNet)
+    (row,) = bench_model("two_conv", targets=[0.5], batches=[2], repeats=1, sample_seconds=1e-4,
+                         dtype="bfloat16")
+    assert row["pruned_ms"] > 0 and row["dense_ms"] > 0 and "ort_ratio" not in row

@@ -37,7 +37,7 @@ def test_tuner_typo_names_the_key_and_the_closest_valid_one() -> None:
 
 def test_tuner_unknown_key_without_a_close_one_lists_the_keys() -> None:
     with pytest.raises(ValueError, match=r"unknown key 'bogus': the keys are optimize_mode, seed, "
-                       r"target_sparsity, .*, allocation$"):
+                       r"target_sparsity, .*, allocation, channel_multiple$"):
         PruneTPETuner(bogus=1)
 
 

@@ -34,16 +34,22 @@ def _metric(value: dict[str, Any]) -> str:
     return json.dumps(json.dumps(value))
 
 
-def _experiment(folder: Path, profile: Path | None) -> None:
-    """A synthetic NNI database: two channel trials, the second one best."""
+def _experiment(folder: Path, profile: Path | None,
+                ratios: tuple[float | None, float | None] = (None, None)) -> None:
+    """A synthetic NNI database: two channel trials, the second one best; ``ratios``: each
+    trial's ``latency_ratio`` (none reported where None)."""
     (folder / "db").mkdir(parents=True)
     worse = {**GROUPS, "stem": 0.25}
     jobs = [(1, "A", "RUNNING", _hyper(0, _channel(worse))),
             (2, "B", "RUNNING", _hyper(1, _channel(GROUPS))),
             (6, "A", "SUCCEEDED", None), (7, "B", "SUCCEEDED", None)]
     final = {"sparsity": 0.6, "method": "channel", "flops_removed": 0.5}
-    metrics = [(4, "A", "0", "FINAL", 0, _metric({**final, "default": 0.7})),
-               (5, "B", "1", "FINAL", 1, _metric({**final, "default": 0.8}))]
+    finals = [{**final, "default": score} for score in (0.7, 0.8)]
+    for metric, ratio in zip(finals, ratios, strict=True):
+        if ratio is not None:
+            metric["latency_ratio"] = ratio
+    metrics = [(4, "A", "0", "FINAL", 0, _metric(finals[0])),
+               (5, "B", "1", "FINAL", 1, _metric(finals[1]))]
     connection = sqlite3.connect(folder / "db" / "nni.sqlite")
     connection.executescript(
         "create table TrialJobEvent (timestamp integer, trialJobId text, event text, data text);"

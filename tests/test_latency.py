@@ -142,7 +142,7 @@ def test_every_suggestion_removes_the_target_fraction_of_latency(
     by_flops = flops.flops_terms(profile, list(profile.channel_groups))
     with caplog.at_level(logging.INFO, logger="nni_prune_tuners"):
         tuner = PruneTPETuner(target_sparsity=0.4, profile=str(_write(tmp_path, resnet)), seed=0,
-                              weight_by="latency")
+                              weight_by="latency", channel_multiple=1)
         tuner.update_search_space(_space(resnet, ["channel"]))
     assert "is the fraction of latency removed" in caplog.text
     flops_removed = []

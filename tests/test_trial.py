@@ -112,6 +112,7 @@ def test_level_trial_hits_the_global_target(cache_dir: Path) -> None:
     final = result.final_metrics()
     assert final["default"] == result.accuracy and final["method"] == "level"
     assert final["sparsity"] == result.sparsity and final["test_acc"] == result.test_accuracy
+    assert "latency_ratio" not in final  # masks keep dense tensors: nothing to time
 
 
 def test_agp_trial_follows_the_cubic_schedule(cache_dir: Path) -> None:

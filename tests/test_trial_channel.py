@@ -53,6 +53,7 @@ def test_standalone_cli_prunes_channels_and_saves_the_module(tmp_path: Path, nam
         rounded=True) / profile.channel_flops({})
     assert final["flops_removed"] == pytest.approx(predicted, abs=1e-9)
     assert 0.3 < final["flops_removed"] < 0.8 and 0.2 < final["sparsity"] < 0.9
+    assert 0 < final["latency_ratio"] < 10  # measured against the dense model (export reads it)
     pruned = torch.load(save, weights_only=False)
     assert isinstance(pruned, torch.nn.Module)
     x = torch.zeros(2, *model.input_shape)
@@ -78,6 +79,8 @@ def test_run_trial_reports_flops_beside_sparsity_and_fine_tunes_the_small_model(
     dense_first = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
     assert first.out_features < dense_first.out_features
     assert result.final_metrics()["flops_removed"] == result.flops_removed
+    assert result.latency_ratio is not None and result.latency_ratio > 0
+    assert result.final_metrics()["latency_ratio"] == result.latency_ratio
 
 
 def test_a_key_that_is_not_a_channel_group_fails_before_training(tmp_path: Path) -> None:

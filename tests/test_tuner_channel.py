@@ -70,7 +70,8 @@ def test_every_suggestion_removes_the_target_fraction_of_flops(
     path, raw = zoo[name]
     profile = parse_profile(raw)
     budget = flops.flops_terms(profile, list(profile.channel_groups))
-    tuner = PruneTPETuner(target_sparsity=0.5, profile=str(path), seed=0, allocation=allocation)
+    tuner = PruneTPETuner(target_sparsity=0.5, profile=str(path), seed=0, allocation=allocation,
+                          channel_multiple=1)
     tuner.update_search_space(_space(raw, ["channel"]))
     assert [w.heuristic for w in tuner.warm_starts] == ["uniform"]
     # an additive landscape in which the first group (the stem's stream) is the sensitive one
@@ -95,7 +96,8 @@ def test_a_space_with_both_kinds_of_branch(zoo: dict[str, tuple[Path, dict[str, 
     path, raw = zoo["resnet_digits"]
     profile = parse_profile(raw)
     budget = flops.flops_terms(profile, list(profile.channel_groups))
-    tuner = PruneTPETuner(target_sparsity=0.6, profile=str(path), seed=1, weight_by="flops")
+    tuner = PruneTPETuner(target_sparsity=0.6, profile=str(path), seed=1, weight_by="flops",
+                          channel_multiple=1)
     tuner.update_search_space(_space(raw, ["level", "channel"]))
     plan = [(w.heuristic, w.branch) for w in tuner.warm_starts]
     assert ("uniform", "prune_method=channel") in plan
@@ -120,7 +122,7 @@ def test_the_channel_branch_says_what_its_target_means(
     with caplog.at_level(logging.INFO, logger="nni_prune_tuners"):
         tuner.update_search_space(_space(raw, ["level", "channel"]))
     lines = [r.getMessage() for r in caplog.records if "prune_method=channel" in r.getMessage()]
-    assert any("fraction of FLOPs removed" in line and "half a channel per group" in line
+    assert any("fraction of FLOPs removed" in line and "half a step between widths per group" in line
                for line in lines)
     assert any("do not apply to channel groups" in line and "lamp" in line for line in lines)
 
@@ -215,7 +217,7 @@ def test_real_pruning_lands_within_the_rounding_bound(
     profile = parse_profile(raw)
     budget = flops.flops_terms(profile, list(profile.channel_groups))
     bound = flops.rounding_bound(budget)
-    tuner = PruneTPETuner(target_sparsity=0.5, profile=str(path), seed=3)
+    tuner = PruneTPETuner(target_sparsity=0.5, profile=str(path), seed=3, channel_multiple=1)
     tuner.update_search_space(_space(raw, ["channel"]))
     torch.manual_seed(0)
     model = models.ZOO[name]().eval()
@@ -243,7 +245,7 @@ def test_channel_experiment_runs_under_nnictl(registered: list[str], tmp_path: P
         model=spec, cache_dir=tmp_path / "cache", search_space=_space(raw, ["channel"]),
         tuner={"name": "PruneTPE", "classArgs": {
             "optimize_mode": "maximize", "target_sparsity": 0.5, "seed": 0,
-            "profile": str(path)}})
+            "channel_multiple": 1, "profile": str(path)}})
     profile = parse_profile(raw)
     budget = flops.flops_terms(profile, list(profile.channel_groups))
     with nni_experiment(config, workdir=tmp_path) as experiment:

@@ -10,13 +10,16 @@ Masks, the AGP schedule and the step hook come from :class:`nni_prune_tuners.tri
 ``prune_method: channel`` (Contract 10) removes whole channels for real with
 :func:`nni_prune_tuners.trial.prune_channels` right after the dense weights are loaded, builds the
 fine-tuning optimizer after that, and reports the FLOPs removed (``flops_removed``, counted on the
-pruned module against the dense one) beside ``sparsity`` (the weights removed).
+pruned module against the dense one) beside ``sparsity`` (the weights removed), and the pruned
+model's measured latency against the dense one's (``latency_ratio``, batch 16, one thread), so that
+``export`` never picks a pruned model that is not faster.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -34,14 +37,20 @@ from filelock import FileLock
 from torch import nn
 
 from nni_prune_tuners import params as grammar
-from nni_prune_tuners.params import AGP, METHOD_KEY, SPARSITY_SUFFIX, sparsity_key
+from nni_prune_tuners.latency import interleaved_medians
+from nni_prune_tuners.params import AGP, CHANNEL, METHOD_KEY, SPARSITY_SUFFIX, sparsity_key
 from nni_prune_tuners.trial import Pruner
 from nni_prune_tuners.trial.inputs import load_factory
+from nni_prune_tuners.trial.latency import forwards
 from trials.atomic import write_atomic
 from trials.data import DATA_VARIANTS, DigitsSplit, load_split
 from trials.masking import AgpSchedule, layer_weight, prunable_layers
 
 _logger = logging.getLogger(__name__)
+
+#: A channel trial's ``latency_ratio``: batch, timed samples, forwards per sample (about 0.1 s
+#: of the zoo's dense models); cheap beside the fine-tuning.
+LATENCY_BATCH, LATENCY_REPEATS, LATENCY_FORWARDS = 16, 7, 20
 
 #: AGP with the seed's ``end_epoch=3`` then fine-tunes two epochs at its final sparsity.
 DEFAULT_EPOCHS = 5
@@ -153,6 +162,8 @@ class TrialResult:
         flops_removed: ``channel`` only: the fraction of FLOPs removed, counted on the pruned
             module against the dense one (:func:`~nni_prune_tuners.trial.count_flops`).
         model: ``channel`` only: the pruned module, whose shapes a state dict does not hold.
+        latency_ratio: ``channel`` only: the pruned module's median forward time over the dense
+            one's (:func:`latency_ratio`); ``export`` passes over a trial at or above 1.
     """
 
     accuracy: float
@@ -166,10 +177,11 @@ class TrialResult:
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     flops_removed: float | None = None
     model: nn.Module | None = field(default=None, repr=False)
+    latency_ratio: float | None = None
 
     def final_metrics(self) -> dict[str, Any]:
         """The final result dict: ``default``, ``sparsity``, ``method``, plus ``test_acc``
-        (and ``flops_removed`` for ``channel``)."""
+        (and ``flops_removed`` and ``latency_ratio`` for ``channel``)."""
         metrics = {
             "default": self.accuracy,
             "sparsity": self.sparsity,
@@ -179,7 +191,22 @@ class TrialResult:
         }
         if self.flops_removed is not None:
             metrics["flops_removed"] = self.flops_removed
+        if self.latency_ratio is not None:
+            metrics["latency_ratio"] = self.latency_ratio
         return metrics
+
+
+def latency_ratio(dense: nn.Module, pruned: nn.Module, x: torch.Tensor) -> float:
+    """The pruned model's median forward time over the dense one's, one torch thread, timed
+    interleaved (:func:`nni_prune_tuners.latency.interleaved_medians`) so that load drift hits
+    both alike."""
+    dense.eval()
+    pruned.eval()
+    with torch_threads(1):
+        medians, _ = interleaved_medians(
+            {"dense": forwards(dense, x, LATENCY_FORWARDS),
+             "pruned": forwards(pruned, x, LATENCY_FORWARDS)}, repeats=LATENCY_REPEATS)
+    return medians["pruned"] / medians["dense"]
 
 
 def parse_params(params: Any, layer_names: Sequence[str]) -> tuple[str, dict[str, float]]:
@@ -446,6 +473,7 @@ def _run(
     the example input (``channel``'s dependency analysis and FLOPs) is one validation sample.
     """
     dense_acc = accuracy(model, data.x_val, data.y_val)
+    dense = copy.deepcopy(model) if grammar.read(params).method == CHANNEL else None
     pruner = Pruner(model, params, epochs=epochs, agp=schedule, example_inputs=data.x_val[:1],
                     optimizer_factory=lambda net: _finetune_optimizer(net, recipe))
     model, optimizer = pruner.model, pruner.optimizer
@@ -476,6 +504,8 @@ def _run(
         history=history,
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         flops_removed=final.get("flops_removed"),
+        latency_ratio=(None if dense is None
+                       else latency_ratio(dense, model, data.x_val[:LATENCY_BATCH])),
     )
     return _with_targets(result, pruner)
 

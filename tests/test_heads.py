@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 from typing import Any
 
 import pytest
@@ -274,7 +275,7 @@ def test_a_group_whose_analysis_fails_stays_dense_and_is_named(
         return real(self, module, *args, **kwargs)
 
     monkeypatch.setattr(torch_pruning.DependencyGraph, "get_pruning_group", failing)
-    caplog.set_level("INFO")
+    caplog.set_level(logging.INFO, logger="nni_prune_tuners.trial._depgraph")
     analysis = channel_analysis(_Shuffle().eval(), torch.randn(1, 3, 4, 4))
     assert [g.name for g in analysis.groups] == ["b"]
     assert [(d.name, d.reason.split(":")[1].strip()) for d in analysis.dense] == [

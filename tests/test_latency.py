@@ -260,7 +260,8 @@ def test_profile_latency_then_a_latency_budget_under_nnictl(registered: list[str
         model=spec, cache_dir=tmp_path / "cache", search_space=space_file,
         tuner={"name": "PruneTPE", "classArgs": {
             "optimize_mode": "maximize", "target_sparsity": target, "weight_by": "latency",
-            "seed": 0, "profile": str(profile_file)}})
+            # every width allowed: the target is met exactly, not within a multiple's step
+            "channel_multiple": 1, "seed": 0, "profile": str(profile_file)}})
     config_file = tmp_path / "config.yml"
     config_file.write_text(yaml.safe_dump(config))
     assert check_config(config_file).branches == ("prune_method=channel",)

@@ -38,7 +38,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from nni_prune_tuners.flops import ChannelBudget, flops_terms, uniform_ratio
+from nni_prune_tuners.flops import WidthBudget, flops_terms, uniform_ratio
 from nni_prune_tuners.latency import interleaved_medians
 from nni_prune_tuners.profile import ModelProfile
 from nni_prune_tuners.widths import allowed_widths
@@ -63,13 +63,13 @@ def uniform_sparsities(profile: ModelProfile, target: float) -> dict[str, float]
 def multiple_sparsities(profile: ModelProfile, target: float, multiple: int) -> dict[str, float]:
     """PruneTPE's ``uniform`` allocation with ``channel_multiple: multiple``: every group keeps
     a multiple of it (or its full width), at the FLOPs target within the budget's landing bound
-    (:class:`nni_prune_tuners.flops.ChannelBudget`): the widths kernels like, at the same FLOPs."""
+    (:class:`nni_prune_tuners.flops.WidthBudget`): the widths kernels like, at the same FLOPs."""
     groups = list(profile.channel_groups)
     terms = flops_terms(profile, groups)
     low, high = np.zeros(len(groups)), (terms.channels - 1) / terms.channels
     allowed = tuple(allowed_widths(int(n), multiple, 0.0, float(h))
                     for n, h in zip(terms.channels, high, strict=True))
-    ratios = ChannelBudget(terms, low, high, target, allowed).uniform()
+    ratios = WidthBudget(terms, low, high, target, allowed).uniform()
     return {group: float(ratio) for group, ratio in zip(groups, ratios, strict=True)}
 
 

@@ -30,7 +30,7 @@ from nni_prune_tuners.proxy import Proxy
 
 _logger = logging.getLogger(__name__)
 
-IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -160,9 +160,8 @@ def _channel_branch(active: ss.ActiveSet, parameters: tuple[ss.Parameter, ...],
     lo = np.array([p.bounds[0] for p in parameters])
     hi = np.array([p.bounds[1] for p in parameters])
     flops.check_feasible(target, lo, hi, terms, where=f"branch {active.label!r}")
-    budget = flops.ChannelBudget(terms, lo, hi, target,
-                                 _allowed_widths(parameters, terms, options.channel_multiple))
-    if budget.widths is not None:
+    budget = _channel_budget(parameters, terms, lo, hi, target, options.channel_multiple)
+    if isinstance(budget, flops.WidthBudget):
         flops.check_feasible(target, budget.snapped(lo), budget.snapped(hi), terms,
                              where=f"branch {active.label!r} with channel_multiple="
                                    f"{options.channel_multiple}")
@@ -170,19 +169,20 @@ def _channel_branch(active: ss.ActiveSet, parameters: tuple[ss.Parameter, ...],
     return Branch(active.label, active.choices, parameters, budget)
 
 
-def _allowed_widths(parameters: Sequence[ss.Parameter], terms: flops.ProductTerms,
-                    multiple: int) -> tuple[IntArray, ...] | None:
-    """Each group's allowed kept channels with ``channel_multiple > 1``; None: whole channels,
-    rounded by the trial (the continuous sparsities of ``channel_multiple: 1``)."""
+def _channel_budget(parameters: Sequence[ss.Parameter], terms: flops.ProductTerms,
+                    lo: FloatArray, hi: FloatArray, target: float,
+                    multiple: int) -> flops.ChannelBudget:
+    """Whole channels, rounded by the trial (``channel_multiple: 1``), or each group's allowed
+    kept channels, multiples of ``multiple``."""
     if multiple == 1:
-        return None
+        return flops.ChannelBudget(terms, lo, hi, target)
     found = []
     for parameter, channels in zip(parameters, terms.channels, strict=True):
         try:
             found.append(widths.allowed_widths(int(channels), multiple, *parameter.bounds))
         except ValueError as error:
             raise ss.SearchSpaceError(f"search space key {parameter.name!r}: {error}") from None
-    return tuple(found)
+    return flops.WidthBudget(terms, lo, hi, target, tuple(found))
 
 
 def _describe_channel_branch(label: str, budget: flops.ChannelBudget, options: TunerOptions,

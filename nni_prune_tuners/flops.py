@@ -285,15 +285,13 @@ def latency_terms(profile: ModelProfile, groups: Sequence[str]) -> ProductTerms:
 @dataclass(frozen=True)
 class ChannelBudget(Budget):
     """The budget of a ``channel`` branch: the fraction of a measure with product terms removed
-    (FLOPs, or the profile's latency model), met exactly by :func:`rescale_to_flops`; with
-    ``widths`` (each group's allowed kept channels, ``channel_multiple > 1``) on those discrete
-    widths, within :attr:`bound` of the target (:mod:`nni_prune_tuners.widths`)."""
+    (FLOPs, or the profile's latency model), met exactly by :func:`rescale_to_flops`; the trial
+    rounds each group to whole channels (``channel_multiple: 1``)."""
 
     terms: ProductTerms
     lo: FloatArray
     hi: FloatArray
     target: float
-    widths: tuple[IntArray, ...] | None = None
     #: The other heuristics read weight quantiles, shapes or per-layer sensitivity curves, which
     #: describe unstructured pruning of one layer, not a channel group.
     heuristics: ClassVar[tuple[str, ...]] = ("uniform",)
@@ -301,23 +299,10 @@ class ChannelBudget(Budget):
     @property
     def bound(self) -> float:
         """How far the measure the trial removes may land from the target: half a channel per
-        group (the trial's rounding), or, on allowed widths, half the largest one-group step
-        (:func:`nni_prune_tuners.widths.landing_bound`)."""
-        if self.widths is None:
-            return rounding_bound(self.terms)
-        return discrete.landing_bound(self.terms.gradient(np.zeros(len(self.lo))), self.widths,
-                                      self.terms.channels)
-
-    def snapped(self, sparsities: FloatArray) -> FloatArray:
-        """``sparsities`` moved to the nearest allowed widths (as they are without ``widths``)."""
-        if self.widths is None:
-            return sparsities
-        return discrete.snap(sparsities, self.widths, self.terms.channels, self.lo, self.hi)
+        group, the trial's rounding (:func:`rounding_bound`)."""
+        return rounding_bound(self.terms)
 
     def rescale(self, raw: FloatArray) -> FloatArray:
-        if self.widths is not None:
-            return discrete.rescale_to_widths(raw, self.lo, self.hi, self.terms.removed,
-                                              self.snapped, self.target)
         return rescale_to_flops(np.maximum(raw, 1e-9), self.lo, self.hi, self.terms, self.target)
 
     def solve(self, values: FloatArray, grids: FloatArray, *, units: int = BUDGET_UNITS,
@@ -325,9 +310,7 @@ class ChannelBudget(Budget):
         """:func:`~nni_prune_tuners.allocation.solve.solve_product_budget` from ``start`` (a
         trust region's incumbent: ``ValueError`` if its grid cannot meet the budget), by default
         from the uniform ratio that meets the target (kept if even the first linearisation is
-        out of the grid's reach). With ``widths`` the grids move to the allowed widths first."""
-        if self.widths is not None:
-            values, grids = discrete.snap_grid(values, grids, self.snapped)
+        out of the grid's reach)."""
         if start is not None:  # a trust region: the caller searches globally if it fails
             return solve_product_budget(values, grids, self.terms, self.target, start,
                                         units=units)
@@ -340,7 +323,37 @@ class ChannelBudget(Budget):
             return uniform
 
     def uniform(self) -> FloatArray:
-        if self.widths is not None:
-            return self.rescale(np.ones(len(self.lo)))
         return uniform_ratio(self.lo, self.hi, self.terms, self.target)
 
+
+@dataclass(frozen=True)
+class WidthBudget(ChannelBudget):
+    """A ``channel`` budget on each group's allowed widths (``channel_multiple > 1``,
+    :mod:`nni_prune_tuners.widths`): met within :attr:`bound` of the target, not exactly."""
+
+    #: each group's allowed kept channels, increasing
+    widths: tuple[IntArray, ...] = ()
+
+    @property
+    def bound(self) -> float:
+        """Half the largest one-group step between allowed widths
+        (:func:`nni_prune_tuners.widths.landing_bound`)."""
+        return discrete.landing_bound(self.terms.gradient(np.zeros(len(self.lo))), self.widths,
+                                      self.terms.channels)
+
+    def snapped(self, sparsities: FloatArray) -> FloatArray:
+        """``sparsities`` moved to the nearest allowed widths."""
+        return discrete.snap(sparsities, self.widths, self.terms.channels, self.lo, self.hi)
+
+    def rescale(self, raw: FloatArray) -> FloatArray:
+        return discrete.rescale_to_widths(raw, self.lo, self.hi, self.terms.removed,
+                                          self.snapped, self.target)
+
+    def solve(self, values: FloatArray, grids: FloatArray, *, units: int = BUDGET_UNITS,
+              start: FloatArray | None = None) -> FloatArray:
+        """The continuous budget's solve with the grids moved to the allowed widths first."""
+        values, grids = discrete.snap_grid(values, grids, self.snapped)
+        return super().solve(values, grids, units=units, start=start)
+
+    def uniform(self) -> FloatArray:
+        return self.rescale(np.ones(len(self.lo)))

@@ -327,8 +327,9 @@ class MaskStrategy:
         return {}
 
     def config_list(self) -> list[dict[str, Any]]:
-        return [{"op_names": [name], "target_names": ["weight"], "sparse_ratio": self.targets[name]}
-                for name in self.targeted]
+        from nni_prune_tuners.export import to_config_list
+
+        return to_config_list({name: self.targets[name] for name in self.targeted})
 
     def remove(self) -> None:
         if self._removed:
